@@ -1,0 +1,132 @@
+"""The command line: parse arguments, call one plain function, turn SockactError into an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, Sequence
+
+from . import __version__
+from .errors import SockactError, UsageError
+
+GENERATE_EXAMPLE = """\
+examples:
+  sockact generate myapp --app myproj.asgi:app --listen 8000 --workers auto --chdir /srv/myproj
+  sockact generate myapp --app myproj.asgi:app --listen 8000 --only socket | sudo tee /etc/systemd/system/myapp.socket
+  sudo sockact generate myapp --app myproj.asgi:app --listen 8000 --output-dir /etc/systemd/system
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def add_unit_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe an app's units; shared by generate and install."""
+    parser.add_argument("name", help="app name: the unit-name prefix (NAME.socket, NAME@.service, NAME.target)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--app", metavar="MODULE:ATTR", help="ASGI/WSGI app served by the built-in runtime")
+    what.add_argument("--exec", dest="exec_cmd", metavar="CMD", help="any command that adopts LISTEN_FDS itself")
+    parser.add_argument("--listen", action="append", required=True, metavar="ADDR",
+                        help="PORT, HOST:PORT, [V6ADDR]:PORT or /absolute/unix.sock; repeatable")
+    parser.add_argument("--workers", default="auto", metavar="auto|N", help="worker count (default: CPUs usable here)")
+    parser.add_argument("--chdir", metavar="DIR", help="working directory of the workers")
+    parser.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable; repeatable")
+    parser.add_argument("--env-file", metavar="PATH", help="EnvironmentFile= for the workers")
+    parser.add_argument("--user", metavar="USER", help="run the workers as this user")
+    parser.add_argument("--python", metavar="PATH", default=sys.executable,
+                        help="interpreter for --app (default: the one running sockact)")
+    parser.add_argument("--watchdog", metavar="SECONDS", help="WatchdogSec=: restart a worker whose loop hangs")
+    parser.add_argument("--stop-timeout", metavar="SECONDS", default="30",
+                        help="TimeoutStopSec= and the drain deadline (default: 30)")
+
+
+def spec_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from . import spec
+
+    return spec.build(
+        unit_name=args.name, listen=args.listen, python_path=args.python, app_ref=args.app,
+        exec_cmd=args.exec_cmd, worker_count=args.workers, chdir=args.chdir, env=args.env,
+        env_file=args.env_file, run_as=args.user, watchdog=args.watchdog, stop_timeout=args.stop_timeout,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .render import as_listing, render
+
+    units = render(spec_from(args))
+    if args.only:
+        sys.stdout.write(next(unit.text for unit in units if unit.kind == args.only))
+    elif args.output_dir:
+        from .install import write_units
+
+        for path in write_units(units, args.output_dir):
+            print(f"wrote {path}")
+    else:
+        sys.stdout.write(as_listing(units))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime.main import main as run_main
+
+    return run_main(args.rest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(workers=args.workers, requests=args.requests)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="sockact", description="Serve Python web apps with one worker per core, supervised by systemd.")
+    parser.add_argument("--version", action="version", version=f"sockact {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    gen = sub.add_parser("generate", help="print or write NAME.socket, NAME@.service, NAME.target",
+                         epilog=GENERATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_unit_options(gen)
+    out = gen.add_mutually_exclusive_group()
+    out.add_argument("--output-dir", metavar="DIR", help="write the three unit files there (all or nothing)")
+    out.add_argument("--only", choices=("socket", "service", "target"), help="print that one unit's text alone")
+    gen.set_defaults(func=cmd_generate)
+
+    run = sub.add_parser("run", help="the worker runtime (what ExecStart= runs): sockact run MODULE:ATTR",
+                         add_help=False)
+    run.add_argument("rest", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="start a bundled app under systemd, show which worker answers, clean up",
+                          epilog="example:\n  sudo sockact demo --workers 2",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--requests", type=int, default=12)
+    demo.set_defaults(func=cmd_demo)
+
+    from . import ops_cli
+
+    ops_cli.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SockactError as exc:
+        sys.stderr.write(f"sockact: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> NoReturn:
+    sys.exit(main())
+
+
+__all__ = ["main", "entry", "UsageError"]

@@ -1,0 +1,1 @@
+"""Small apps shipped with sockact for the demo and the tests."""

@@ -1,0 +1,103 @@
+"""Rendering: a UnitSpec becomes unit texts through jinja2 templates. Never touches the disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from . import __version__, escape
+from .spec import UnitSpec, reject_control
+
+KINDS = ("socket", "service", "target")
+UNIT_DIR = "/etc/systemd/system"
+RUNTIME_DRAIN_MARGIN = 1.0  # seconds the runtime keeps for lifespan shutdown before systemd's SIGKILL
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One rendered unit file."""
+
+    kind: str
+    filename: str
+    text: str
+
+    def header(self, unit_dir: str = UNIT_DIR) -> str:
+        """The line ``systemctl cat`` prints above a unit."""
+        return f"# {unit_dir}/{self.filename}"
+
+
+def template_dir() -> Path:
+    """Templates ship inside the wheel as sockact/templates; a source checkout has them at the top."""
+    packaged = Path(str(resources.files("sockact"))) / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def _finalize(value: Any) -> Any:
+    # Defence in depth: whatever reaches a template has been validated and escaped already,
+    # but nothing that could start a new line may ever be printed into a unit.
+    if isinstance(value, str):
+        reject_control("rendered value", value)
+    return value
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        finalize=_finalize,
+    )
+
+
+def exec_start(spec: UnitSpec) -> list[str]:
+    """The worker's command line, unescaped."""
+    if spec.exec_argv is not None:
+        return list(spec.exec_argv)
+    assert spec.app is not None
+    return [spec.python, "-m", "sockact", "run", spec.app, "--stop-timeout", spec.stop_timeout]
+
+
+def context(spec: UnitSpec) -> dict[str, Any]:
+    """Every value a template may print, each escaped exactly once here."""
+    return {
+        "version": __version__,
+        "name": spec.name,  # validated: unit-name alphabet only, nothing to escape
+        "instances": spec.instances,
+        "workers": spec.workers,
+        "listeners": [
+            {"address": escape.path(item.address), "tcp": item.is_tcp} for item in spec.listeners
+        ],
+        "any_tcp": any(item.is_tcp for item in spec.listeners),
+        "any_unix": any(not item.is_tcp for item in spec.listeners),
+        "exec_start": escape.exec_line(exec_start(spec)),
+        "chdir": escape.path(spec.chdir) if spec.chdir else None,
+        "environment": [escape.quoted(f"{key}={value}") for key, value in spec.env],
+        "env_file": escape.path(spec.env_file) if spec.env_file else None,
+        "user": spec.user,  # validated: [a-z0-9_$-] only
+        "watchdog": spec.watchdog,  # validated: digits and one dot
+        "stop_timeout": spec.stop_timeout,
+        "builtin_runtime": spec.exec_argv is None,
+    }
+
+
+def render(spec: UnitSpec) -> list[Unit]:
+    env = _environment()
+    values = context(spec)
+    names = {"socket": f"{spec.name}.socket", "service": f"{spec.name}@.service", "target": f"{spec.name}.target"}
+    return [Unit(kind, names[kind], env.get_template(f"{kind}.j2").render(values)) for kind in KINDS]
+
+
+def as_listing(units: list[Unit]) -> str:
+    """Every unit under its own ``# /etc/systemd/system/FILE`` header, for a person to review."""
+    return "\n".join(f"{unit.header()}\n{unit.text}" for unit in units)

@@ -1,0 +1,89 @@
+"""`sockact run MODULE:ATTR`: the entry point of every worker."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+from typing import Any, Sequence
+
+from ..errors import RuntimeFailure, SockactError
+
+logger = logging.getLogger("sockact.runtime")
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sockact run",
+        description="Serve MODULE:ATTR on the sockets systemd passes (LISTEN_FDS), or on --bind without systemd.",
+        epilog="example:\n  sockact run myproj.asgi:application --bind 127.0.0.1:8000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("app", metavar="MODULE:ATTR")
+    parser.add_argument("--bind", action="append", metavar="ADDR", help="bind this address when systemd passed no socket")
+    parser.add_argument("--stop-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="drain deadline after SIGTERM (match TimeoutStopSec=)")
+    parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return parser.parse_args(argv)
+
+
+def load_app(reference: str) -> Any:
+    """Import MODULE:ATTR; an error becomes one line naming the app's own failing line."""
+    module_name, _, attr = reference.partition(":")
+    if not module_name or not attr:
+        raise RuntimeFailure(f"{reference!r} is not MODULE:ATTR, e.g. myproj.asgi:application")
+    sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # the app's own import error, reported in one line
+        raise RuntimeFailure(f"cannot import {module_name}: {_one_line(exc)}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise RuntimeFailure(f"module {module_name} has no attribute {attr!r}; check --app") from None
+    return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def sockets_for(bind: list[str] | None) -> list[Any]:
+    from .listen import bind as bind_address, listeners
+
+    adopted = listeners()
+    if adopted:
+        return adopted
+    if bind:
+        return [bind_address(address) for address in bind]
+    raise RuntimeFailure("no sockets: systemd passed none (LISTEN_FDS unset) and no --bind was given; "
+                         "start it through its socket unit or add --bind 127.0.0.1:8000")
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse(argv)
+    from . import logs
+
+    logs.setup(getattr(logging, args.log_level.upper()))
+    try:
+        sockets = sockets_for(args.bind)
+        app = load_app(args.app)
+        from .notify import default_notifier
+        from .server import run
+
+        run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log, notifier=default_notifier())
+    except SockactError as exc:
+        logger.error("%s", exc)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,180 @@
+"""The serving engine: uvicorn's Server on adopted sockets, with our accept loop, notify and drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any, Callable
+
+import uvicorn
+
+from .notify import Notifier, watchdog_interval
+
+logger = logging.getLogger("sockact.runtime")
+
+# How long an idle keep-alive connection may stay open once draining began: a request the client
+# already sent may be in flight, so it gets served (with Connection: close) instead of reset.
+IDLE_GRACE = 0.5
+STATUS_EVERY = 1.0
+
+
+class Acceptor:
+    """Accepts from one shared listening socket, a few connections per wake-up.
+
+    asyncio's own server accepts up to `backlog` connections in one go, so whichever worker wakes
+    first takes the whole queue. Taking a small batch lets every idle worker have its share.
+    It also never re-calls listen() on the inherited socket (asyncio's create_server would).
+    """
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol], batch: int = 4) -> None:
+        self.sock = sock
+        self.factory = factory
+        self.batch = batch
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        for _ in range(self.batch):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS: back off instead of spinning
+                logger.warning("accept failed: %s; pausing accepts for 0.1 s", exc.strerror)
+                self._pause(0.1)
+                return
+            self.loop.create_task(self._connect(conn))
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.factory, conn)
+        except OSError:
+            conn.close()
+
+    def _pause(self, seconds: float) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+
+    async def wait_closed(self) -> None:
+        return None
+
+
+def draining_protocol(base: type) -> type:
+    """The configured HTTP protocol, changed so a drain never resets a request on the wire."""
+
+    class Draining(base):  # type: ignore[misc, valid-type]
+        draining = False
+
+        def shutdown(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self.draining = True
+                self.loop.call_later(IDLE_GRACE, self._close_if_idle)
+            else:
+                self.cycle.keep_alive = False
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.draining and self.cycle is not None and not self.cycle.response_complete:
+                self.cycle.keep_alive = False
+
+        def _close_if_idle(self) -> None:
+            idle = self.cycle is None or self.cycle.response_complete
+            if idle and not self.transport.is_closing():
+                self.transport.close()
+
+    Draining.__name__ = f"Draining{base.__name__}"
+    return Draining
+
+
+class WorkerServer(uvicorn.Server):
+    """uvicorn's Server with READY=1 after lifespan startup, WATCHDOG=1 from the loop, STATUS=, drain."""
+
+    def __init__(self, config: uvicorn.Config, notifier: Notifier, drain_timeout: float) -> None:
+        super().__init__(config)
+        self.notifier = notifier
+        self.drain_timeout = drain_timeout
+        self.ready_at: float | None = None
+        self.ready_wall: str = ""
+        self._watchdog = watchdog_interval()
+        self._last_ping = 0.0
+        self._last_status = (0.0, 0)
+        self.acceptors: list[Acceptor] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            raise SystemExit(3)
+        config = self.config
+        config.http_protocol_class = draining_protocol(config.http_protocol_class)
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[no-any-return]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.acceptors = [Acceptor(sock, create_protocol) for sock in sockets or []]
+        self.servers = self.acceptors  # type: ignore[assignment]  # uvicorn closes these on shutdown
+        self.started = True
+        self.ready_at = time.monotonic()
+        self.ready_wall = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.notifier.ready(self.status_text(0.0))
+        logger.info("ready: serving %d socket(s)", len(self.acceptors))
+
+    async def on_tick(self, counter: int) -> bool:
+        now = time.monotonic()
+        if self._watchdog is not None and now - self._last_ping >= self._watchdog / 4:
+            # Pinged from the serving loop itself: if the loop hangs, the pings stop.
+            self._last_ping = now
+            self.notifier.watchdog()
+        if now - self._last_status[0] >= STATUS_EVERY:
+            served = self.server_state.total_requests
+            elapsed = now - self._last_status[0]
+            rate = (served - self._last_status[1]) / elapsed if self._last_status[0] else 0.0
+            self._last_status = (now, served)
+            self.notifier.status(self.status_text(rate))
+        return await super().on_tick(counter)
+
+    def status_text(self, rate: float) -> str:
+        state = self.server_state
+        return (
+            f"serving: {state.total_requests} requests, {len(state.tasks)} in flight, "
+            f"{rate:.1f} req/s; ready since {self.ready_wall}"
+        )
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for acceptor in self.acceptors:
+            acceptor.close()
+        self.notifier.stopping()
+        self.notifier.status(f"draining: {len(self.server_state.tasks)} in flight")
+        self.config.timeout_graceful_shutdown = max(0.1, self.drain_timeout)  # type: ignore[assignment]
+        await super().shutdown(sockets=sockets)
+        # A drain that finished is a clean exit: do not re-raise the captured SIGTERM.
+        self._captured_signals.clear()
+
+
+def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier) -> None:
+    config = uvicorn.Config(
+        app,
+        lifespan="auto",
+        access_log=access_log,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+    )
+    # Keep a margin before systemd's SIGKILL for lifespan shutdown.
+    drain_timeout = stop_timeout - min(1.0, stop_timeout * 0.2)
+    server = WorkerServer(config, notifier, drain_timeout)
+    server.run(sockets=sockets)

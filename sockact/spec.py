@@ -1,0 +1,241 @@
+"""The validation layer: user input in, frozen unit specs out. No I/O beyond reading the CPU count."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shlex
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import UsageError
+
+# systemd's unit-name alphabet (unit_name_is_valid); '@' is excluded because NAME becomes
+# the prefix of the template NAME@.service, and '\\' because sockact never emits escaped names.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+_NAME_MAX = 200  # leaves room for "@NNNN.service" under systemd's 255-byte limit
+_UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".mount", ".path", ".slice", ".scope")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_USER_RE = re.compile(r"(?:[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?|[0-9]{1,10})")
+_SECONDS_RE = re.compile(r"[0-9]+(?:\.[0-9]{1,6})?")
+_MAX_WORKERS = 1024
+_UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One ListenStream= of the socket unit."""
+
+    kind: Literal["tcp", "unix"]
+    address: str  # exactly what follows "ListenStream=" before escaping
+
+    @property
+    def is_tcp(self) -> bool:
+        return self.kind == "tcp"
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """Everything needed to render NAME.socket, NAME@.service and NAME.target."""
+
+    name: str
+    listeners: tuple[Listener, ...]
+    workers: int
+    python: str
+    app: str | None = None
+    exec_argv: tuple[str, ...] | None = None
+    chdir: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    env_file: str | None = None
+    user: str | None = None
+    watchdog: str | None = None  # seconds, as validated text
+    stop_timeout: str = "30"
+
+    def instance(self, index: int) -> str:
+        return f"{self.name}@{index}.service"
+
+    @property
+    def instances(self) -> tuple[str, ...]:
+        return tuple(self.instance(i) for i in range(1, self.workers + 1))
+
+
+def reject_control(field: str, value: str) -> str:
+    """Refuse newlines and other control or line-separator characters anywhere in a value."""
+    for ch in value:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch == "\x7f":
+            raise UsageError(
+                f"{field} {value!r} contains the control character {ch!r}; "
+                "remove it (unit files are line-based, so it could add a directive)"
+            )
+    return value
+
+
+def name(value: str) -> str:
+    reject_control("name", value)
+    if value.endswith(_UNIT_SUFFIXES):
+        stem = value.rsplit(".", 1)[0]
+        raise UsageError(f"name {value!r} has a unit suffix; give the bare name, e.g. {stem!r}")
+    if not _NAME_RE.fullmatch(value) or len(value) > _NAME_MAX:
+        raise UsageError(
+            f"name {value!r} is not a valid unit name prefix; use letters, digits and '_.:-', "
+            f"starting with a letter or digit, at most {_NAME_MAX} characters (e.g. 'myapp')"
+        )
+    return value
+
+
+def port(text: str, whole: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise UsageError(f"--listen {whole!r}: port {text!r} is not a number from 1 to 65535")
+    return int(text)
+
+
+def listener(value: str) -> Listener:
+    """Parse PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path."""
+    reject_control("--listen", value)
+    if value.isdigit():
+        return Listener("tcp", str(port(value, value)))
+    if value.startswith("/"):
+        return Listener("unix", _unix_path(value))
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]:")
+        if not sep:
+            raise UsageError(f"--listen {value!r}: write an IPv6 listener as [ADDRESS]:PORT, e.g. [::1]:8000")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise UsageError(f"--listen {value!r}: {host!r} is not an IPv6 address") from None
+        return Listener("tcp", f"[{host}]:{port(rest, value)}")
+    host, sep, rest = value.rpartition(":")
+    if not sep:
+        raise UsageError(
+            f"--listen {value!r} is not PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path"
+        )
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise UsageError(
+            f"--listen {value!r}: {host!r} is not an IPv4 address; systemd listens on addresses, "
+            "not host names (use e.g. 127.0.0.1:8000, [::1]:8000 or just the port)"
+        ) from None
+    return Listener("tcp", f"{host}:{port(rest, value)}")
+
+
+def _unix_path(value: str) -> str:
+    path = absolute_path("--listen", value)
+    if len(path.encode()) > _UNIX_PATH_MAX:
+        raise UsageError(f"--listen {value!r}: a unix socket path may have at most {_UNIX_PATH_MAX} bytes")
+    return path
+
+
+def absolute_path(field: str, value: str) -> str:
+    """An absolute, normalised path that can be written verbatim after '%' escaping."""
+    reject_control(field, value)
+    if not value.startswith("/"):
+        raise UsageError(f"{field} {value!r} must be an absolute path, e.g. /srv/myapp")
+    if "\\" in value or value != value.strip():
+        raise UsageError(f"{field} {value!r}: rename the path without backslashes or surrounding spaces")
+    return os.path.normpath(value)
+
+
+def app(value: str) -> str:
+    reject_control("--app", value)
+    module, sep, attr = value.partition(":")
+    dotted_ok = all(part.isidentifier() and part.isascii() for part in module.split("."))
+    attr_ok = all(part.isidentifier() and part.isascii() for part in attr.split("."))
+    if not sep or not dotted_ok or not attr_ok:
+        raise UsageError(
+            f"--app {value!r} is not MODULE:ATTRIBUTE; write the dotted module and the app object, "
+            "e.g. myproj.asgi:application"
+        )
+    return value
+
+
+def exec_command(value: str) -> tuple[str, ...]:
+    reject_control("--exec", value)
+    try:
+        argv = tuple(shlex.split(value))
+    except ValueError as exc:
+        raise UsageError(f"--exec {value!r}: {exc}; check the quotes") from None
+    if not argv:
+        raise UsageError("--exec is empty; give the command that serves the app, e.g. --exec '/usr/bin/myserver'")
+    if not argv[0].startswith("/"):
+        raise UsageError(f"--exec {value!r}: start with the absolute path of the program, e.g. /usr/bin/{argv[0]}")
+    absolute_path("--exec", argv[0])
+    return argv
+
+
+def workers(value: str) -> int:
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    if not value.isdigit() or not 1 <= int(value) <= _MAX_WORKERS:
+        raise UsageError(f"--workers {value!r}: give 'auto' or a whole number from 1 to {_MAX_WORKERS}")
+    return int(value)
+
+
+def env_pair(value: str) -> tuple[str, str]:
+    reject_control("--env", value)
+    key, sep, val = value.partition("=")
+    if not sep:
+        raise UsageError(f"--env {value!r} has no '='; write KEY=VALUE, e.g. --env DJANGO_SETTINGS_MODULE=proj.settings")
+    if not _ENV_KEY_RE.fullmatch(key):
+        raise UsageError(f"--env {value!r}: {key!r} is not a variable name; use letters, digits and '_'")
+    return key, val
+
+
+def user(value: str) -> str:
+    reject_control("--user", value)
+    if not _USER_RE.fullmatch(value):
+        raise UsageError(f"--user {value!r} is not a user name or UID; use e.g. www-data or 33")
+    return value
+
+
+def seconds(field: str, value: str, *, maximum: int = 86400) -> str:
+    reject_control(field, value)
+    if not _SECONDS_RE.fullmatch(value) or not 0 < float(value) <= maximum:
+        raise UsageError(f"{field} {value!r}: give a number of seconds above 0 and at most {maximum}, e.g. 30")
+    return value
+
+
+def python(value: str) -> str:
+    return absolute_path("--python", value)
+
+
+def build(
+    *,
+    unit_name: str,
+    listen: list[str],
+    python_path: str,
+    app_ref: str | None = None,
+    exec_cmd: str | None = None,
+    worker_count: str = "auto",
+    chdir: str | None = None,
+    env: list[str] | None = None,
+    env_file: str | None = None,
+    run_as: str | None = None,
+    watchdog: str | None = None,
+    stop_timeout: str = "30",
+) -> UnitSpec:
+    """Validate every raw option and return the spec; raises UsageError on the first bad value."""
+    if (app_ref is None) == (exec_cmd is None):
+        raise UsageError("give exactly one of --app MODULE:ATTR (the built-in runtime) or --exec CMD")
+    if not listen:
+        raise UsageError("give at least one --listen: a port, HOST:PORT, [V6ADDR]:PORT or a unix socket path")
+    listeners = tuple(listener(item) for item in listen)
+    if len(set(listeners)) != len(listeners):
+        raise UsageError("the same --listen address is given twice; list each address once")
+    return UnitSpec(
+        name=name(unit_name),
+        listeners=listeners,
+        workers=workers(worker_count),
+        python=python(python_path),
+        app=app(app_ref) if app_ref is not None else None,
+        exec_argv=exec_command(exec_cmd) if exec_cmd is not None else None,
+        chdir=absolute_path("--chdir", chdir) if chdir is not None else None,
+        env=tuple(env_pair(item) for item in env or ()),
+        env_file=absolute_path("--env-file", env_file) if env_file is not None else None,
+        user=user(run_as) if run_as is not None else None,
+        watchdog=seconds("--watchdog", watchdog) if watchdog is not None else None,
+        stop_timeout=seconds("--stop-timeout", stop_timeout),
+    )
