@@ -1,0 +1,90 @@
+"""Property tests: no value from the user can add a line or a directive to a unit."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from sockact import escape
+from sockact.errors import UsageError
+from sockact.render import render
+from sockact.spec import build
+
+BASE: dict[str, Any] = dict(unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", app_ref="proj.asgi:app",
+                            chdir="/srv/proj", env=["A=1"], env_file="/etc/proj.env", run_as="www-data", watchdog="10")
+
+
+def structure(texts: list[str]) -> list[list[str]]:
+    """Each unit as its list of line keys: what systemd's parser would see as directives."""
+    return [["#" if line.startswith("#") else line.split("=", 1)[0] for line in text.split("\n")] for text in texts]
+
+
+BASELINE = structure([unit.text for unit in render(build(**BASE))])
+BASELINE_UNIX = structure([unit.text for unit in render(build(**{**BASE, "listen": ["/run/a.sock"]}))])
+
+
+def expected(spec: Any) -> list[list[str]]:
+    return BASELINE if spec.listeners[0].is_tcp else BASELINE_UNIX
+
+any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+nasty = st.text(alphabet=st.sampled_from(list("\n\r\t \\\"'%$;#[]=:@/.-_aZ09\x00\x1b\u2028")), max_size=30)
+values = st.one_of(any_text, nasty)
+
+
+def check(**override: Any) -> None:
+    try:
+        spec = build(**{**BASE, **override})
+    except UsageError as exc:
+        assert "\n" not in str(exc)  # rejected: a one-line message
+        return
+    assert structure([unit.text for unit in render(spec)]) == expected(spec)
+
+
+FIELDS: dict[str, Callable[[str], dict[str, Any]]] = {
+    "name": lambda v: {"unit_name": v},
+    "listen": lambda v: {"listen": [v]},
+    "app": lambda v: {"app_ref": v},
+    "chdir": lambda v: {"chdir": "/" + v},
+    "env value": lambda v: {"env": [f"KEY={v}"]},
+    "env": lambda v: {"env": [v]},
+    "env_file": lambda v: {"env_file": "/" + v},
+    "user": lambda v: {"run_as": v},
+    "python": lambda v: {"python_path": "/" + v},
+    "watchdog": lambda v: {"watchdog": v},
+    "stop_timeout": lambda v: {"stop_timeout": v},
+}
+
+fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@fast
+@given(field=st.sampled_from(sorted(FIELDS)), value=values)
+def test_no_field_adds_a_line_or_directive(field: str, value: str) -> None:
+    check(**FIELDS[field](value))
+
+
+@fast
+@given(words=st.lists(values, min_size=1, max_size=4))
+def test_exec_words_stay_one_line_of_words(words: list[str]) -> None:
+    import shlex
+
+    try:
+        spec = build(**{**BASE, "app_ref": None, "exec_cmd": shlex.join(["/usr/bin/server", *words])})
+    except UsageError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert structure([unit.text for unit in render(spec)]) == BASELINE
+
+
+@given(value=values)
+def test_quoted_round_trips_through_c_unescaping(value: str) -> None:
+    """escape.quoted is undone exactly by systemd's rules: %% -> %, then C unescape inside quotes."""
+    if any(ch in value for ch in "\n\r\x00"):
+        return
+    text = escape.quoted(value)
+    assert text[0] == text[-1] == '"'
+    body = text[1:-1].replace("%%", "\x00")
+    assert "%" not in body
+    unescaped = body.replace("\x00", "%").encode().decode("unicode_escape").encode("latin-1").decode("utf-8")
+    assert unescaped == value
