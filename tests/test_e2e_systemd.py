@@ -1,0 +1,65 @@
+"""End to end on a real systemd: generated units, socket activation, N workers on one socket."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from sockact.testing import PrivateSystemd
+
+from boxutil import concurrent_get, http_get, install_units, instance_states
+
+HELLO = "sockact.examples.hello:app"
+
+
+def test_first_connection_starts_every_worker_and_all_of_them_serve(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    install_units(box, "web", "--app", HELLO, "--listen", "8000", "--workers", "3")
+    box.systemctl("start", "web.socket")
+    assert instance_states(box, "web", 3) == ["inactive"] * 3  # nothing runs before the first connection
+
+    assert http_get(box, "http://127.0.0.1:8000/").startswith("worker ")
+    box.wait_for(lambda: instance_states(box, "web", 3) == ["active"] * 3, what="all 3 workers active")
+    result = concurrent_get(box, 8000, "/sleep?ms=30", total=240, parallel=12)
+    assert result["errors"] == []
+    per_worker = Counter(worker for _, worker in result["answers"])  # type: ignore[misc]
+    assert set(per_worker) == {"1", "2", "3"}, per_worker
+
+
+def test_stopping_the_target_keeps_the_socket_and_the_next_request_restarts_workers(
+    private_systemd: PrivateSystemd,
+) -> None:
+    box = private_systemd
+    install_units(box, "cycle", "--app", HELLO, "--listen", "8001", "--workers", "2")
+    box.systemctl("start", "cycle.socket")
+    http_get(box, "http://127.0.0.1:8001/")
+    box.wait_for(lambda: instance_states(box, "cycle", 2) == ["active"] * 2, what="workers active")
+
+    box.systemctl("stop", "cycle.target")
+    assert instance_states(box, "cycle", 2) == ["inactive"] * 2
+    assert box.show("cycle.socket", "ActiveState")["ActiveState"] == "active"
+    assert ":8001 " in box.run("ss", "-ltnH").stdout  # still listening, nothing refused
+
+    assert http_get(box, "http://127.0.0.1:8001/").startswith("worker ")
+    box.wait_for(lambda: instance_states(box, "cycle", 2) == ["active"] * 2, what="workers restarted")
+
+
+def test_unix_socket_app(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    install_units(box, "unixapp", "--app", HELLO, "--listen", "/run/unixapp.sock", "--workers", "2")
+    box.systemctl("start", "unixapp.socket")
+    body = http_get(box, "http://localhost/", "--unix-socket", "/run/unixapp.sock")
+    assert body.startswith("worker ")
+    box.wait_for(lambda: instance_states(box, "unixapp", 2) == ["active"] * 2, what="unix workers active")
+
+
+def test_ipv6_and_ipv4_listeners_on_one_socket_unit(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    install_units(box, "dual", "--app", HELLO, "--listen", "[::1]:8002", "--listen", "127.0.0.1:8003", "--workers", "2")
+    box.systemctl("start", "dual.socket")
+    assert http_get(box, "http://[::1]:8002/").startswith("worker ")
+    assert http_get(box, "http://127.0.0.1:8003/").startswith("worker ")
+    box.wait_for(lambda: instance_states(box, "dual", 2) == ["active"] * 2, what="dual workers active")
+    # both listeners are served by every worker: each worker adopted both fds
+    pid = box.show("dual@2.service", "MainPID")["MainPID"]
+    fds = box.run("ls", "-l", f"/proc/{pid}/fd").stdout
+    assert fds.count("socket:") >= 2
