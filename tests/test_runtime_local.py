@@ -178,3 +178,36 @@ def test_runtime_imports_neither_jinja2_nor_the_cli() -> None:
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_startup_exception_exits_3_with_one_line() -> None:
+    sock = free_listener()
+    proc = spawn_with_fd(sock, [sys.executable, "-m", "sockact", "run", "failstart:app"])
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    assert "application startup failed: RuntimeError: database unreachable (at " in err
+    assert "Traceback" not in err
+
+
+def test_wsgi_app_is_detected_and_served() -> None:
+    sock = free_listener()
+    proc = spawn_with_fd(sock, [sys.executable, "-m", "sockact", "run", "sockact.examples.hello_wsgi:application"])
+    try:
+        status, body = get(sock.getsockname()[1], "/sleep?ms=5")
+        assert status == 200 and body.startswith("worker - pid ")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert proc.returncode == 0
+
+
+def test_interface_detection() -> None:
+    from sockact.examples import hello, hello_wsgi
+    from sockact.runtime.interface import detect
+
+    class Asgi2:
+        def __init__(self, scope: object) -> None: ...
+
+    assert detect(hello.app) == "asgi3"
+    assert detect(hello_wsgi.application) == "wsgi"
+    assert detect(Asgi2) == "asgi2"

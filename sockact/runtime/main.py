@@ -27,6 +27,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--stop-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="drain deadline after SIGTERM (match TimeoutStopSec=)")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    parser.add_argument("--interface", default="auto", choices=("auto", "asgi3", "asgi2", "wsgi"),
+                        help="protocol of the app (default: detected)")
+    parser.add_argument("--threads", type=int, default=10, metavar="N", help="WSGI thread pool size (default: 10)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser.parse_args(argv)
 
@@ -40,7 +43,7 @@ def load_app(reference: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # the app's own import error, reported in one line
-        raise RuntimeFailure(f"cannot import {module_name}: {_one_line(exc)}") from None
+        raise RuntimeFailure(f"cannot import {module_name}: {one_line(exc)}") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -49,7 +52,7 @@ def load_app(reference: str) -> Any:
     return obj
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
@@ -78,7 +81,8 @@ def main(argv: Sequence[str]) -> int:
         from .notify import default_notifier
         from .server import run
 
-        run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log, notifier=default_notifier())
+        run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log, notifier=default_notifier(),
+            interface=args.interface, threads=args.threads)
     except SockactError as exc:
         logger.error("%s", exc)
         return exc.exit_code

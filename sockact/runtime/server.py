@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable
 
 import uvicorn
+from uvicorn.lifespan.on import LifespanOn
 
 from .notify import Notifier, watchdog_interval
 
@@ -99,6 +100,45 @@ def draining_protocol(base: type) -> type:
     return Draining
 
 
+class StrictLifespan(LifespanOn):
+    """Lifespan "auto", told apart properly: an app that fails before it read lifespan.startup does
+    not speak lifespan (Django) and is served without it; an app that fails after reading it failed
+    its startup, and the worker must exit instead of serving a half-started app."""
+
+    read_startup = False
+
+    async def receive(self) -> Any:
+        message = await super().receive()
+        if message["type"] == "lifespan.startup":
+            self.read_startup = True
+        return message
+
+    async def main(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": self.config.asgi_version, "spec_version": "2.0"},
+                 "state": self.state}
+        try:
+            await self.config.loaded_app(scope, self.receive, self.send)
+        except BaseException as exc:  # the app's own failure, reported below in one line
+            self.error_occurred = self.error_occured = True
+            if not (self.startup_failed or self.shutdown_failed):
+                self._report(exc)
+        finally:
+            self.startup_event.set()
+            self.shutdown_event.set()
+
+    def _report(self, exc: BaseException) -> None:
+        from .main import one_line
+
+        if not self.read_startup:
+            logger.info("the app does not handle lifespan events; serving without them")
+        elif not self.startup_event.is_set():
+            self.startup_failed = True
+            logger.error("application startup failed: %s", one_line(exc))
+        else:
+            self.shutdown_failed = True
+            logger.error("application shutdown failed: %s", one_line(exc))
+
+
 class WorkerServer(uvicorn.Server):
     """uvicorn's Server with READY=1 after lifespan startup, WATCHDOG=1 from the loop, STATUS=, drain."""
 
@@ -114,6 +154,7 @@ class WorkerServer(uvicorn.Server):
         self.acceptors: list[Acceptor] = []
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.lifespan = StrictLifespan(self.config)
         await self.lifespan.startup()
         if self.lifespan.should_exit:
             raise SystemExit(3)
@@ -165,9 +206,14 @@ class WorkerServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier) -> None:
+def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier,
+        interface: str = "auto", threads: int = 10) -> None:
+    from .interface import as_asgi
+
+    app, interface = as_asgi(app, interface, threads)
     config = uvicorn.Config(
         app,
+        interface=interface,  # type: ignore[arg-type]
         lifespan="auto",
         access_log=access_log,
         log_config=None,
