@@ -11,6 +11,7 @@ from typing import Any, Callable
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
+from .balance import Scoreboard, for_this_worker
 from .notify import Notifier, watchdog_interval
 
 logger = logging.getLogger("sockact.runtime")
@@ -19,6 +20,8 @@ logger = logging.getLogger("sockact.runtime")
 # already sent may be in flight, so it gets served (with Connection: close) instead of reset.
 IDLE_GRACE = 0.5
 STATUS_EVERY = 1.0
+DEFER = 0.0005  # how long a busier worker leaves a new connection to a less busy sibling
+DEFER_MAX = 0.002
 
 
 class Acceptor:
@@ -29,16 +32,30 @@ class Acceptor:
     It also never re-calls listen() on the inherited socket (asyncio's create_server would).
     """
 
-    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol], batch: int = 4) -> None:
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
+                 board: Scoreboard | None = None, batch: int = 1) -> None:
         self.sock = sock
         self.factory = factory
+        self.board = board
         self.batch = batch
+        self.deferred_since: float | None = None
         self.loop = asyncio.get_running_loop()
         self.closed = False
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
+        board = self.board
+        if board is not None and not board.least_loaded():
+            # A sibling with fewer connections was woken too and takes this one. Look again
+            # shortly; if the connection is still waiting after DEFER_MAX, that sibling is busy.
+            now = self.loop.time()
+            if self.deferred_since is None:
+                self.deferred_since = now
+            if now - self.deferred_since < DEFER_MAX:
+                self._pause(DEFER)
+                return
+        self.deferred_since = None
         for _ in range(self.batch):
             try:
                 conn, _addr = self.sock.accept()
@@ -48,6 +65,8 @@ class Acceptor:
                 logger.warning("accept failed: %s; pausing accepts for 0.1 s", exc.strerror)
                 self._pause(0.1)
                 return
+            if board is not None:
+                board.publish(board.count + 1)  # count it now, before the protocol exists
             self.loop.create_task(self._connect(conn))
 
     async def _connect(self, conn: socket.socket) -> None:
@@ -73,11 +92,17 @@ class Acceptor:
         return None
 
 
-def draining_protocol(base: type) -> type:
-    """The configured HTTP protocol, changed so a drain never resets a request on the wire."""
+def draining_protocol(base: type, board: Scoreboard | None) -> type:
+    """The configured HTTP protocol, changed so a drain never resets a request on the wire,
+    and publishing this worker's open-connection count for least-connections accepting."""
 
     class Draining(base):  # type: ignore[misc, valid-type]
         draining = False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            if board is not None:
+                board.publish(len(self.server_state.connections))
 
         def shutdown(self) -> None:
             if self.cycle is None or self.cycle.response_complete:
@@ -88,8 +113,10 @@ def draining_protocol(base: type) -> type:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.draining and self.cycle is not None and not self.cycle.response_complete:
-                self.cycle.keep_alive = False
+            cycle = self.cycle
+            if cycle is not None and not cycle.response_complete and cycle.keep_alive:
+                if self.draining or (board is not None and board.overloaded()):
+                    cycle.keep_alive = False
 
         def _close_if_idle(self) -> None:
             idle = self.cycle is None or self.cycle.response_complete
@@ -152,6 +179,7 @@ class WorkerServer(uvicorn.Server):
         self._last_ping = 0.0
         self._last_status = (0.0, 0)
         self.acceptors: list[Acceptor] = []
+        self.board: Scoreboard | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.lifespan = StrictLifespan(self.config)
@@ -159,14 +187,15 @@ class WorkerServer(uvicorn.Server):
         if self.lifespan.should_exit:
             raise SystemExit(3)
         config = self.config
-        config.http_protocol_class = draining_protocol(config.http_protocol_class)
+        self.board = for_this_worker()
+        config.http_protocol_class = draining_protocol(config.http_protocol_class, self.board)
 
         def create_protocol() -> asyncio.Protocol:
             return config.http_protocol_class(  # type: ignore[no-any-return]
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
 
-        self.acceptors = [Acceptor(sock, create_protocol) for sock in sockets or []]
+        self.acceptors = [Acceptor(sock, create_protocol, self.board) for sock in sockets or []]
         self.servers = self.acceptors  # type: ignore[assignment]  # uvicorn closes these on shutdown
         self.started = True
         self.ready_at = time.monotonic()
@@ -180,6 +209,10 @@ class WorkerServer(uvicorn.Server):
             # Pinged from the serving loop itself: if the loop hangs, the pings stop.
             self._last_ping = now
             self.notifier.watchdog()
+        if self.board is not None:
+            self.board.heartbeat()
+            if counter % 10 == 0:
+                self.board.refresh()
         if now - self._last_status[0] >= STATUS_EVERY:
             served = self.server_state.total_requests
             elapsed = now - self._last_status[0]
@@ -198,6 +231,9 @@ class WorkerServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for acceptor in self.acceptors:
             acceptor.close()
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         self.notifier.stopping()
         self.notifier.status(f"draining: {len(self.server_state.tasks)} in flight")
         self.config.timeout_graceful_shutdown = max(0.1, self.drain_timeout)  # type: ignore[assignment]
