@@ -34,3 +34,10 @@ def exec_line(argv: tuple[str, ...] | list[str]) -> str:
 def path(value: str) -> str:
     """A validated absolute path (no control characters, no backslashes) for path settings."""
     return specifiers(value)
+
+
+def path_word(value: str) -> str:
+    """A validated path (no quotes, no backslashes) as one word of a path list (ReadWritePaths=)."""
+    if re.search(r"\s", value):
+        return '"' + specifiers(value) + '"'
+    return specifiers(value)

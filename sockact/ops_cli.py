@@ -1,9 +1,164 @@
-"""Operator sub-commands (install, status, scale, reload, logs, list) register here."""
+"""Operator sub-commands (install, uninstall, list, status, scale, reload, logs): arguments in, one ops call out."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
+INSTALL_EXAMPLE = """\
+examples:
+  sudo sockact install myapp --app myproj.asgi:app --listen 8000 --workers auto --chdir /srv/myproj --enable --now
+  sudo sockact install myapp --app myproj.asgi:app --listen 127.0.0.1:8000 --unit-dir /run/systemd/system --now
+"""
+UNINSTALL_EXAMPLE = "example:\n  sudo sockact uninstall myapp\n"
+LIST_EXAMPLE = "examples:\n  sockact list\n  sockact list --unit-dir /run/systemd/system --json\n"
+STATUS_EXAMPLE = """\
+examples:
+  sockact status myapp
+  sockact status myapp --watch 1
+  sockact status myapp --json | jq '.workers[].rss_bytes'
+"""
+SCALE_EXAMPLE = "examples:\n  sudo sockact scale myapp 8\n  sudo sockact scale myapp auto\n"
+RELOAD_EXAMPLE = "example (after deploying new code):\n  sudo sockact reload myapp\n"
+LOGS_EXAMPLE = """\
+examples:
+  sockact logs myapp -f
+  sockact logs myapp -n 100 --worker 2 --priority warning
+  sockact logs myapp --since '10 min ago' --json
+"""
+PRIORITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _unit_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unit-dir", metavar="DIR", default=None,
+                        help="where the units live (default: $SOCKACT_UNIT_DIR or /etc/systemd/system)")
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"--watch {text!r}: give seconds from 0.1 to 3600, e.g. --watch 2")
+    return value
+
+
+def _priority(text: str) -> str:
+    if text in PRIORITIES or (text.isdigit() and int(text) < len(PRIORITIES)):
+        return text
+    raise argparse.ArgumentTypeError(f"--priority {text!r}: give one of {', '.join(PRIORITIES)} or 0-7")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+def _add(sub: Sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from .cli import spec_from
+    from .ops.manage import install
+
+    return install(spec_from(args), unit_dir=args.unit_dir, enable=args.enable, now=args.now)
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from .ops.manage import uninstall
+
+    return uninstall(args.name, unit_dir=args.unit_dir)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .ops.manage import list_apps
+
+    return list_apps(unit_dir=args.unit_dir, as_json=args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .ops.status import show_status, watch_status
+
+    if args.watch is not None:
+        return watch_status(args.name, args.watch, as_json=args.json)
+    return show_status(args.name, as_json=args.json)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from .ops.scale import scale
+
+    return scale(args.name, args.count)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from .ops.reload import reload
+
+    return reload(args.name)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .ops.logs import LogQuery, show_logs
+
+    query = LogQuery(name=args.name, follow=args.follow, lines=args.lines, worker=args.worker,
+                     priority=args.priority, since=args.since, as_json=args.json)
+    return show_logs(query)
+
+
+def register(sub: Sub) -> None:
     """Add the operator commands to the CLI; each lives in sockact.ops."""
+    from .cli import add_unit_options
+
+    install = _add(sub, "install", "write the units, daemon-reload, optionally enable and start NAME.socket",
+                   INSTALL_EXAMPLE)
+    add_unit_options(install)
+    _unit_dir(install)
+    install.add_argument("--enable", action="store_true", help="start NAME.socket on boot (like pm2 startup)")
+    install.add_argument("--now", action="store_true", help="start NAME.socket now")
+    install.set_defaults(func=cmd_install)
+
+    uninstall = _add(sub, "uninstall", "stop (draining), disable and remove an app's units", UNINSTALL_EXAMPLE)
+    uninstall.add_argument("name", help="the app name given to install")
+    _unit_dir(uninstall)
+    uninstall.set_defaults(func=cmd_uninstall)
+
+    listing = _add(sub, "list", "the apps sockact installed on this host, with state and worker counts", LIST_EXAMPLE)
+    _unit_dir(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of the table")
+    listing.set_defaults(func=cmd_list)
+
+    status = _add(sub, "status", "socket, backlog and one row per worker (state, PID, RSS, CPU, requests)",
+                  STATUS_EXAMPLE)
+    status.add_argument("name", help="the app name")
+    status.add_argument("--json", action="store_true", help="one JSON document (schema in sockact.ops.status)")
+    status.add_argument("--watch", nargs="?", const=2.0, type=_interval, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2) until Ctrl-C, like pm2 monit")
+    status.set_defaults(func=cmd_status)
+
+    scale = _add(sub, "scale", "set the worker count live and keep it across restarts", SCALE_EXAMPLE)
+    scale.add_argument("name", help="the app name")
+    scale.add_argument("count", metavar="N|auto", help="worker count, or auto for the CPUs usable here")
+    scale.set_defaults(func=cmd_scale)
+
+    reload = _add(sub, "reload", "rolling restart for new code: one worker at a time, each ready before the next",
+                  RELOAD_EXAMPLE)
+    reload.add_argument("name", help="the app name")
+    reload.set_defaults(func=cmd_reload)
+
+    logs = _add(sub, "logs", "every worker's journal merged, each line tagged with its worker", LOGS_EXAMPLE)
+    logs.add_argument("name", help="the app name")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
+    logs.add_argument("-n", "--lines", type=_positive, default=None, metavar="N",
+                      help="the last N lines (default: 20, or 10 with --follow)")
+    logs.add_argument("--worker", type=_positive, metavar="K", help="only worker K (NAME@K.service)")
+    logs.add_argument("-p", "--priority", type=_priority, metavar="LEVEL",
+                      help="only this priority or more urgent: " + ", ".join(PRIORITIES) + " or 0-7")
+    logs.add_argument("--since", metavar="TIME", help="journalctl --since, e.g. '10 min ago' or '2026-01-01 12:00'")
+    logs.add_argument("--json", action="store_true", help="print the journal's JSON records as they are")
+    logs.set_defaults(func=cmd_logs)
+

@@ -10,7 +10,7 @@ from typing import Any
 
 import jinja2
 
-from . import __version__, escape
+from . import __version__, escape, hardening, systemd_versions
 from .spec import UnitSpec, reject_control
 
 KINDS = ("socket", "service", "target")
@@ -84,7 +84,15 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "chdir": escape.path(spec.chdir) if spec.chdir else None,
         "environment": [escape.quoted(f"{key}={value}") for key, value in spec.env],
         "env_file": escape.path(spec.env_file) if spec.env_file else None,
-        "user": spec.user,  # validated: [a-z0-9_$-] only
+        "user": spec.run_as,  # validated: [a-z0-9_$-] only, or derived from the validated name
+        "sandbox": hardening.lines(spec),  # fixed words from sockact.hardening, nothing from the user
+        "state_dir": escape.path(spec.state_dir) if spec.state_dir else None,
+        "cache_dir": escape.path(spec.cache_dir) if spec.cache_dir else None,
+        "logs_dir": escape.path(spec.logs_dir) if spec.logs_dir else None,
+        "writable": [escape.path_word(path) for path in spec.writable],
+        "systemd_version": spec.systemd_version,
+        "backoff": systemd_versions.supports(spec.systemd_version, "RestartSteps"),
+        "restart_mode": systemd_versions.supports(spec.systemd_version, "RestartMode"),
         "watchdog": spec.watchdog,  # validated: digits and one dot
         "stop_timeout": spec.stop_timeout,
         "builtin_runtime": spec.exec_argv is None,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import shlex
+import socket
 import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
+from . import systemd_versions
 from .errors import UsageError
 
 # systemd's unit-name alphabet (unit_name_is_valid); '@' is excluded because NAME becomes
@@ -21,6 +24,14 @@ _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER_RE = re.compile(r"(?:[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?|[0-9]{1,10})")
 _SECONDS_RE = re.compile(r"[0-9]+(?:\.[0-9]{1,6})?")
 _MAX_WORKERS = 1024
+# StateDirectory= and friends: relative paths below /var/lib, /var/cache, /var/log. ':' is excluded
+# because systemd 255+ reads "SOURCE:LINK" there, spaces because the setting is a list.
+_DIR_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)*")
+_DIR_NAME_MAX = 200
+# systemd's strict user-name rule, which DynamicUser= names must pass (at most 31 characters).
+_DYNAMIC_USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,30}")
+_DYNAMIC_USER_PREFIX = "sockact-"
+_ROOT_USERS = ("root", "0")
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
 
@@ -52,6 +63,24 @@ class UnitSpec:
     user: str | None = None
     watchdog: str | None = None  # seconds, as validated text
     stop_timeout: str = "30"
+    systemd_version: int = systemd_versions.FALLBACK
+    harden: bool = True
+    allow_jit: bool = False
+    state_dir: str | None = None  # relative to /var/lib
+    cache_dir: str | None = None  # relative to /var/cache
+    logs_dir: str | None = None  # relative to /var/log
+    writable: tuple[str, ...] = ()
+
+    @property
+    def dynamic_user(self) -> bool:
+        return self.harden and self.user is None
+
+    @property
+    def run_as(self) -> str | None:
+        """User= of the workers: the given account, or the name of their dynamic user, or None (root)."""
+        if self.user is not None:
+            return self.user
+        return dynamic_user_name(self.name) if self.harden else None
 
     def instance(self, index: int) -> str:
         return f"{self.name}@{index}.service"
@@ -59,6 +88,19 @@ class UnitSpec:
     @property
     def instances(self) -> tuple[str, ...]:
         return tuple(self.instance(i) for i in range(1, self.workers + 1))
+
+
+def dynamic_user_name(unit_name: str) -> str:
+    """User= for DynamicUser=: "sockact-NAME", or a hash of NAME when that is no valid user name.
+
+    Without User=, systemd names the dynamic user after the unit ("myapp") and, if an account of
+    that name exists, runs the service as that account: an app called "root" would run as root.
+    The "sockact-" prefix keeps the name away from the system's own accounts.
+    """
+    candidate = _DYNAMIC_USER_PREFIX + unit_name
+    if _DYNAMIC_USER_RE.fullmatch(candidate):
+        return candidate
+    return _DYNAMIC_USER_PREFIX + hashlib.sha256(unit_name.encode()).hexdigest()[:16]
 
 
 def reject_control(field: str, value: str) -> str:
@@ -85,8 +127,13 @@ def name(value: str) -> str:
     return value
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses or reads."""
+    return text.isascii() and text.isdigit()
+
+
 def port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
+    if not is_number(text) or not 1 <= int(text) <= 65535:
         raise UsageError(f"--listen {whole!r}: port {text!r} is not a number from 1 to 65535")
     return int(text)
 
@@ -94,7 +141,7 @@ def port(text: str, whole: str) -> int:
 def listener(value: str) -> Listener:
     """Parse PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path."""
     reject_control("--listen", value)
-    if value.isdigit():
+    if is_number(value):
         return Listener("tcp", str(port(value, value)))
     if value.startswith("/"):
         return Listener("unix", _unix_path(value))
@@ -102,11 +149,7 @@ def listener(value: str) -> Listener:
         host, sep, rest = value[1:].partition("]:")
         if not sep:
             raise UsageError(f"--listen {value!r}: write an IPv6 listener as [ADDRESS]:PORT, e.g. [::1]:8000")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise UsageError(f"--listen {value!r}: {host!r} is not an IPv6 address") from None
-        return Listener("tcp", f"[{host}]:{port(rest, value)}")
+        return Listener("tcp", f"[{ipv6(host, value)}]:{port(rest, value)}")
     host, sep, rest = value.rpartition(":")
     if not sep:
         raise UsageError(
@@ -120,6 +163,18 @@ def listener(value: str) -> Listener:
             "not host names (use e.g. 127.0.0.1:8000, [::1]:8000 or just the port)"
         ) from None
     return Listener("tcp", f"{host}:{port(rest, value)}")
+
+
+def ipv6(host: str, whole: str) -> str:
+    """The address as systemd prints it back (inet_ntop), so the unit says what systemd will show."""
+    if "%" in host:
+        raise UsageError(f"--listen {whole!r}: scoped addresses (%IFACE) are not supported; "
+                         "listen on the address without the scope")
+    try:
+        packed = ipaddress.IPv6Address(host).packed
+    except ValueError:
+        raise UsageError(f"--listen {whole!r}: {host!r} is not an IPv6 address") from None
+    return socket.inet_ntop(socket.AF_INET6, packed)
 
 
 def _unix_path(value: str) -> str:
@@ -169,7 +224,7 @@ def exec_command(value: str) -> tuple[str, ...]:
 def workers(value: str) -> int:
     if value == "auto":
         return len(os.sched_getaffinity(0))
-    if not value.isdigit() or not 1 <= int(value) <= _MAX_WORKERS:
+    if not is_number(value) or not 1 <= int(value) <= _MAX_WORKERS:
         raise UsageError(f"--workers {value!r}: give 'auto' or a whole number from 1 to {_MAX_WORKERS}")
     return int(value)
 
@@ -184,11 +239,43 @@ def env_pair(value: str) -> tuple[str, str]:
     return key, val
 
 
-def user(value: str) -> str:
+def user(value: str, *, harden: bool = True) -> str:
     reject_control("--user", value)
     if not _USER_RE.fullmatch(value):
         raise UsageError(f"--user {value!r} is not a user name or UID; use e.g. www-data or 33")
+    if harden and value in _ROOT_USERS:
+        raise UsageError(f"--user {value}: workers never need root (systemd binds the port); "
+                         "leave --user out for a dynamic user, or add --no-harden to insist")
     return value
+
+
+def directory_name(field: str, value: str) -> str:
+    """A relative directory below /var/lib, /var/cache or /var/log, e.g. 'myapp' or 'myapp/uploads'."""
+    reject_control(field, value)
+    if not _DIR_NAME_RE.fullmatch(value) or len(value) > _DIR_NAME_MAX:
+        raise UsageError(
+            f"{field} {value!r}: give a directory name relative to /var/lib, /var/cache or /var/log, "
+            f"of letters, digits and '_.-' with '/' between parts, e.g. {field} myapp"
+        )
+    return value
+
+
+def writable_path(value: str) -> str:
+    """A path for ReadWritePaths=; quotes are refused because that setting unquotes its words."""
+    path = absolute_path("--writable", value)
+    if '"' in path or "'" in path:
+        raise UsageError(f"--writable {value!r}: rename the path without quote characters")
+    return path
+
+
+def target_version(value: int | str) -> int:
+    text = str(value)
+    if not is_number(text) or not systemd_versions.OLDEST <= int(text) <= 9999:
+        raise UsageError(
+            f"--systemd-version {text!r}: give the major version of the target's systemd "
+            f"(systemctl --version), {systemd_versions.OLDEST} or newer, e.g. 252"
+        )
+    return int(text)
 
 
 def seconds(field: str, value: str, *, maximum: int = 86400) -> str:
@@ -216,8 +303,18 @@ def build(
     run_as: str | None = None,
     watchdog: str | None = None,
     stop_timeout: str = "30",
+    systemd_version: int | str = systemd_versions.FALLBACK,
+    harden: bool = True,
+    allow_jit: bool = False,
+    state_dir: str | None = None,
+    cache_dir: str | None = None,
+    logs_dir: str | None = None,
+    writable: list[str] | None = None,
 ) -> UnitSpec:
-    """Validate every raw option and return the spec; raises UsageError on the first bad value."""
+    """Validate every raw option and return the spec; raises UsageError on the first bad value.
+
+    ``systemd_version`` is the major version the units are rendered for (default: Debian 12's 252).
+    """
     if (app_ref is None) == (exec_cmd is None):
         raise UsageError("give exactly one of --app MODULE:ATTR (the built-in runtime) or --exec CMD")
     if not listen:
@@ -235,7 +332,14 @@ def build(
         chdir=absolute_path("--chdir", chdir) if chdir is not None else None,
         env=tuple(env_pair(item) for item in env or ()),
         env_file=absolute_path("--env-file", env_file) if env_file is not None else None,
-        user=user(run_as) if run_as is not None else None,
+        user=user(run_as, harden=harden) if run_as is not None else None,
         watchdog=seconds("--watchdog", watchdog) if watchdog is not None else None,
         stop_timeout=seconds("--stop-timeout", stop_timeout),
+        systemd_version=target_version(systemd_version),
+        harden=harden,
+        allow_jit=allow_jit,
+        state_dir=directory_name("--state-dir", state_dir) if state_dir is not None else None,
+        cache_dir=directory_name("--cache-dir", cache_dir) if cache_dir is not None else None,
+        logs_dir=directory_name("--logs-dir", logs_dir) if logs_dir is not None else None,
+        writable=tuple(writable_path(item) for item in writable or ()),
     )

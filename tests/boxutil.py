@@ -56,3 +56,36 @@ def concurrent_get(box: PrivateSystemd, port: int, path: str, total: int, parall
 
 def instance_states(box: PrivateSystemd, name: str, workers: int) -> list[str]:
     return [box.show(f"{name}@{i}.service", "ActiveState")["ActiveState"] for i in range(1, workers + 1)]
+
+
+def parse_wrk(output: str) -> dict[str, int]:
+    """requests, socket errors (connect/read/write/timeout) and non-2xx counts from wrk's report."""
+    import re
+
+    found = re.search(r"(\d+) requests in", output)
+    assert found, output
+    result = {"requests": int(found.group(1)), "connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if errors:
+        for key, value in zip(("connect", "read", "write", "timeout"), errors.groups()):
+            result[key] = int(value)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx:
+        result["non2xx"] = int(non2xx.group(1))
+    return result
+
+
+def failures(stats: dict[str, int]) -> int:
+    return sum(stats[key] for key in ("connect", "read", "write", "timeout", "non2xx"))
+
+
+def served_counts(box: PrivateSystemd, name: str, workers: int) -> list[int]:
+    """Requests each worker has served, from its STATUS= line (updated every second)."""
+    import re
+
+    counts = []
+    for i in range(1, workers + 1):
+        text = box.show(f"{name}@{i}.service", "StatusText")["StatusText"]
+        found = re.search(r"serving: (\d+) requests", text)
+        counts.append(int(found.group(1)) if found else 0)
+    return counts

@@ -1,0 +1,186 @@
+"""`sockact install`, `uninstall` and `list`: an app's unit files in the unit directory, and their enablement."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..errors import NotOursError, UsageError
+from . import HEADER, default_unit_dir
+from .app import instance_index, is_ours, require_ours, require_root, validated_name, wanted_indexes
+from .facts import listen_address
+from .systemctl import Props, daemon_reload, show_by_id, systemctl, try_systemctl
+from .table import table
+
+if TYPE_CHECKING:
+    from ..render import Unit
+    from ..spec import UnitSpec
+
+LIST_SCHEMA = "sockact-list/1"
+
+
+def unit_names(name: str) -> tuple[str, str, str]:
+    return f"{name}.socket", f"{name}@.service", f"{name}.target"
+
+
+def unit_directory(unit_dir: str | None) -> Path:
+    directory = Path(unit_dir or default_unit_dir())
+    if not directory.is_dir():
+        raise UsageError(f"unit directory {str(directory)!r} does not exist; create it or pass another --unit-dir")
+    return directory
+
+
+def runtime_flag(directory: Path) -> list[str]:
+    """['--runtime'] for units under /run: they vanish at reboot, so their enablement must too."""
+    return ["--runtime"] if directory.resolve().is_relative_to("/run") else []
+
+
+# --- install ---------------------------------------------------------------------------------------
+
+def _check_loaded_elsewhere(name: str, directory: Path) -> None:
+    """Refuse to shadow, or be shadowed by, a unit of the same name in another directory."""
+    loaded = show_by_id([f"{name}.socket", f"{name}.target", f"{name}@1.service"], ["LoadState", "FragmentPath"])
+    for unit, props in loaded.items():
+        path = props.get("FragmentPath", "")
+        if props.get("LoadState") == "masked":
+            raise UsageError(f"{unit} is masked; unmask it (`sudo systemctl unmask {unit}`) or choose another app name")
+        if not path or Path(path).parent.resolve() == directory.resolve():
+            continue
+        if not is_ours(path):
+            raise NotOursError(f"{unit} is already defined by {path}, which sockact did not write; "
+                               "choose another app name")
+        raise UsageError(f"{name} is already installed in {Path(path).parent}; uninstall it there first "
+                         f"(`sudo sockact uninstall {name} --unit-dir {Path(path).parent}`) or install there")
+
+
+def _check_files(units: list[Unit], directory: Path) -> None:
+    for unit in units:
+        path = directory / unit.filename
+        if path.exists():
+            require_ours(unit.filename, path)
+
+
+def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, out: TextIO = sys.stdout) -> int:
+    from ..install import write_units
+    from ..render import render
+
+    require_root("install")
+    directory = unit_directory(unit_dir)
+    units = render(spec)
+    _check_files(units, directory)
+    _check_loaded_elsewhere(spec.name, directory)
+    running = show_by_id([f"{spec.name}.target"], ["ActiveState"]).get(f"{spec.name}.target", {})
+    out.writelines(f"wrote {path}\n" for path in write_units(units, str(directory)))
+    daemon_reload()
+    socket = f"{spec.name}.socket"
+    if enable:
+        systemctl("enable", *runtime_flag(directory), socket)
+        until = " (until the next reboot: --unit-dir is under /run)" if runtime_flag(directory) else ""
+        out.write(f"enabled {socket}: it starts on boot{until}\n")
+    if now:
+        systemctl("start", socket)
+        listening = ", ".join(item.address for item in spec.listeners)
+        out.write(f"started {socket}: listening on {listening}; the first connection starts {spec.workers} workers\n")
+    if running.get("ActiveState") == "active":
+        out.write(f"{spec.name} is running: run `sudo sockact reload {spec.name}` to restart its workers on the new "
+                  f"units, and `sudo sockact scale {spec.name} {spec.workers}` if the worker count changed\n")
+    return 0
+
+
+# --- uninstall -------------------------------------------------------------------------------------
+
+def _drop_ins(directory: Path, name: str) -> tuple[list[Path], list[Path]]:
+    """(drop-ins sockact wrote, drop-ins it did not) for the app's units."""
+    found = [conf for unit in unit_names(name) for conf in sorted((directory / f"{unit}.d").glob("*.conf"))]
+    return [conf for conf in found if is_ours(conf)], [conf for conf in found if not is_ours(conf)]
+
+
+def _stop(name: str) -> None:
+    """Stop the socket (no new activations) and the target (its workers drain first); then stray instances."""
+    units = [f"{name}.socket", f"{name}.target"]
+    loaded = show_by_id(units, ["LoadState"])
+    systemctl("stop", *(unit for unit in units if loaded.get(unit, {}).get("LoadState") == "loaded"))
+    systemctl("stop", f"{name}@*.service")
+
+
+def _remove(paths: list[Path], directory: Path, name: str, out: TextIO) -> None:
+    for path in paths:
+        path.unlink()
+        out.write(f"removed {path}\n")
+    for unit in unit_names(name):
+        drop_in_dir = directory / f"{unit}.d"
+        if drop_in_dir.is_dir() and not any(drop_in_dir.iterdir()):
+            drop_in_dir.rmdir()
+
+
+def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> int:
+    require_root("uninstall")
+    validated_name(name)
+    directory = unit_directory(unit_dir)
+    files = [directory / unit for unit in unit_names(name) if (directory / unit).exists()]
+    if not files:
+        raise UsageError(f"unknown app {name!r}: no units of it in {directory}; see `sockact list --unit-dir DIR`")
+    for path in files:
+        require_ours(path.name, path)
+    ours, theirs = _drop_ins(directory, name)
+    _stop(name)
+    try_systemctl("disable", *runtime_flag(directory), f"{name}.socket", f"{name}.target")
+    _remove([*ours, *files], directory, name, out)
+    daemon_reload()
+    try_systemctl("reset-failed", f"{name}.socket", f"{name}.target", f"{name}@*.service")
+    for path in theirs:
+        out.write(f"left {path}: sockact did not write it\n")
+    out.write(f"uninstalled {name}: stopped, disabled, {len(ours) + len(files)} files removed\n")
+    return 0
+
+
+# --- list ------------------------------------------------------------------------------------------
+
+def find_apps(directory: Path) -> list[str]:
+    """Names of the apps whose NAME.target in directory sockact wrote."""
+    return sorted(path.stem for path in directory.glob("*.target") if "@" not in path.stem and is_ours(path))
+
+
+def _app_entry(name: str, units: dict[str, Props]) -> dict[str, Any]:
+    sock, target = units.get(f"{name}.socket", {}), units.get(f"{name}.target", {})
+    running = sum(
+        1 for unit, props in units.items()
+        if instance_index(name, unit) is not None and props.get("ActiveState") == "active"
+    )
+    return {
+        "app": name,
+        "socket": {"state": sock.get("ActiveState", "unknown"), "sub_state": sock.get("SubState", ""),
+                   "enabled": sock.get("UnitFileState", ""),
+                   "listen": [listen_address(line) for line in sock.get("Listen", "").splitlines() if line]},
+        "target_state": target.get("ActiveState", "unknown"),
+        "workers_wanted": len(wanted_indexes(name, target.get("Wants", ""))),
+        "workers_running": running,
+    }
+
+
+def _render_list(apps: list[dict[str, Any]]) -> str:
+    rows = [
+        [entry["app"], f"{entry['socket']['state']} ({entry['socket']['sub_state']})", entry["socket"]["enabled"],
+         ", ".join(entry["socket"]["listen"]) or "-", f"{entry['workers_running']}/{entry['workers_wanted']}",
+         entry["target_state"]]
+        for entry in apps
+    ]
+    return table(["APP", "SOCKET", "ON BOOT", "LISTEN", "WORKERS", "TARGET"], rows) + "\n"
+
+
+def list_apps(*, unit_dir: str | None, as_json: bool, out: TextIO = sys.stdout) -> int:
+    directory = unit_directory(unit_dir)
+    names = find_apps(directory)
+    patterns = [unit for name in names for unit in (f"{name}.socket", f"{name}.target", f"{name}@*.service")]
+    props = ("ActiveState", "SubState", "Wants", "Listen", "UnitFileState")
+    units = show_by_id(patterns, props) if names else {}
+    apps = [_app_entry(name, units) for name in names]
+    if as_json:
+        out.write(json.dumps({"schema": LIST_SCHEMA, "unit_dir": str(directory), "apps": apps}) + "\n")
+    elif not apps:
+        out.write(f"no apps in {directory} (units whose first line is '{HEADER} ...')\n")
+    else:
+        out.write(_render_list(apps))
+    return 0

@@ -1,0 +1,24 @@
+"""An ASGI app that can block its own event loop: GET /block?s=N calls time.sleep(N) in the handler."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+log = logging.getLogger("blocker")
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+    if scope["path"] == "/block":
+        time.sleep(float(query.get("s", "1")))  # deliberately blocks the loop
+    elif scope["path"] == "/log":
+        log.warning("a warning from worker %s", os.environ.get("SOCKACT_WORKER"))
+        log.error("an error from worker %s", os.environ.get("SOCKACT_WORKER"))
+    body = f"worker {os.environ.get('SOCKACT_WORKER', '-')} pid {os.getpid()}\n".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

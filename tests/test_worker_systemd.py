@@ -1,0 +1,211 @@
+"""The worker runtime under a real systemd: fairness, zero lost requests, drain, watchdog, status, logs, crash policy."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sockact.testing import PrivateSystemd
+
+from boxutil import (concurrent_get, failures, http_get, install_units, instance_states, parse_wrk,
+                     served_counts)
+
+HELLO = "sockact.examples.hello:app"
+
+
+def start_app(box: PrivateSystemd, name: str, port: int, workers: int, *options: str) -> None:
+    install_units(box, name, "--listen", str(port), "--workers", str(workers), *options)
+    box.systemctl("start", f"{name}.socket")
+    http_get(box, f"http://127.0.0.1:{port}/")
+    box.wait_for(lambda: instance_states(box, name, workers) == ["active"] * workers, what=f"{name} workers active")
+
+
+def wrk(box: PrivateSystemd, url: str, seconds: int, *args: str) -> subprocess.Popen[str]:
+    return box.popen("wrk", "-t2", "-c8", f"-d{seconds}s", *args, url, stdout=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("keepalive", [False, True], ids=["close", "keepalive"])
+def test_each_worker_gets_a_fair_share(private_systemd: PrivateSystemd, keepalive: bool) -> None:
+    box = private_systemd
+    name, port = f"fair{int(keepalive)}", 8100 + int(keepalive)
+    start_app(box, name, port, 2, "--app", HELLO)
+    time.sleep(1.1)  # STATUS= is refreshed every second
+    before = served_counts(box, name, 2)
+    args = [] if keepalive else ["-H", "Connection: close"]
+    out, _ = wrk(box, f"http://127.0.0.1:{port}/sleep?ms=10", 4, *args).communicate(timeout=60)
+    assert failures(parse_wrk(out)) == 0, out
+    time.sleep(1.1)
+    shares = [after - prior for after, prior in zip(served_counts(box, name, 2), before)]
+    ratio = max(shares) / max(1, min(shares))
+    print(f"\nfairness ({'keep-alive' if keepalive else 'Connection: close'}): per worker {shares}, max/min {ratio:.2f}")
+    assert ratio <= 1.2, shares
+
+
+@pytest.mark.parametrize("keepalive", [False, True], ids=["close", "keepalive"])
+def test_full_restart_under_load_loses_no_request(private_systemd: PrivateSystemd, keepalive: bool) -> None:
+    box = private_systemd
+    name, port = f"restart{int(keepalive)}", 8110 + int(keepalive)
+    start_app(box, name, port, 2, "--app", HELLO)
+    load = wrk(box, f"http://127.0.0.1:{port}/sleep?ms=5", 6, *([] if keepalive else ["-H", "Connection: close"]))
+    time.sleep(1.5)
+    for _ in range(2):
+        box.systemctl("restart", f"{name}.target")
+        box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="workers back")
+        time.sleep(0.7)
+    stats = parse_wrk(load.communicate(timeout=60)[0])
+    print(f"\nsystemctl restart {name}.target x2 under wrk ({'keep-alive' if keepalive else 'close'}): {stats}")
+    assert stats["requests"] > 100
+    assert failures(stats) == 0, stats
+
+
+def test_kill_9_restarts_that_worker_and_the_others_keep_serving(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    start_app(box, "k9", 8120, 2, "--app", HELLO)
+    pid = box.show("k9@2.service", "MainPID")["MainPID"]
+    load = wrk(box, "http://127.0.0.1:8120/sleep?ms=20", 4, "-H", "Connection: close")
+    time.sleep(1)
+    box.run("kill", "-9", pid)
+    box.wait_for(lambda: box.show("k9@2.service", "NRestarts")["NRestarts"] == "1", what="k9@2 restarted")
+    box.wait_for(lambda: instance_states(box, "k9", 2) == ["active"] * 2, what="k9@2 active again")
+    stats = parse_wrk(load.communicate(timeout=60)[0])
+    print(f"\nkill -9 of one of 2 workers under wrk: {stats}")
+    # Only connections the killed worker held can fail: at most its share of wrk's 8.
+    assert failures(stats) <= 8, stats
+    result = concurrent_get(box, 8120, "/sleep?ms=10", total=60, parallel=6)
+    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}  # type: ignore[misc]
+
+
+DRAIN_CLIENT = """
+import http.client, json, socket, sys, threading, time
+port = int(sys.argv[1])
+idle = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+idle.request("GET", "/")
+idle.getresponse().read()          # now an idle keep-alive connection
+result = {}
+def slow():
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/sleep?ms=2500")
+    response = conn.getresponse()
+    result["slow"] = [response.status, response.read().decode().strip(), time.monotonic()]
+thread = threading.Thread(target=slow)
+thread.start()
+time.sleep(0.5)
+print("in flight", flush=True)
+sys.stdin.readline()               # the test sends SIGTERM (systemctl stop) now
+began = time.monotonic()
+idle.sock.settimeout(10)
+result["idle_closed_after"] = time.monotonic() - began if idle.sock.recv(1) == b"" else None
+thread.join()
+result["slow"][2] -= began
+print(json.dumps(result), flush=True)
+"""
+
+
+def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    start_app(box, "drain", 8130, 1, "--app", HELLO, "--stop-timeout", "10")
+    client = box.popen(sys.executable, "-c", DRAIN_CLIENT, "8130", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert client.stdout is not None and client.stdin is not None
+    assert client.stdout.readline().strip() == "in flight"
+    began = time.monotonic()
+    stopper = box.popen("systemctl", "stop", "drain@1.service")
+    client.stdin.write("go\n")
+    client.stdin.flush()
+    result = json.loads(client.stdout.readline())
+    assert stopper.wait(20) == 0
+    stopped_after = time.monotonic() - began
+    print(f"\ndrain: slow request {result['slow'][:2]} finished {result['slow'][2]:.2f} s after SIGTERM; "
+          f"idle keep-alive closed after {result['idle_closed_after']:.2f} s; worker stopped after {stopped_after:.2f} s")
+    assert result["slow"][0] == 200
+    assert result["idle_closed_after"] is not None and result["idle_closed_after"] < 2
+    assert stopped_after < 10
+    assert box.show("drain@1.service", "Result", "ExecMainStatus") == {"Result": "success", "ExecMainStatus": "0"}
+
+
+def test_drain_never_runs_past_the_stop_timeout(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    start_app(box, "deadline", 8140, 1, "--app", HELLO, "--stop-timeout", "3")
+    slow = box.popen("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8140/sleep?ms=20000",
+                     stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    began = time.monotonic()
+    box.systemctl("stop", "deadline@1.service")
+    took = time.monotonic() - began
+    slow.communicate(timeout=30)
+    journal = box.journal("-u", "deadline@1.service", "-o", "cat")
+    print(f"\ndrain deadline 3 s with a 20 s request in flight: stopped after {took:.2f} s")
+    assert took < 3.0
+    assert "Killing" not in journal and "timed out" not in journal  # it left on its own, before SIGKILL
+
+
+def test_watchdog_kills_a_blocked_loop_but_not_a_late_one(private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    box = private_systemd
+    start_app(box, "wd", 8150, 1, "--app", "blocker:app", "--chdir", str(shared_apps), "--watchdog", "2")
+    http_get(box, "http://127.0.0.1:8150/block?s=1")  # late by 1 s of a 2 s watchdog: alive
+    time.sleep(1)
+    assert box.show("wd@1.service", "NRestarts")["NRestarts"] == "0"
+    box.run("curl", "-s", "--max-time", "10", "http://127.0.0.1:8150/block?s=8", check=False)
+    box.wait_for(lambda: box.show("wd@1.service", "NRestarts")["NRestarts"] == "1", timeout=20, what="watchdog restart")
+    assert "Watchdog timeout" in box.journal("-u", "wd@1.service", "-o", "cat")
+    box.wait_active("wd@1.service")
+    assert http_get(box, "http://127.0.0.1:8150/").startswith("worker 1")
+
+
+def test_status_line_has_live_figures(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    start_app(box, "stat", 8160, 1, "--app", HELLO)
+    for _ in range(5):
+        http_get(box, "http://127.0.0.1:8160/")
+    box.wait_for(lambda: served_counts(box, "stat", 1)[0] >= 6, what="STATUS= counting requests")
+    text = box.show("stat@1.service", "StatusText")["StatusText"]
+    assert "in flight" in text and "req/s" in text and "ready since" in text
+
+
+def test_app_logs_reach_the_journal_with_priority_and_worker(private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    box = private_systemd
+    start_app(box, "logs", 8170, 2, "--app", "blocker:app", "--chdir", str(shared_apps))
+    http_get(box, "http://127.0.0.1:8170/log")
+
+    def records() -> list[dict[str, str]]:
+        out = box.journal("-u", "logs@*", "-o", "json")
+        return [json.loads(line) for line in out.splitlines() if "from worker" in line]
+
+    box.wait_for(lambda: len(records()) >= 2, what="app log records in the journal")
+    by_priority = {r["PRIORITY"]: r for r in records()}
+    assert "a warning from worker" in by_priority["4"]["MESSAGE"]
+    assert "an error from worker" in by_priority["3"]["MESSAGE"]
+    record = by_priority["3"]
+    worker = record["MESSAGE"].split()[-1]
+    assert record["_SYSTEMD_UNIT"] == f"logs@{worker}.service"
+    if "SOCKACT_WORKER" in record:  # through systemd-python's journal sender
+        assert record["SOCKACT_WORKER"] == worker and record["SOCKACT_APP"] == "logs"
+
+
+def test_crash_loop_ends_failed_and_recovers_once_fixed(private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    box = private_systemd
+    app_dir = shared_apps / "crashloop"
+    app_dir.mkdir(exist_ok=True)
+    (app_dir / "crashy.py").write_text((shared_apps / "broken.py").read_text())
+    install_units(box, "crashy", "--app", "crashy:app", "--listen", "8180", "--workers", "2", "--chdir", str(app_dir))
+    box.systemctl("start", "crashy.socket")
+    began = time.monotonic()
+    box.run("curl", "-s", "--max-time", "30", "http://127.0.0.1:8180/", check=False)
+    box.wait_for(lambda: instance_states(box, "crashy", 2) == ["failed"] * 2, timeout=25, what="workers failed")
+    print(f"\ncrash loop: both workers failed after {time.monotonic() - began:.1f} s")
+    journal = box.journal("-u", "crashy@1.service", "-o", "cat")
+    errors = [line for line in journal.splitlines() if "cannot import crashy" in line]
+    assert len(errors) >= 2 and "Traceback" not in journal  # one short line per attempt
+    assert box.show("crashy.socket", "Result")["Result"] == "service-start-limit-hit"
+
+    (app_dir / "crashy.py").write_text("from sockact.examples.hello import app\n")
+    box.systemctl("reset-failed", "crashy.socket", "crashy@1.service", "crashy@2.service")
+    # The target is still active from the first start, so it is started again to pull every worker.
+    box.systemctl("start", "crashy.socket", "crashy.target")
+    assert http_get(box, "http://127.0.0.1:8180/").startswith("worker ")
+    box.wait_for(lambda: instance_states(box, "crashy", 2) == ["active"] * 2, what="workers serving again")
