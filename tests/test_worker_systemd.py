@@ -18,6 +18,7 @@ from boxutil import (concurrent_get, failures, http_get, install_units, instance
                      served_counts)
 
 HELLO = "sockact.examples.hello:app"
+HELLO_WSGI = "sockact.examples.hello_wsgi:application"
 
 
 def start_app(box: PrivateSystemd, name: str, port: int, workers: int, *options: str) -> None:
@@ -31,11 +32,13 @@ def wrk(box: PrivateSystemd, url: str, seconds: int, *args: str) -> subprocess.P
     return box.popen("wrk", "-t2", "-c8", f"-d{seconds}s", *args, url, stdout=subprocess.PIPE, text=True)
 
 
+@pytest.mark.parametrize("app", [HELLO, HELLO_WSGI], ids=["asgi", "wsgi"])
 @pytest.mark.parametrize("keepalive", [False, True], ids=["close", "keepalive"])
-def test_each_worker_gets_a_fair_share(private_systemd: PrivateSystemd, keepalive: bool) -> None:
+def test_each_worker_gets_a_fair_share(private_systemd: PrivateSystemd, keepalive: bool, app: str) -> None:
     box = private_systemd
-    name, port = f"fair{int(keepalive)}", 8100 + int(keepalive)
-    start_app(box, name, port, 2, "--app", HELLO)
+    wsgi = app == HELLO_WSGI
+    name, port = f"fair{int(keepalive)}{'w' if wsgi else ''}", 8100 + int(keepalive) + 2 * wsgi
+    start_app(box, name, port, 2, "--app", app)
     time.sleep(1.1)  # STATUS= is refreshed every second
     before = served_counts(box, name, 2)
     args = [] if keepalive else ["-H", "Connection: close"]
@@ -44,15 +47,18 @@ def test_each_worker_gets_a_fair_share(private_systemd: PrivateSystemd, keepaliv
     time.sleep(1.1)
     shares = [after - prior for after, prior in zip(served_counts(box, name, 2), before)]
     ratio = max(shares) / max(1, min(shares))
-    print(f"\nfairness ({'keep-alive' if keepalive else 'Connection: close'}): per worker {shares}, max/min {ratio:.2f}")
+    print(f"\nfairness {'WSGI' if wsgi else 'ASGI'} ({'keep-alive' if keepalive else 'Connection: close'}): "
+          f"per worker {shares}, max/min {ratio:.2f}")
     assert ratio <= 1.2, shares
 
 
+@pytest.mark.parametrize("app", [HELLO, HELLO_WSGI], ids=["asgi", "wsgi"])
 @pytest.mark.parametrize("keepalive", [False, True], ids=["close", "keepalive"])
-def test_full_restart_under_load_loses_no_request(private_systemd: PrivateSystemd, keepalive: bool) -> None:
+def test_full_restart_under_load_loses_no_request(private_systemd: PrivateSystemd, keepalive: bool, app: str) -> None:
     box = private_systemd
-    name, port = f"restart{int(keepalive)}", 8110 + int(keepalive)
-    start_app(box, name, port, 2, "--app", HELLO)
+    wsgi = app == HELLO_WSGI
+    name, port = f"restart{int(keepalive)}{'w' if wsgi else ''}", 8110 + int(keepalive) + 2 * wsgi
+    start_app(box, name, port, 2, "--app", app)
     load = wrk(box, f"http://127.0.0.1:{port}/sleep?ms=5", 6, *([] if keepalive else ["-H", "Connection: close"]))
     time.sleep(1.5)
     for _ in range(2):
@@ -60,7 +66,8 @@ def test_full_restart_under_load_loses_no_request(private_systemd: PrivateSystem
         box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="workers back")
         time.sleep(0.7)
     stats = parse_wrk(load.communicate(timeout=60)[0])
-    print(f"\nsystemctl restart {name}.target x2 under wrk ({'keep-alive' if keepalive else 'close'}): {stats}")
+    print(f"\nsystemctl restart {name}.target x2 under wrk ({'WSGI' if wsgi else 'ASGI'}, "
+          f"{'keep-alive' if keepalive else 'close'}): {stats}")
     assert stats["requests"] > 100
     assert failures(stats) == 0, stats
 
@@ -108,39 +115,44 @@ print(json.dumps(result), flush=True)
 """
 
 
-def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(private_systemd: PrivateSystemd) -> None:
+@pytest.mark.parametrize("app", [HELLO, HELLO_WSGI], ids=["asgi", "wsgi"])
+def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(private_systemd: PrivateSystemd, app: str) -> None:
     box = private_systemd
-    start_app(box, "drain", 8130, 1, "--app", HELLO, "--stop-timeout", "10")
-    client = box.popen(sys.executable, "-c", DRAIN_CLIENT, "8130", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    name, port = ("drain", 8130) if app == HELLO else ("drainw", 8131)
+    start_app(box, name, port, 1, "--app", app, "--stop-timeout", "10")
+    client = box.popen(sys.executable, "-c", DRAIN_CLIENT, str(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                       text=True)
     assert client.stdout is not None and client.stdin is not None
     assert client.stdout.readline().strip() == "in flight"
     began = time.monotonic()
-    stopper = box.popen("systemctl", "stop", "drain@1.service")
+    stopper = box.popen("systemctl", "stop", f"{name}@1.service")
     client.stdin.write("go\n")
     client.stdin.flush()
     result = json.loads(client.stdout.readline())
     assert stopper.wait(20) == 0
     stopped_after = time.monotonic() - began
-    print(f"\ndrain: slow request {result['slow'][:2]} finished {result['slow'][2]:.2f} s after SIGTERM; "
+    print(f"\ndrain {name}: slow request {result['slow'][:2]} finished {result['slow'][2]:.2f} s after SIGTERM; "
           f"idle keep-alive closed after {result['idle_closed_after']:.2f} s; worker stopped after {stopped_after:.2f} s")
     assert result["slow"][0] == 200
     assert result["idle_closed_after"] is not None and result["idle_closed_after"] < 2
     assert stopped_after < 10
-    assert box.show("drain@1.service", "Result", "ExecMainStatus") == {"Result": "success", "ExecMainStatus": "0"}
+    assert box.show(f"{name}@1.service", "Result", "ExecMainStatus") == {"Result": "success", "ExecMainStatus": "0"}
 
 
-def test_drain_never_runs_past_the_stop_timeout(private_systemd: PrivateSystemd) -> None:
+@pytest.mark.parametrize("app", [HELLO, HELLO_WSGI], ids=["asgi", "wsgi"])
+def test_drain_never_runs_past_the_stop_timeout(private_systemd: PrivateSystemd, app: str) -> None:
     box = private_systemd
-    start_app(box, "deadline", 8140, 1, "--app", HELLO, "--stop-timeout", "3")
-    slow = box.popen("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:8140/sleep?ms=20000",
+    name, port = ("deadline", 8140) if app == HELLO else ("deadlinew", 8141)
+    start_app(box, name, port, 1, "--app", app, "--stop-timeout", "3")
+    slow = box.popen("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/sleep?ms=20000",
                      stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)
     began = time.monotonic()
-    box.systemctl("stop", "deadline@1.service")
+    box.systemctl("stop", f"{name}@1.service")
     took = time.monotonic() - began
-    slow.communicate(timeout=30)
-    journal = box.journal("-u", "deadline@1.service", "-o", "cat")
-    print(f"\ndrain deadline 3 s with a 20 s request in flight: stopped after {took:.2f} s")
+    slow.kill()
+    journal = box.journal("-u", f"{name}@1.service", "-o", "cat")
+    print(f"\ndrain deadline 3 s with a 20 s request in flight ({name}): stopped after {took:.2f} s")
     assert took < 3.0
     assert "Killing" not in journal and "timed out" not in journal  # it left on its own, before SIGKILL
 

@@ -30,6 +30,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--interface", default="auto", choices=("auto", "asgi3", "asgi2", "wsgi"),
                         help="protocol of the app (default: detected)")
     parser.add_argument("--threads", type=int, default=10, metavar="N", help="WSGI thread pool size (default: 10)")
+    parser.add_argument("--wsgi-engine", default="threads", choices=("threads", "asgi"),
+                        help="WSGI apps: waitress's threaded engine (default) or a2wsgi on the ASGI engine")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser.parse_args(argv)
 
@@ -78,11 +80,19 @@ def main(argv: Sequence[str]) -> int:
     try:
         sockets = sockets_for(args.bind)
         app = load_app(args.app)
+        from .interface import detect
         from .notify import default_notifier
-        from .server import run
 
-        run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log, notifier=default_notifier(),
-            interface=args.interface, threads=args.threads)
+        interface = detect(app) if args.interface == "auto" else args.interface
+        if interface == "wsgi" and args.wsgi_engine == "threads":
+            from .wsgi import run as run_wsgi
+
+            run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=default_notifier())
+        else:
+            from .server import run
+
+            run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
+                notifier=default_notifier(), interface=interface, threads=args.threads)
     except SockactError as exc:
         logger.error("%s", exc)
         return exc.exit_code

@@ -1,0 +1,183 @@
+"""The WSGI engine: waitress's threaded server on the adopted sockets, with our serving loop.
+
+waitress parses HTTP and runs the app in its thread pool; this module owns the loop around it,
+so WSGI workers get what ASGI workers get: READY=1, WATCHDOG=1 from the loop, STATUS=, the
+least-connections scoreboard, and a drain that never resets a request already on the wire.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import signal
+import socket
+import time
+from typing import Any, Callable, Iterable
+
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer, UnixWSGIServer
+from waitress.task import ThreadedTaskDispatcher, WSGITask
+
+from .balance import Scoreboard, for_this_worker
+from .notify import Notifier, watchdog_interval
+
+logger = logging.getLogger("sockact.runtime")
+
+TICK = 0.1  # the serving loop wakes at least this often
+IDLE_GRACE = 0.5  # as in the ASGI engine: an idle connection gets this long for a request on the wire
+DEFER = 0.002  # a busier worker leaves a new connection this long to a less busy sibling
+
+
+class Counter:
+    """Requests served, counted from the app's threads (next() on itertools.count is atomic)."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self._count = itertools.count(1)
+        self.served = 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        self.served = next(self._count)
+        return self.app(environ, start_response)
+
+
+class Engine:
+    def __init__(self, app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float,
+                 notifier: Notifier) -> None:
+        self.counter = Counter(app)
+        self.notifier = notifier
+        self.stop_timeout = stop_timeout
+        self.board = for_this_worker()
+        self.map: dict[int, Any] = {}
+        self.dispatcher = ThreadedTaskDispatcher()
+        self.dispatcher.set_thread_count(threads)
+        self.adj = Adjustments(threads=threads, expose_tracebacks=False, ident="", asyncore_use_poll=True)
+        self.servers = [self._server(sock) for sock in sockets]
+        self.should_exit = False
+        self.draining_since: float | None = None
+
+    def _server(self, sock: socket.socket) -> Any:
+        base = UnixWSGIServer if sock.family == socket.AF_UNIX else TcpWSGIServer
+        engine = self
+
+        class Channel(HTTPChannel):  # type: ignore[misc]
+            task_class = _task_class(engine)
+
+            def del_channel(self, map: Any = None) -> None:
+                super().del_channel(map)
+                engine.publish()
+
+        class Server(base):  # type: ignore[misc, valid-type]
+            channel_class = Channel
+
+            def readable(self) -> bool:
+                return bool(super().readable()) and engine.may_accept()
+
+            def handle_accept(self) -> None:
+                super().handle_accept()
+                engine.publish()
+
+        sockinfo = (sock.family, sock.type, sock.proto, sock.getsockname())
+        # _start=False: never re-call listen() on the inherited socket; accept without it.
+        server = Server(self.counter, map=self.map, _start=False, _sock=sock, dispatcher=self.dispatcher,
+                        adj=self.adj, sockinfo=sockinfo, bind_socket=False)
+        server.accepting = True
+        return server
+
+    def connections(self) -> list[Any]:
+        return [ch for ch in self.map.values() if isinstance(ch, HTTPChannel)]
+
+    def publish(self) -> None:
+        if self.board is not None:
+            self.board.publish(len(self.connections()))
+
+    def may_accept(self) -> bool:
+        if self.board is None or self.draining_since is not None:
+            return self.draining_since is None
+        return self.board.least_loaded()
+
+    def overloaded(self) -> bool:
+        return self.draining_since is not None or (self.board is not None and self.board.overloaded())
+
+    def in_flight(self) -> int:
+        return sum(len(ch.requests) for ch in self.connections())
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        ready_wall = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.notifier.ready(f"serving: 0 requests, 0 in flight, 0.0 req/s; ready since {ready_wall}")
+        logger.info("ready: serving %d socket(s) with %d threads (WSGI)", len(self.servers), self.adj.threads)
+        self._loop(ready_wall)
+        self._drain()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.should_exit = True  # the loop acts on it; a handler does no work
+
+    def _loop(self, ready_wall: str) -> None:
+        watchdog = watchdog_interval()
+        last_ping = last_status = last_refresh = 0.0
+        last_served = 0
+        while not self.should_exit:
+            wasyncore.loop(timeout=TICK, map=self.map, use_poll=True, count=1)
+            now = time.monotonic()
+            if watchdog is not None and now - last_ping >= watchdog / 4:
+                last_ping = now
+                self.notifier.watchdog()  # from the serving loop: a hung loop stops the pings
+            if self.board is not None:
+                self.board.heartbeat()
+                if now - last_refresh >= 1.0:
+                    last_refresh = now
+                    self.board.refresh()
+            if now - last_status >= 1.0:
+                served = self.counter.served
+                rate = (served - last_served) / (now - last_status) if last_status else 0.0
+                last_status, last_served = now, served
+                self.notifier.status(f"serving: {served} requests, {self.in_flight()} in flight, "
+                                     f"{rate:.1f} req/s; ready since {ready_wall}")
+
+    def _drain(self) -> None:
+        self.draining_since = time.monotonic()
+        for server in self.servers:
+            server.accepting = False
+            server.del_channel()  # stop polling the listening socket; systemd keeps it open
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+        self.notifier.stopping()
+        deadline = self.draining_since + max(0.1, self.stop_timeout - min(1.0, self.stop_timeout * 0.2))
+        while self.connections() and time.monotonic() < deadline:
+            self._close_idle()
+            wasyncore.loop(timeout=TICK / 2, map=self.map, use_poll=True, count=1)
+        left = self.in_flight()
+        if left:
+            logger.error("drain deadline reached with %d request(s) in flight; closing them", left)
+        # Threads still running the app are daemon threads: they end with the process.
+        self.dispatcher.shutdown(cancel_pending=True, timeout=0.2)
+        wasyncore.close_all(self.map)
+
+    def _close_idle(self) -> None:
+        assert self.draining_since is not None
+        if time.monotonic() - self.draining_since < IDLE_GRACE:
+            return
+        for channel in self.connections():
+            if not channel.requests and not channel.total_outbufs_len:
+                channel.handle_close()
+
+
+def _task_class(engine: Engine) -> type:
+    class Task(WSGITask):  # type: ignore[misc]
+        def build_response_header(self) -> bytes:
+            # Draining, or more keep-alive connections than a sibling: answer this one with
+            # Connection: close, so the client's next request goes to a worker that stays.
+            if engine.overloaded():
+                self.set_close_on_finish()
+            return super().build_response_header()  # type: ignore[no-any-return]
+
+    return Task
+
+
+def run(app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float, notifier: Notifier) -> None:
+    Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier).serve()
