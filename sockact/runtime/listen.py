@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from typing import Any
 
 from ..errors import RuntimeFailure
 
@@ -69,13 +70,13 @@ def bind(address: str) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if family == socket.AF_UNIX:
-            if os.path.exists(target) and stat.S_ISSOCK(os.stat(target).st_mode):  # type: ignore[arg-type]
-                os.unlink(target)  # type: ignore[arg-type]
+            if os.path.exists(target) and stat.S_ISSOCK(os.stat(target).st_mode):
+                os.unlink(target)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if target[0] == "::" else 1)  # type: ignore[index]
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if target[0] == "::" else 1)
         sock.bind(target)
         sock.listen(socket.SOMAXCONN)
     except OSError as exc:
@@ -84,7 +85,7 @@ def bind(address: str) -> socket.socket:
     return sock
 
 
-def _parse(address: str) -> tuple[socket.AddressFamily, object]:
+def _parse(address: str) -> tuple[socket.AddressFamily, Any]:
     if address.startswith("/"):
         return socket.AF_UNIX, address
     if address.isdigit():

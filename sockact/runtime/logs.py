@@ -39,7 +39,7 @@ def under_journal() -> bool:
 def journal_handler() -> logging.Handler | None:
     """systemd-python's JournalHandler with SOCKACT_APP/SOCKACT_WORKER fields, when installed."""
     try:
-        from systemd.journal import JournalHandler  # type: ignore[import-not-found]
+        from systemd.journal import JournalHandler
     except ImportError:
         return None
     fields = {key: os.environ[key] for key in ("SOCKACT_APP", "SOCKACT_WORKER") if key in os.environ}

@@ -14,7 +14,7 @@ Sender = Callable[[str], None]
 
 def _systemd_sender() -> Sender | None:
     try:
-        from systemd import daemon  # type: ignore[import-not-found]
+        from systemd import daemon
     except ImportError:
         return None
 
@@ -26,7 +26,7 @@ def _systemd_sender() -> Sender | None:
 
 
 def _sdnotify_sender() -> Sender:
-    import sdnotify  # type: ignore[import-untyped]
+    import sdnotify
 
     # debug=True: sdnotify raises instead of silently dropping a notification.
     notifier = sdnotify.SystemdNotifier(debug=True)

@@ -96,7 +96,7 @@ def draining_protocol(base: type, board: Scoreboard | None) -> type:
     """The configured HTTP protocol, changed so a drain never resets a request on the wire,
     and publishing this worker's open-connection count for least-connections accepting."""
 
-    class Draining(base):  # type: ignore[misc, valid-type]
+    class Draining(base):  # type: ignore[misc]
         draining = False
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -190,10 +190,13 @@ class WorkerServer(uvicorn.Server):
         self.board = for_this_worker()
         config.http_protocol_class = draining_protocol(config.http_protocol_class, self.board)
 
+        protocol_class: Any = config.http_protocol_class
+
         def create_protocol() -> asyncio.Protocol:
-            return config.http_protocol_class(  # type: ignore[no-any-return]
+            protocol: asyncio.Protocol = protocol_class(
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
+            return protocol
 
         self.acceptors = [Acceptor(sock, create_protocol, self.board) for sock in sockets or []]
         self.servers = self.acceptors  # type: ignore[assignment]  # uvicorn closes these on shutdown
