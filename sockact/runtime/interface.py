@@ -47,5 +47,7 @@ def as_asgi(app: Any, interface: str, threads: int) -> tuple[Any, str]:
     try:
         from a2wsgi import WSGIMiddleware
     except ImportError:
-        raise RuntimeFailure("serving a WSGI app needs the a2wsgi package: pip install a2wsgi") from None
+        raise RuntimeFailure(
+            "--wsgi-engine asgi needs the a2wsgi package (pip install a2wsgi); the default engine does not"
+        ) from None
     return WSGIMiddleware(app, workers=threads), "asgi3"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import socket
 import time
@@ -134,6 +135,11 @@ class StrictLifespan(LifespanOn):
 
     read_startup = False
 
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        if not hasattr(self, "state"):  # older uvicorn (Debian 12: 0.17.6) keeps no lifespan state
+            self.state: dict[str, Any] = {}
+
     async def receive(self) -> Any:
         message = await super().receive()
         if message["type"] == "lifespan.startup":
@@ -192,9 +198,13 @@ class WorkerServer(uvicorn.Server):
 
         protocol_class: Any = config.http_protocol_class
 
+        # older uvicorn (Debian 12: 0.17.6): protocols take no app_state.
+        takes_state = "app_state" in inspect.signature(protocol_class.__init__).parameters
+        extra = {"app_state": self.lifespan.state} if takes_state else {}
+
         def create_protocol() -> asyncio.Protocol:
             protocol: asyncio.Protocol = protocol_class(
-                config=config, server_state=self.server_state, app_state=self.lifespan.state
+                config=config, server_state=self.server_state, **extra
             )
             return protocol
 
@@ -224,6 +234,13 @@ class WorkerServer(uvicorn.Server):
             self.notifier.status(self.status_text(rate))
         return await super().on_tick(counter)
 
+    def _drain_expired(self) -> None:
+        logger.warning("drain deadline passed with %d connection(s) open; closing them", len(self.server_state.connections))
+        for connection in list(self.server_state.connections):
+            connection.transport.close()
+        for task in list(self.server_state.tasks):
+            task.cancel()
+
     def status_text(self, rate: float) -> str:
         state = self.server_state
         return (
@@ -240,9 +257,19 @@ class WorkerServer(uvicorn.Server):
         self.notifier.stopping()
         self.notifier.status(f"draining: {len(self.server_state.tasks)} in flight")
         self.config.timeout_graceful_shutdown = max(0.1, self.drain_timeout)  # type: ignore[assignment]
-        await super().shutdown(sockets=sockets)
+        deadline = None
+        if "timeout_graceful_shutdown" not in inspect.signature(uvicorn.Config.__init__).parameters:
+            # older uvicorn (Debian 12: 0.17.6) waits for connections without a deadline: enforce ours.
+            deadline = asyncio.get_running_loop().call_later(max(0.1, self.drain_timeout), self._drain_expired)
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            if deadline is not None:
+                deadline.cancel()
         # A drain that finished is a clean exit: do not re-raise the captured SIGTERM.
-        self._captured_signals.clear()
+        captured = getattr(self, "_captured_signals", None)  # newer uvicorn only
+        if captured is not None:
+            captured.clear()
 
 
 def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier,
