@@ -70,8 +70,11 @@ def spec_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         allow_jit=args.allow_jit, state_dir=args.state_dir, cache_dir=args.cache_dir, logs_dir=args.logs_dir,
         writable=args.writable,
     )
-    if detected.note:
-        sys.stderr.write(f"sockact: {detected.note}\n")
+    from .hardening import unreadable_note
+
+    for note in (detected.note, unreadable_note(built)):
+        if note:
+            sys.stderr.write(f"sockact: {note}\n")
     return built
 
 
@@ -134,7 +137,7 @@ def build_parser() -> Parser:
                           epilog="example:\n  sudo sockact demo --workers 2",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--requests", type=int, default=12)
+    demo.add_argument("--requests", type=int, default=32)
     demo.set_defaults(func=cmd_demo)
 
     from . import ops_cli

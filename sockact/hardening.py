@@ -8,7 +8,10 @@ need (tests/test_hardening.py serves an ASGI app, a WSGI app and a Django projec
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from . import systemd_versions
 from .spec import UnitSpec
@@ -100,11 +103,12 @@ SANDBOX: tuple[Hardening, ...] = (
               "none", 1.2),
     Hardening("SystemCallFilter", "@system-service",
               "only the system calls of an ordinary service: no mount, reboot, swap, kexec, module, raw I/O ...",
-              "a call outside the list fails with EPERM (see SystemCallErrorNumber=) instead of working", 1.3),
+              "a call outside the list fails with EPERM (see SystemCallErrorNumber=) instead of working", 1.5),
     Hardening("SystemCallFilter", "~@privileged @resources",
               "of those, not the privileged ones (chown, setuid, capset, chroot ...) nor the resource ones "
-              "(setrlimit, sched_setaffinity, setpriority, mbind ...)",
-              "os.chown(), resource.setrlimit() and os.sched_setaffinity() raise PermissionError", 1.3),
+              "(sched_setaffinity, setpriority, mbind ...)",
+              "os.chown(), os.nice() and os.sched_setaffinity() raise PermissionError "
+              "(resource.setrlimit() still works: glibc uses prlimit64)", 1.3),
     Hardening("SystemCallErrorNumber", "EPERM",
               "a filtered system call fails with EPERM, which Python raises as PermissionError, "
               "instead of killing the worker with SIGSYS",
@@ -155,3 +159,36 @@ def chosen(spec: UnitSpec) -> list[Hardening]:
 def lines(spec: UnitSpec) -> list[str]:
     """The sandbox lines of NAME@.service; values are fixed words, nothing from the user."""
     return [entry.line for entry in chosen(spec)]
+
+
+def closed_to_others(path: str) -> str | None:
+    """The first directory or file on ``path`` that users other than its owner cannot pass or read, if any.
+
+    A dynamic user is nobody's owner and in nobody's group, so it gets exactly the "other" bits.
+    Paths that do not exist here are not judged: the units may be meant for another machine.
+    """
+    parts = PurePosixPath(path).parts
+    for depth in range(1, len(parts) + 1):
+        current = str(PurePosixPath(*parts[:depth]))
+        try:
+            mode = os.stat(current).st_mode
+        except OSError:
+            return None
+        needed = stat.S_IXOTH if stat.S_ISDIR(mode) else stat.S_IROTH
+        if depth == len(parts) and stat.S_ISDIR(mode):
+            needed |= stat.S_IROTH
+        if not mode & needed:
+            return current
+    return None
+
+
+def unreadable_note(spec: UnitSpec) -> str | None:
+    """A one-line note when a dynamic-user worker could not read its interpreter or its app directory."""
+    if not spec.dynamic_user:
+        return None
+    for path in (spec.python, spec.chdir):
+        closed = closed_to_others(path) if path else None
+        if closed:
+            return (f"note: {closed} is closed to other users, so the workers' dynamic user cannot reach {path}; "
+                    "install the app and its venv under /srv or /opt (mode 755), or pass --user ACCOUNT")
+    return None

@@ -32,6 +32,9 @@ _DIR_NAME_MAX = 200
 _DYNAMIC_USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,30}")
 _DYNAMIC_USER_PREFIX = "sockact-"
 _ROOT_USERS = ("root", "0")
+# systemd refuses UIDs past 32 bits and the two "-1" values, (uid_t) -1 and the 16-bit 65535.
+_UID_MAX = 4294967294
+_UID_16BIT_MINUS_1 = 65535
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 
 
@@ -105,6 +108,8 @@ def dynamic_user_name(unit_name: str) -> str:
 
 def reject_control(field: str, value: str) -> str:
     """Refuse newlines and other control or line-separator characters anywhere in a value."""
+    if not isinstance(value, str):  # argparse turns "--opt=--" into [] instead of "--"
+        raise UsageError(f"{field} got no value; write {field}=VALUE with a real value")
     for ch in value:
         if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch == "\x7f":
             raise UsageError(
@@ -178,7 +183,7 @@ def ipv6(host: str, whole: str) -> str:
 
 
 def _unix_path(value: str) -> str:
-    path = absolute_path("--listen", value)
+    path = file_path("--listen", value)
     if len(path.encode()) > _UNIX_PATH_MAX:
         raise UsageError(f"--listen {value!r}: a unix socket path may have at most {_UNIX_PATH_MAX} bytes")
     return path
@@ -191,7 +196,16 @@ def absolute_path(field: str, value: str) -> str:
         raise UsageError(f"{field} {value!r} must be an absolute path, e.g. /srv/myapp")
     if "\\" in value or value != value.strip():
         raise UsageError(f"{field} {value!r}: rename the path without backslashes or surrounding spaces")
-    return os.path.normpath(value)
+    # normpath keeps a leading "//" (POSIX allows it a meaning); systemd folds it to "/".
+    return "/" + os.path.normpath(value).lstrip("/")
+
+
+def file_path(field: str, value: str) -> str:
+    """An absolute path that names a file, so not the root directory."""
+    path = absolute_path(field, value)
+    if path == "/":
+        raise UsageError(f"{field} {value!r} is the root directory; give the path of a file")
+    return path
 
 
 def app(value: str) -> str:
@@ -217,11 +231,12 @@ def exec_command(value: str) -> tuple[str, ...]:
         raise UsageError("--exec is empty; give the command that serves the app, e.g. --exec '/usr/bin/myserver'")
     if not argv[0].startswith("/"):
         raise UsageError(f"--exec {value!r}: start with the absolute path of the program, e.g. /usr/bin/{argv[0]}")
-    absolute_path("--exec", argv[0])
+    executable_path("--exec", argv[0])
     return argv
 
 
 def workers(value: str) -> int:
+    reject_control("--workers", value)
     if value == "auto":
         return len(os.sched_getaffinity(0))
     if not is_number(value) or not 1 <= int(value) <= _MAX_WORKERS:
@@ -241,7 +256,8 @@ def env_pair(value: str) -> tuple[str, str]:
 
 def user(value: str, *, harden: bool = True) -> str:
     reject_control("--user", value)
-    if not _USER_RE.fullmatch(value):
+    numeric_ok = not is_number(value) or (int(value) <= _UID_MAX and int(value) != _UID_16BIT_MINUS_1)
+    if not _USER_RE.fullmatch(value) or not numeric_ok:
         raise UsageError(f"--user {value!r} is not a user name or UID; use e.g. www-data or 33")
     if harden and value in _ROOT_USERS:
         raise UsageError(f"--user {value}: workers never need root (systemd binds the port); "
@@ -258,6 +274,14 @@ def directory_name(field: str, value: str) -> str:
             f"of letters, digits and '_.-' with '/' between parts, e.g. {field} myapp"
         )
     return value
+
+
+def executable_path(field: str, value: str) -> str:
+    """A program's path for ExecStart=: systemd refuses quote characters in it (string_is_safe)."""
+    path = file_path(field, value)
+    if '"' in path or "'" in path:
+        raise UsageError(f"{field} {value!r}: systemd refuses quote characters in a program's path; rename it")
+    return path
 
 
 def writable_path(value: str) -> str:
@@ -286,7 +310,7 @@ def seconds(field: str, value: str, *, maximum: int = 86400) -> str:
 
 
 def python(value: str) -> str:
-    return absolute_path("--python", value)
+    return executable_path("--python", value)
 
 
 def build(
@@ -331,7 +355,7 @@ def build(
         exec_argv=exec_command(exec_cmd) if exec_cmd is not None else None,
         chdir=absolute_path("--chdir", chdir) if chdir is not None else None,
         env=tuple(env_pair(item) for item in env or ()),
-        env_file=absolute_path("--env-file", env_file) if env_file is not None else None,
+        env_file=file_path("--env-file", env_file) if env_file is not None else None,
         user=user(run_as, harden=harden) if run_as is not None else None,
         watchdog=seconds("--watchdog", watchdog) if watchdog is not None else None,
         stop_timeout=seconds("--stop-timeout", stop_timeout),

@@ -136,7 +136,7 @@ def parse_version_output(text: str) -> int | None:
 def running_version() -> Detected:
     """Ask ``systemctl --version``; fall back to FALLBACK (with a note) when systemctl is absent or mute."""
     try:
-        out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
         out = ""
     found = parse_version_output(out)

@@ -12,7 +12,9 @@ from sockact.render import render
 from sockact.spec import build
 
 BASE: dict[str, Any] = dict(unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", app_ref="proj.asgi:app",
-                            chdir="/srv/proj", env=["A=1"], env_file="/etc/proj.env", run_as="www-data", watchdog="10")
+                            chdir="/srv/proj", env=["A=1"], env_file="/etc/proj.env", run_as="www-data", watchdog="10",
+                            state_dir="proj", cache_dir="proj", logs_dir="proj", writable=["/srv/proj/data"],
+                            systemd_version=252)
 
 
 def structure(texts: list[str]) -> list[list[str]]:
@@ -25,6 +27,9 @@ BASELINE_UNIX = structure([unit.text for unit in render(build(**{**BASE, "listen
 
 
 def expected(spec: Any) -> list[list[str]]:
+    if spec.systemd_version != 252:  # the version picks directives; only the user's values must not
+        return structure([unit.text for unit in render(build(**{**BASE, "systemd_version": spec.systemd_version,
+                                                                   "listen": [item.address for item in spec.listeners]}))])
     return BASELINE if spec.listeners[0].is_tcp else BASELINE_UNIX
 
 any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
@@ -53,6 +58,11 @@ FIELDS: dict[str, Callable[[str], dict[str, Any]]] = {
     "python": lambda v: {"python_path": "/" + v},
     "watchdog": lambda v: {"watchdog": v},
     "stop_timeout": lambda v: {"stop_timeout": v},
+    "state_dir": lambda v: {"state_dir": v},
+    "cache_dir": lambda v: {"cache_dir": v},
+    "logs_dir": lambda v: {"logs_dir": v},
+    "writable": lambda v: {"writable": ["/" + v]},
+    "systemd_version": lambda v: {"systemd_version": v},
 }
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

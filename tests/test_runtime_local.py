@@ -73,11 +73,12 @@ def test_adopts_the_real_family_and_unsets_listen_variables() -> None:
         [s] = sockact.listeners()
         print(s.family == socket.AF_INET6, s.type == socket.SOCK_STREAM, s.getsockname()[1])
         print(sorted(k for k in os.environ if k.startswith("LISTEN_")))
+        print(s.get_inheritable())
     """)
     proc = spawn_with_fd(sock, [sys.executable, "-c", probe])
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert out.splitlines() == [f"True True {sock.getsockname()[1]}", "[]"]
+    assert out.splitlines() == [f"True True {sock.getsockname()[1]}", "[]", "False"]
 
 
 def test_refuses_fds_meant_for_another_pid() -> None:

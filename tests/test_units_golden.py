@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, sockact
+
 from sockact import systemd_versions
 
 UNITS = REPO / "units"
@@ -103,7 +103,7 @@ def verify(directory: Path) -> subprocess.CompletedProcess[str]:
     shutil.copy(template, instance)
     others = [str(p) for p in files if p != template]
     return subprocess.run(["systemd-analyze", "verify", str(instance), *others],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def installed_version() -> int:

@@ -51,6 +51,7 @@ def adopt(fd: int) -> socket.socket:
     if not stat.S_ISSOCK(os.fstat(fd).st_mode):
         raise RuntimeFailure(f"fd {fd} passed by systemd is not a socket; use ListenStream= in the socket unit")
     sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)  # the app's subprocesses must not hold the listening socket open
     if sock.type != socket.SOCK_STREAM:
         raise RuntimeFailure(f"fd {fd} is not a stream socket; sockact serves ListenStream= sockets only")
     return sock
