@@ -32,9 +32,8 @@ examples:
 PRIORITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 
 
-def _unit_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--unit-dir", metavar="DIR", default=None,
-                        help="where the units live (default: $SOCKACT_UNIT_DIR or /etc/systemd/system)")
+def _unit_dir(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--unit-dir", metavar="DIR", default=None, help=f"where the units live (default: {default})")
 
 
 def _interval(text: str) -> float:
@@ -117,18 +116,18 @@ def register(sub: Sub) -> None:
     install = _add(sub, "install", "write the units, daemon-reload, optionally enable and start NAME.socket",
                    INSTALL_EXAMPLE)
     add_unit_options(install)
-    _unit_dir(install)
+    _unit_dir(install, "$SOCKACT_UNIT_DIR, else /etc/systemd/system")
     install.add_argument("--enable", action="store_true", help="start NAME.socket on boot (like pm2 startup)")
     install.add_argument("--now", action="store_true", help="start NAME.socket now")
     install.set_defaults(func=cmd_install)
 
     uninstall = _add(sub, "uninstall", "stop (draining), disable and remove an app's units", UNINSTALL_EXAMPLE)
     uninstall.add_argument("name", help="the app name given to install")
-    _unit_dir(uninstall)
+    _unit_dir(uninstall, "$SOCKACT_UNIT_DIR, else where systemd loaded NAME.target from")
     uninstall.set_defaults(func=cmd_uninstall)
 
     listing = _add(sub, "list", "the apps sockact installed on this host, with state and worker counts", LIST_EXAMPLE)
-    _unit_dir(listing)
+    _unit_dir(listing, "$SOCKACT_UNIT_DIR, else /etc/systemd/system and /run/systemd/system")
     listing.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     listing.set_defaults(func=cmd_list)
 

@@ -1,13 +1,15 @@
-"""The operator commands' parsing and formatting, without a systemd: show blocks, /proc/net, STATUS=, journal records."""
+"""Parsing and formatting in the operator commands, no systemd needed: show blocks, /proc/net, STATUS=, journal."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import sockact
 
 from sockact import cli, spec
 from sockact.errors import NotOursError, PermissionNeeded, SystemdError, UsageError
@@ -18,8 +20,6 @@ from sockact.ops.scale import rewrite_target, worker_count
 from sockact.ops.systemctl import failure, message, parse_show_block
 from sockact.ops.table import age, duration, mebibytes, table
 from sockact.render import render
-
-from helpers import sockact
 
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -216,3 +216,10 @@ def test_unreachable_systemd_is_one_line(tmp_path: Path) -> None:
         assert result.returncode == 1, (argv, result.stderr)
         assert result.stderr.startswith("sockact: systemd is not reachable"), result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_operator_commands_do_not_load_the_generator() -> None:
+    code = ("import sys\nfrom sockact import cli\nfrom sockact.ops import logs, manage, reload, scale, status\n"
+            "cli.build_parser()\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'jinja2'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

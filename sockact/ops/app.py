@@ -37,7 +37,7 @@ def require_root(command: str) -> None:
     """Changing units and starting or stopping them needs root; say so before doing anything."""
     if os.geteuid() != 0:
         raise PermissionNeeded(
-            f"sockact {command} changes systemd units and needs root: run `sudo sockact {command} ...`"
+            f"{command} changes systemd units and needs root: run `sudo sockact {command} ...`"
         )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import NotOursError, UsageError
-from . import HEADER, default_unit_dir
+from . import DEFAULT_UNIT_DIR, HEADER, RUNTIME_UNIT_DIR, chosen_unit_dir, default_unit_dir
 from .app import instance_index, is_ours, require_ours, require_root, validated_name, wanted_indexes
 from .facts import listen_address
 from .systemctl import Props, daemon_reload, show_by_id, systemctl, try_systemctl
@@ -115,10 +115,20 @@ def _remove(paths: list[Path], directory: Path, name: str, out: TextIO) -> None:
             drop_in_dir.rmdir()
 
 
+def installed_dir(name: str, unit_dir: str | None) -> Path:
+    """The directory given, else the one systemd loaded NAME.target from, else the default."""
+    chosen = unit_dir or chosen_unit_dir()
+    if chosen is None:
+        target = show_by_id([f"{name}.target"], ["LoadState", "FragmentPath"]).get(f"{name}.target", {})
+        if target.get("LoadState") == "loaded" and target.get("FragmentPath"):
+            return Path(target["FragmentPath"]).parent
+    return unit_directory(chosen)
+
+
 def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> int:
     require_root("uninstall")
     validated_name(name)
-    directory = unit_directory(unit_dir)
+    directory = installed_dir(name, unit_dir)
     files = [directory / unit for unit in unit_names(name) if (directory / unit).exists()]
     if not files:
         raise UsageError(f"unknown app {name!r}: no units of it in {directory}; see `sockact list --unit-dir DIR`")
@@ -170,17 +180,27 @@ def _render_list(apps: list[dict[str, Any]]) -> str:
     return table(["APP", "SOCKET", "ON BOOT", "LISTEN", "WORKERS", "TARGET"], rows) + "\n"
 
 
+def list_dirs(unit_dir: str | None) -> list[Path]:
+    """The directory given, else both places sockact installs to."""
+    chosen = unit_dir or chosen_unit_dir()
+    if chosen is not None:
+        return [unit_directory(chosen)]
+    return [Path(path) for path in (DEFAULT_UNIT_DIR, RUNTIME_UNIT_DIR) if Path(path).is_dir()]
+
+
 def list_apps(*, unit_dir: str | None, as_json: bool, out: TextIO = sys.stdout) -> int:
-    directory = unit_directory(unit_dir)
-    names = find_apps(directory)
+    directories = list_dirs(unit_dir)
+    names = sorted({name for directory in directories for name in find_apps(directory)})
     patterns = [unit for name in names for unit in (f"{name}.socket", f"{name}.target", f"{name}@*.service")]
     props = ("ActiveState", "SubState", "Wants", "Listen", "UnitFileState")
     units = show_by_id(patterns, props) if names else {}
     apps = [_app_entry(name, units) for name in names]
     if as_json:
-        out.write(json.dumps({"schema": LIST_SCHEMA, "unit_dir": str(directory), "apps": apps}) + "\n")
+        out.write(json.dumps({"schema": LIST_SCHEMA, "unit_dirs": [str(path) for path in directories],
+                              "apps": apps}) + "\n")
     elif not apps:
-        out.write(f"no apps in {directory} (units whose first line is '{HEADER} ...')\n")
+        where = " or ".join(str(path) for path in directories) or "the unit directories"
+        out.write(f"no apps in {where} (units whose first line is '{HEADER} ...')\n")
     else:
         out.write(_render_list(apps))
     return 0

@@ -193,16 +193,22 @@ def _worker(app: App, index: int, props: Props, usage: Usage | None, last: LastE
     )
 
 
+def _listeners(listen: str) -> list[Listener]:
+    """systemd's Listen= lines ('[::]:8000 (Stream)') with each socket's accept queue."""
+    lines = [line for line in listen.splitlines() if line]
+    addresses = [listen_address(line) for line in lines]
+    queues = backlogs(addresses)
+    kinds = [line[len(address):].strip(" ()") for line, address in zip(lines, addresses)]
+    return [Listener(address, kind, queues[address]) for address, kind in zip(addresses, kinds)]
+
+
 def _socket(app: App) -> dict[str, Any]:
-    listens = [line for line in app.socket.get("Listen", "").splitlines() if line]
-    queues = backlogs([listen_address(line) for line in listens])
     return {
         "unit": app.socket_unit,
         "state": app.socket.get("ActiveState", "unknown"),
         "sub_state": app.socket.get("SubState", ""),
         "enabled": app.socket.get("UnitFileState", ""),
-        "listen": [asdict(Listener(listen_address(line), line.rpartition(" (")[2].rstrip(")"),
-                                   queues[listen_address(line)])) for line in listens],
+        "listen": [asdict(listener) for listener in _listeners(app.socket.get("Listen", ""))],
     }
 
 

@@ -3,7 +3,7 @@
 Every worker waits on the same listening socket, and the kernel wakes them in a fixed order, so one
 worker takes far more than its share (measured: 1.3x with short-lived connections, 3x for keep-alive
 connections opened at once). Each worker publishes its open-connection count and a heartbeat in its
-own small file under /dev/shm (an API file system, writable even under ProtectSystem=strict); a worker
+own small file under /dev/shm (sockact.APP@WORKER.PID) (an API file system, writable even under ProtectSystem=strict); a worker
 accepts only while no live sibling has fewer connections. Siblings whose heartbeat is stale (hung,
 dead, draining) are ignored, so a stuck worker can never stop the others from accepting.
 """
@@ -18,12 +18,14 @@ import time
 
 SLOT = struct.Struct("=qd")  # open connections, heartbeat (CLOCK_MONOTONIC, shared by all processes)
 STALE = 1.0  # seconds without a heartbeat after which a sibling is ignored
+FORGOTTEN = 60.0  # seconds after which a silent sibling's file is removed (a worker killed by SIGKILL)
 DRAINING = 1 << 40  # published while draining: siblings never defer to a worker that is leaving
 
 
 class Scoreboard:
     def __init__(self, app: str, worker: str, directory: str = "/dev/shm") -> None:
-        self.prefix = os.path.join(directory, f"sockact.{app}.")
+        # "@" cannot occur in an app name, so app "a" never globs app "a.b"'s files.
+        self.prefix = os.path.join(directory, f"sockact.{app}@")
         # The PID keeps names unique: a file left by a killed worker may belong to another user.
         self.path = f"{self.prefix}{worker}.{os.getpid()}"
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -48,10 +50,23 @@ class Scoreboard:
     def refresh(self) -> None:
         """Find siblings (workers come and go with scale and reload); called about once a second."""
         found = {path for path in glob.glob(glob.escape(self.prefix) + "*") if path != self.path}
+        found -= self._forget_dead()
         for gone in set(self.siblings) - found:
             self.siblings.pop(gone).close()
         for path in found - set(self.siblings):
             self._open(path)
+
+    def _forget_dead(self) -> set[str]:
+        now, dead = time.monotonic(), set()
+        for path, slot in self.siblings.items():
+            count, beat = SLOT.unpack_from(slot, 0)
+            if count != DRAINING and now - beat > FORGOTTEN:
+                try:
+                    os.unlink(path)  # allowed when the workers share their user, as sockact's units do
+                    dead.add(path)
+                except OSError:
+                    pass
+        return dead
 
     def _open(self, path: str) -> None:
         try:

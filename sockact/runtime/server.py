@@ -42,6 +42,7 @@ class Acceptor:
         self.deferred_since: float | None = None
         self.loop = asyncio.get_running_loop()
         self.closed = False
+        self.pending: set[asyncio.Task[None]] = set()  # accepted, protocol not made yet
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -68,7 +69,9 @@ class Acceptor:
                 return
             if board is not None:
                 board.publish(board.count + 1)  # count it now, before the protocol exists
-            self.loop.create_task(self._connect(conn))
+            task = self.loop.create_task(self._connect(conn))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
@@ -90,7 +93,9 @@ class Acceptor:
             self.loop.remove_reader(self.sock.fileno())
 
     async def wait_closed(self) -> None:
-        return None
+        """Until every accepted connection has its protocol, so the drain reaches it too."""
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
 
 
 def draining_protocol(base: type, board: Scoreboard | None) -> type:
@@ -251,6 +256,8 @@ class WorkerServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for acceptor in self.acceptors:
             acceptor.close()
+        for acceptor in self.acceptors:
+            await acceptor.wait_closed()
         if self.board is not None:
             self.board.close()
             self.board = None
