@@ -6,7 +6,9 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+    from typing import Any
+
+    Sub = argparse._SubParsersAction[Any]
 
 INSTALL_EXAMPLE = """\
 examples:
@@ -22,6 +24,8 @@ examples:
   sockact status myapp --json | jq '.workers[].rss_bytes'
 """
 SCALE_EXAMPLE = "examples:\n  sudo sockact scale myapp 8\n  sudo sockact scale myapp auto\n"
+START_EXAMPLE = "examples:\n  sudo sockact start myapp      # also the way back after a crash loop\n"
+STOP_EXAMPLE = "example:\n  sudo sockact stop myapp\n"
 RELOAD_EXAMPLE = "example (after deploying new code):\n  sudo sockact reload myapp\n"
 LOGS_EXAMPLE = """\
 examples:
@@ -59,7 +63,9 @@ def _positive(text: str) -> int:
 
 
 def _add(sub: Sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, epilog=epilog,
+                                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -99,6 +105,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from .ops.reload import reload
 
     return reload(args.name)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from .ops.lifecycle import start
+
+    return start(args.name)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .ops.lifecycle import stop
+
+    return stop(args.name)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -148,6 +166,15 @@ def register(sub: Sub) -> None:
                   RELOAD_EXAMPLE)
     reload.add_argument("name", help="the app name")
     reload.set_defaults(func=cmd_reload)
+
+    start = _add(sub, "start", "clear failed states, start the socket and every worker, wait until ready",
+                 START_EXAMPLE)
+    start.add_argument("name", help="the app name")
+    start.set_defaults(func=cmd_start)
+
+    stop = _add(sub, "stop", "drain and stop every worker and close the socket", STOP_EXAMPLE)
+    stop.add_argument("name", help="the app name")
+    stop.set_defaults(func=cmd_stop)
 
     logs = _add(sub, "logs", "every worker's journal merged, each line tagged with its worker", LOGS_EXAMPLE)
     logs.add_argument("name", help="the app name")

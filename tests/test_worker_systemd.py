@@ -217,9 +217,18 @@ def test_crash_loop_ends_failed_and_recovers_once_fixed(private_systemd: Private
     assert len(errors) >= 2 and "Traceback" not in journal  # one short line per attempt
     assert box.show("crashy.socket", "Result")["Result"] == "service-start-limit-hit"
 
+    start = box.run(sys.executable, "-m", "sockact", "start", "crashy", check=False)
+    assert start.returncode == 1 and "did not start" in start.stderr  # still broken: says so, with the journal
+    assert "cannot import crashy" in start.stderr
+
     (app_dir / "crashy.py").write_text("from sockact.examples.hello import app\n")
-    box.systemctl("reset-failed", "crashy.socket", "crashy@1.service", "crashy@2.service")
-    # The target is still active from the first start, so it is started again to pull every worker.
-    box.systemctl("start", "crashy.socket", "crashy.target")
+    start = box.run(sys.executable, "-m", "sockact", "start", "crashy", check=False)
+    assert start.returncode == 0, start.stderr
+    assert "2 workers ready" in start.stdout
+    assert instance_states(box, "crashy", 2) == ["active"] * 2
     assert http_get(box, "http://127.0.0.1:8180/").startswith("worker ")
-    box.wait_for(lambda: instance_states(box, "crashy", 2) == ["active"] * 2, what="workers serving again")
+
+    stop = box.run(sys.executable, "-m", "sockact", "stop", "crashy", check=False)
+    assert stop.returncode == 0, stop.stderr
+    assert instance_states(box, "crashy", 2) == ["inactive"] * 2
+    assert box.show("crashy.socket", "ActiveState")["ActiveState"] == "inactive"
