@@ -43,6 +43,8 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watchdog", metavar="SECONDS", help="WatchdogSec=: restart a worker whose loop hangs")
     parser.add_argument("--stop-timeout", metavar="SECONDS", default="30",
                         help="TimeoutStopSec= and the drain deadline (default: 30)")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log every request (off by default: it costs throughput and journald's rate limit)")
     sandbox = parser.add_argument_group(
         "sandbox", "workers run as a dynamic user on a read-only system (systemd-analyze security: 1.1); "
                    "these options give an app that needs more exactly that")
@@ -68,7 +70,7 @@ def spec_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         env_file=args.env_file, run_as=args.user, watchdog=args.watchdog, stop_timeout=args.stop_timeout,
         systemd_version=detected.version if given is None else given, harden=args.harden,
         allow_jit=args.allow_jit, state_dir=args.state_dir, cache_dir=args.cache_dir, logs_dir=args.logs_dir,
-        writable=args.writable,
+        writable=args.writable, access_log=args.access_log,
     )
     from .hardening import unreadable_note
 

@@ -66,6 +66,7 @@ class UnitSpec:
     user: str | None = None
     watchdog: str | None = None  # seconds, as validated text
     stop_timeout: str = "30"
+    access_log: bool = False
     systemd_version: int = systemd_versions.FALLBACK
     harden: bool = True
     allow_jit: bool = False
@@ -334,6 +335,7 @@ def build(
     cache_dir: str | None = None,
     logs_dir: str | None = None,
     writable: list[str] | None = None,
+    access_log: bool = False,
 ) -> UnitSpec:
     """Validate every raw option and return the spec; raises UsageError on the first bad value.
 
@@ -366,4 +368,5 @@ def build(
         cache_dir=directory_name("--cache-dir", cache_dir) if cache_dir is not None else None,
         logs_dir=directory_name("--logs-dir", logs_dir) if logs_dir is not None else None,
         writable=tuple(writable_path(item) for item in writable or ()),
+        access_log=access_log,
     )

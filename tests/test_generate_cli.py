@@ -123,3 +123,11 @@ def test_missing_output_dir_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "create it first" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_access_log_is_off_unless_asked() -> None:
+    plain = sockact("generate", "myapp", *APP, "--listen", "8000", "--only", "service", check=True).stdout
+    assert "--access-log" not in plain
+    logged = sockact("generate", "myapp", *APP, "--listen", "8000", "--access-log", "--only", "service",
+                     check=True).stdout
+    assert "--stop-timeout 30 --access-log\n" in logged

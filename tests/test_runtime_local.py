@@ -212,3 +212,16 @@ def test_interface_detection() -> None:
     assert detect(hello.app) == "asgi3"
     assert detect(hello_wsgi.application) == "wsgi"
     assert detect(Asgi2) == "asgi2"
+
+
+@pytest.mark.parametrize("app", ["sockact.examples.hello:app", "sockact.examples.hello_wsgi:application"])
+def test_access_log_only_with_the_flag(app: str) -> None:
+    logged: dict[bool, str] = {}
+    for flag in (False, True):
+        sock = free_listener()
+        proc = spawn_with_fd(sock, [sys.executable, "-m", "sockact", "run", app, *(["--access-log"] if flag else [])])
+        assert get(sock.getsockname()[1], "/probe-path")[0] == 200
+        proc.terminate()
+        logged[flag] = proc.communicate(timeout=30)[1]
+    assert "/probe-path" in logged[True]
+    assert "/probe-path" not in logged[False]

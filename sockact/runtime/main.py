@@ -87,7 +87,8 @@ def main(argv: Sequence[str]) -> int:
         if interface == "wsgi" and args.wsgi_engine == "threads":
             from .wsgi import run as run_wsgi
 
-            run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=default_notifier())
+            run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=default_notifier(),
+                     access_log=args.access_log)
         else:
             from .server import run
 

@@ -24,6 +24,7 @@ from .balance import Scoreboard, for_this_worker
 from .notify import Notifier, watchdog_interval
 
 logger = logging.getLogger("sockact.runtime")
+access = logging.getLogger("sockact.access")
 
 TICK = 0.1  # the serving loop wakes at least this often
 IDLE_GRACE = 0.5  # as in the ASGI engine: an idle connection gets this long for a request on the wire
@@ -31,22 +32,33 @@ DEFER = 0.002  # a busier worker leaves a new connection this long to a less bus
 
 
 class Counter:
-    """Requests served, counted from the app's threads (next() on itertools.count is atomic)."""
+    """Requests served, counted from the app's threads (next() on itertools.count is atomic);
+    with access_log, one line per request as uvicorn writes them for ASGI apps."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], access_log: bool = False) -> None:
         self.app = app
         self._count = itertools.count(1)
         self.served = 0
+        self.access_log = access_log
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         self.served = next(self._count)
-        return self.app(environ, start_response)
+        if not self.access_log:
+            return self.app(environ, start_response)
+
+        def logged_start(status: str, headers: Any, exc_info: Any = None) -> Any:
+            path = environ.get("PATH_INFO", "") + ("?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else "")
+            access.info('%s - "%s %s %s" %s', environ.get("REMOTE_ADDR", "-"), environ.get("REQUEST_METHOD"), path,
+                        environ.get("SERVER_PROTOCOL"), status)
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, logged_start)
 
 
 class Engine:
     def __init__(self, app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float,
-                 notifier: Notifier) -> None:
-        self.counter = Counter(app)
+                 notifier: Notifier, access_log: bool = False) -> None:
+        self.counter = Counter(app, access_log)
         self.notifier = notifier
         self.stop_timeout = stop_timeout
         self.board = for_this_worker()
@@ -179,5 +191,6 @@ def _task_class(engine: Engine) -> type:
     return Task
 
 
-def run(app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float, notifier: Notifier) -> None:
-    Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier).serve()
+def run(app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float, notifier: Notifier,
+        access_log: bool = False) -> None:
+    Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier, access_log=access_log).serve()
