@@ -26,15 +26,16 @@ DEFER_MAX = 0.002
 
 
 class Acceptor:
-    """Accepts from one shared listening socket, a few connections per wake-up.
+    """Accepts from one shared listening socket, while this worker is the least busy one.
 
     asyncio's own server accepts up to `backlog` connections in one go, so whichever worker wakes
-    first takes the whole queue. Taking a small batch lets every idle worker have its share.
+    first takes the whole queue. Here each accept first asks the scoreboard (balance.py), and a
+    batch stops as soon as a sibling has fewer connections.
     It also never re-calls listen() on the inherited socket (asyncio's create_server would).
     """
 
     def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
-                 board: Scoreboard | None = None, batch: int = 1) -> None:
+                 board: Scoreboard | None = None, batch: int = 16) -> None:
         self.sock = sock
         self.factory = factory
         self.board = board
@@ -58,7 +59,9 @@ class Acceptor:
                 self._pause(DEFER)
                 return
         self.deferred_since = None
-        for _ in range(self.batch):
+        for taken in range(self.batch):
+            if taken and board is not None and not board.least_loaded():
+                return  # the rest of the queue is for a less busy sibling
             try:
                 conn, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
