@@ -36,6 +36,10 @@ class Scoreboard:
         finally:
             os.close(fd)
         self.count = 0
+        # Set on the loop's tick when this worker holds two or more connections above a sibling;
+        # the next request takes it and is answered with Connection: close (one per tick at most).
+        self.rebalance_due = False
+        self.pending = 0  # accepted, protocol not made yet: counted, not yet in the server's set
         self.siblings: dict[str, mmap.mmap] = {}
         self.publish(0)
         self.refresh()
@@ -44,8 +48,10 @@ class Scoreboard:
         self.count = count
         SLOT.pack_into(self.own, 0, count, time.monotonic())
 
-    def heartbeat(self) -> None:
-        self.publish(self.count)
+    def heartbeat(self, count: int | None = None) -> None:
+        """Called from the serving loop's tick, with the exact count so no drift can last."""
+        self.publish(self.count if count is None else count)
+        self.rebalance_due = self.overloaded()
 
     def refresh(self) -> None:
         """Find siblings (workers come and go with scale and reload); called about once a second."""

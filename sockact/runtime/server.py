@@ -71,6 +71,7 @@ class Acceptor:
                 self._pause(0.1)
                 return
             if board is not None:
+                board.pending += 1
                 board.publish(board.count + 1)  # count it now, before the protocol exists
             task = self.loop.create_task(self._connect(conn))
             self.pending.add(task)
@@ -81,6 +82,9 @@ class Acceptor:
             await self.loop.connect_accepted_socket(self.factory, conn)
         except OSError:
             conn.close()
+        finally:
+            if self.board is not None:
+                self.board.pending -= 1  # now in the server's connection set, or gone
 
     def _pause(self, seconds: float) -> None:
         self.loop.remove_reader(self.sock.fileno())
@@ -111,7 +115,7 @@ def draining_protocol(base: type, board: Scoreboard | None) -> type:
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
             if board is not None:
-                board.publish(len(self.server_state.connections))
+                board.publish(len(self.server_state.connections) + board.pending)
 
         def shutdown(self) -> None:
             if self.cycle is None or self.cycle.response_complete:
@@ -124,7 +128,10 @@ def draining_protocol(base: type, board: Scoreboard | None) -> type:
             super().data_received(data)
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete and cycle.keep_alive:
-                if self.draining or (board is not None and board.overloaded()):
+                if self.draining:
+                    cycle.keep_alive = False
+                elif board is not None and board.rebalance_due:
+                    board.rebalance_due = False  # one connection per tick moves to a less busy sibling
                     cycle.keep_alive = False
 
         def _close_if_idle(self) -> None:
@@ -231,7 +238,7 @@ class WorkerServer(uvicorn.Server):
             self._last_ping = now
             self.notifier.watchdog()
         if self.board is not None:
-            self.board.heartbeat()
+            self.board.heartbeat(len(self.server_state.connections) + self.board.pending)
             if counter % 10 == 0:
                 self.board.refresh()
         if now - self._last_status[0] >= STATUS_EVERY:

@@ -111,7 +111,12 @@ class Engine:
         return self.board.least_loaded()
 
     def overloaded(self) -> bool:
-        return self.draining_since is not None or (self.board is not None and self.board.overloaded())
+        if self.draining_since is not None:
+            return True
+        if self.board is not None and self.board.rebalance_due:
+            self.board.rebalance_due = False  # one connection per tick moves to a less busy sibling
+            return True
+        return False
 
     def in_flight(self) -> int:
         return sum(len(ch.requests) for ch in self.connections())
