@@ -74,6 +74,7 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, ou
     running = show_by_id([f"{spec.name}.target"], ["ActiveState"]).get(f"{spec.name}.target", {})
     out.writelines(f"wrote {path}\n" for path in write_units(units, str(directory)))
     daemon_reload()
+    _print_score(spec.name, out)
     socket = f"{spec.name}.socket"
     if enable:
         systemctl("enable", *runtime_flag(directory), socket)
@@ -87,6 +88,15 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, ou
         out.write(f"{spec.name} is running: run `sudo sockact reload {spec.name}` to restart its workers on the new "
                   f"units, and `sudo sockact scale {spec.name} {spec.workers}` if the worker count changed\n")
     return 0
+
+
+def _print_score(name: str, out: TextIO) -> None:
+    from ..security import security_score
+
+    score = security_score(f"{name}@1.service")
+    if score is not None:
+        out.write(f"sandbox: `systemd-analyze security {name}@1.service` exposure {score:.1f} "
+                  f"(`sockact generate {name} ... --explain` says what each line does)\n")
 
 
 # --- uninstall -------------------------------------------------------------------------------------
