@@ -47,6 +47,7 @@ DIRECTIVES: dict[str, Since] = {
     "NoDelay": Since(216, "v216: NoDelay= for TCP sockets", "Socket"),
     "RemoveOnStop": Since(214, "v214: RemoveOnStop=", "Socket"),
     # [Service]: process, notify, crash policy, stop
+    "NonBlocking": Since(OLDEST, _BASE),
     "Type": Since(OLDEST, _BASE),
     "Type=notify-reload": Since(253, "v253: Type=notify-reload, reload via signal + RELOADING=1/READY=1"),
     "NotifyAccess": Since(OLDEST, _BASE),

@@ -232,3 +232,17 @@ def test_crash_loop_ends_failed_and_recovers_once_fixed(private_systemd: Private
     assert stop.returncode == 0, stop.stderr
     assert instance_states(box, "crashy", 2) == ["inactive"] * 2
     assert box.show("crashy.socket", "ActiveState")["ActiveState"] == "inactive"
+
+
+def test_starting_a_worker_leaves_the_shared_socket_non_blocking(private_systemd: PrivateSystemd) -> None:
+    """systemd sets O_NONBLOCK on the passed socket each time it starts a worker, and that flag is
+    shared by every worker: without NonBlocking=yes, restarting one worker left the others' accept()
+    blocking, and a worker hung there until the next connection."""
+    box = private_systemd
+    start_app(box, "nb", 8190, 2, "--app", HELLO)
+    box.systemctl("restart", "nb@1.service")
+    pid = box.show("nb@2.service", "MainPID")["MainPID"]
+    flags = int(box.run("sh", "-c", f"grep ^flags: /proc/{pid}/fdinfo/3").stdout.split()[1], 8)
+    assert flags & 0o4000, oct(flags)  # O_NONBLOCK
+    result = concurrent_get(box, 8190, "/sleep?ms=5", total=40, parallel=8)
+    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}  # type: ignore[misc]

@@ -59,6 +59,9 @@ class Acceptor:
                 self._pause(DEFER)
                 return
         self.deferred_since = None
+        # The file status flags are shared with every worker and with systemd, which resets
+        # O_NONBLOCK whenever it starts a worker (unless the socket unit says NonBlocking=yes).
+        self.sock.setblocking(False)
         for taken in range(self.batch):
             if taken and board is not None and not board.least_loaded():
                 return  # the rest of the queue is for a less busy sibling

@@ -88,6 +88,8 @@ class Engine:
                 return bool(super().readable()) and engine.may_accept()
 
             def handle_accept(self) -> None:
+                # O_NONBLOCK is shared with systemd, which may have reset it when it started a worker.
+                self.socket.setblocking(False)
                 super().handle_accept()
                 engine.publish()
 
