@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import platform
 import subprocess
 import sys
@@ -143,6 +144,21 @@ def run_all_deploys(bench: Bench, contenders: list[Contender], settings: Setting
             log.warning("  %s: deploys failed: %s", contender.server, exc)
 
 
+def stage_scripts(root: pathlib.Path) -> None:
+    """Copy wrk's Lua scripts and the cold-start probe under root: they run inside the private
+    systemd, whose /tmp, /var/tmp and /run are its own, so a checkout there would be invisible."""
+    from . import load, measure
+
+    scripts = root / "scripts"
+    shutil.rmtree(scripts, ignore_errors=True)
+    shutil.copytree(HERE / "wrk", scripts / "wrk")
+    shutil.copy(HERE / "probe.py", scripts / "probe.py")
+    for path in [scripts, *scripts.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    load.SCRIPTS = scripts / "wrk"
+    measure.PROBE = str(scripts / "probe.py")
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -155,6 +171,7 @@ def main(argv: Sequence[str]) -> int:
         return 1
     settings = settings_from(args)
     root = pathlib.Path(os.environ.get("SOCKACT_BENCH_ROOT", "/opt/sockact-bench"))
+    stage_scripts(root)
     results = Results(settings, machine=machine())
     # The cgroup first: the box is created below it, so its CPU time counts as the benchmark's own.
     with own_cgroup() as group, PrivateSystemd() as box, tempfile.TemporaryDirectory(prefix="sockact-bench-") as logs:
