@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile

@@ -12,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "listeners", "notify", "ready", "stopping", "status"]
+__all__ = ["__version__", "listeners", "notify", "ready", "status", "stopping"]
 
 
 def listeners() -> list[socket.socket]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .errors import SockactError, UsageError
@@ -163,4 +164,4 @@ def entry() -> NoReturn:
     sys.exit(main())
 
 
-__all__ = ["main", "entry", "UsageError"]
+__all__ = ["UsageError", "entry", "main"]

@@ -6,9 +6,9 @@ import json
 import sys
 import textwrap
 
-from sockact.testing import PrivateSystemd
-
 from helpers import sockact
+
+from sockact.testing import PrivateSystemd
 
 
 def install_units(box: PrivateSystemd, name: str, *options: str) -> None:

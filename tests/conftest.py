@@ -4,8 +4,8 @@ pytest_plugins = ["sockact.testing"]
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

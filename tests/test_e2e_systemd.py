@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sockact.testing import PrivateSystemd
-
 from boxutil import concurrent_get, http_get, install_units, instance_states
+
+from sockact.testing import PrivateSystemd
 
 HELLO = "sockact.examples.hello:app"
 

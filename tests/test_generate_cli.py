@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import sockact
 
 APP = ["--app", "myproj.asgi:application"]

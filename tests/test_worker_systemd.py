@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from boxutil import concurrent_get, failures, http_get, install_units, instance_states, parse_wrk, served_counts
 
 from sockact.testing import PrivateSystemd
-
-from boxutil import (concurrent_get, failures, http_get, install_units, instance_states, parse_wrk,
-                     served_counts)
 
 HELLO = "sockact.examples.hello:app"
 HELLO_WSGI = "sockact.examples.hello_wsgi:application"

@@ -8,7 +8,8 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import RuntimeFailure, SockactError
 
@@ -61,7 +62,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def sockets_for(bind: list[str] | None) -> list[Any]:
-    from .listen import bind as bind_address, listeners
+    from .listen import bind as bind_address
+    from .listen import listeners
 
     adopted = listeners()
     if adopted:

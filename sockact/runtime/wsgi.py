@@ -12,7 +12,8 @@ import logging
 import signal
 import socket
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 from waitress import wasyncore
 from waitress.adjustments import Adjustments
@@ -20,7 +21,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer, UnixWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
-from .balance import Scoreboard, for_this_worker
+from .balance import for_this_worker
 from .notify import Notifier, watchdog_interval
 
 logger = logging.getLogger("sockact.runtime")
