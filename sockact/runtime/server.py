@@ -6,21 +6,17 @@ import asyncio
 import inspect
 import logging
 import socket
-import time
 from typing import Any, Callable
 
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
 from .balance import Scoreboard, for_this_worker
-from .notify import Notifier, watchdog_interval
+from .notify import Notifier
+from .pulse import IDLE_GRACE, Pulse, drain_budget
 
 logger = logging.getLogger("sockact.runtime")
 
-# How long an idle keep-alive connection may stay open once draining began: a request the client
-# already sent may be in flight, so it gets served (with Connection: close) instead of reset.
-IDLE_GRACE = 0.5
-STATUS_EVERY = 1.0
 DEFER = 0.0005  # how long a busier worker leaves a new connection to a less busy sibling
 DEFER_MAX = 0.002
 
@@ -195,15 +191,9 @@ class WorkerServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, notifier: Notifier, drain_timeout: float) -> None:
         super().__init__(config)
-        self.notifier = notifier
         self.drain_timeout = drain_timeout
-        self.ready_at: float | None = None
-        self.ready_wall: str = ""
-        self._watchdog = watchdog_interval()
-        self._last_ping = 0.0
-        self._last_status = (0.0, 0)
+        self.pulse = Pulse(notifier, None)
         self.acceptors: list[Acceptor] = []
-        self.board: Scoreboard | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.lifespan = StrictLifespan(self.config)
@@ -211,8 +201,8 @@ class WorkerServer(uvicorn.Server):
         if self.lifespan.should_exit:
             raise SystemExit(3)
         config = self.config
-        self.board = for_this_worker()
-        config.http_protocol_class = draining_protocol(config.http_protocol_class, self.board)
+        board = self.pulse.board = for_this_worker()
+        config.http_protocol_class = draining_protocol(config.http_protocol_class, board)
 
         protocol_class: Any = config.http_protocol_class
 
@@ -226,30 +216,16 @@ class WorkerServer(uvicorn.Server):
             )
             return protocol
 
-        self.acceptors = [Acceptor(sock, create_protocol, self.board) for sock in sockets or []]
+        self.acceptors = [Acceptor(sock, create_protocol, board) for sock in sockets or []]
         self.servers = self.acceptors  # type: ignore[assignment]  # uvicorn closes these on shutdown
         self.started = True
-        self.ready_at = time.monotonic()
-        self.ready_wall = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.notifier.ready(self.status_text(0.0))
+        self.pulse.ready()
         logger.info("ready: serving %d socket(s)", len(self.acceptors))
 
     async def on_tick(self, counter: int) -> bool:
-        now = time.monotonic()
-        if self._watchdog is not None and now - self._last_ping >= self._watchdog / 4:
-            # Pinged from the serving loop itself: if the loop hangs, the pings stop.
-            self._last_ping = now
-            self.notifier.watchdog()
-        if self.board is not None:
-            self.board.heartbeat(len(self.server_state.connections) + self.board.pending)
-            if counter % 10 == 0:
-                self.board.refresh()
-        if now - self._last_status[0] >= STATUS_EVERY:
-            served = self.server_state.total_requests
-            elapsed = now - self._last_status[0]
-            rate = (served - self._last_status[1]) / elapsed if self._last_status[0] else 0.0
-            self._last_status = (now, served)
-            self.notifier.status(self.status_text(rate))
+        state, board = self.server_state, self.pulse.board
+        pending = board.pending if board is not None else 0  # accepted, not yet in state.connections
+        self.pulse.tick(state.total_requests, len(state.tasks), len(state.connections) + pending)
         return await super().on_tick(counter)
 
     def _drain_expired(self) -> None:
@@ -259,28 +235,17 @@ class WorkerServer(uvicorn.Server):
         for task in list(self.server_state.tasks):
             task.cancel()
 
-    def status_text(self, rate: float) -> str:
-        state = self.server_state
-        return (
-            f"serving: {state.total_requests} requests, {len(state.tasks)} in flight, "
-            f"{rate:.1f} req/s; ready since {self.ready_wall}"
-        )
-
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for acceptor in self.acceptors:
             acceptor.close()
         for acceptor in self.acceptors:
             await acceptor.wait_closed()
-        if self.board is not None:
-            self.board.close()
-            self.board = None
-        self.notifier.stopping()
-        self.notifier.status(f"draining: {len(self.server_state.tasks)} in flight")
-        self.config.timeout_graceful_shutdown = max(0.1, self.drain_timeout)  # type: ignore[assignment]
+        self.pulse.stopping(len(self.server_state.tasks))
+        self.config.timeout_graceful_shutdown = self.drain_timeout  # type: ignore[assignment]
         deadline = None
         if "timeout_graceful_shutdown" not in inspect.signature(uvicorn.Config.__init__).parameters:
             # older uvicorn (Debian 12: 0.17.6) waits for connections without a deadline: enforce ours.
-            deadline = asyncio.get_running_loop().call_later(max(0.1, self.drain_timeout), self._drain_expired)
+            deadline = asyncio.get_running_loop().call_later(self.drain_timeout, self._drain_expired)
         try:
             await super().shutdown(sockets=sockets)
         finally:
@@ -306,7 +271,5 @@ def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_l
         server_header=False,
         proxy_headers=False,
     )
-    # Keep a margin before systemd's SIGKILL for lifespan shutdown.
-    drain_timeout = stop_timeout - min(1.0, stop_timeout * 0.2)
-    server = WorkerServer(config, notifier, drain_timeout)
+    server = WorkerServer(config, notifier, drain_budget(stop_timeout))
     server.run(sockets=sockets)

@@ -22,13 +22,13 @@ from waitress.server import TcpWSGIServer, UnixWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
 from .balance import for_this_worker
-from .notify import Notifier, watchdog_interval
+from .notify import Notifier
+from .pulse import IDLE_GRACE, Pulse, drain_budget
 
 logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
 
 TICK = 0.1  # the serving loop wakes at least this often
-IDLE_GRACE = 0.5  # as in the ASGI engine: an idle connection gets this long for a request on the wire
 DEFER = 0.002  # a busier worker leaves a new connection this long to a less busy sibling
 
 
@@ -60,9 +60,9 @@ class Engine:
     def __init__(self, app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float,
                  notifier: Notifier, access_log: bool = False) -> None:
         self.counter = Counter(app, access_log)
-        self.notifier = notifier
         self.stop_timeout = stop_timeout
         self.board = for_this_worker()
+        self.pulse = Pulse(notifier, self.board)
         self.map: dict[int, Any] = {}
         self.dispatcher = ThreadedTaskDispatcher()
         self.dispatcher.set_thread_count(threads)
@@ -127,47 +127,27 @@ class Engine:
     def serve(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        ready_wall = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.notifier.ready(f"serving: 0 requests, 0 in flight, 0.0 req/s; ready since {ready_wall}")
+        self.pulse.ready()
         logger.info("ready: serving %d socket(s) with %d threads (WSGI)", len(self.servers), self.adj.threads)
-        self._loop(ready_wall)
+        self._loop()
         self._drain()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.should_exit = True  # the loop acts on it; a handler does no work
 
-    def _loop(self, ready_wall: str) -> None:
-        watchdog = watchdog_interval()
-        last_ping = last_status = last_refresh = 0.0
-        last_served = 0
+    def _loop(self) -> None:
         while not self.should_exit:
             wasyncore.loop(timeout=TICK, map=self.map, use_poll=True, count=1)
-            now = time.monotonic()
-            if watchdog is not None and now - last_ping >= watchdog / 4:
-                last_ping = now
-                self.notifier.watchdog()  # from the serving loop: a hung loop stops the pings
-            if self.board is not None:
-                self.board.heartbeat()
-                if now - last_refresh >= 1.0:
-                    last_refresh = now
-                    self.board.refresh()
-            if now - last_status >= 1.0:
-                served = self.counter.served
-                rate = (served - last_served) / (now - last_status) if last_status else 0.0
-                last_status, last_served = now, served
-                self.notifier.status(f"serving: {served} requests, {self.in_flight()} in flight, "
-                                     f"{rate:.1f} req/s; ready since {ready_wall}")
+            self.pulse.tick(self.counter.served, self.in_flight(), len(self.connections()))
 
     def _drain(self) -> None:
         self.draining_since = time.monotonic()
         for server in self.servers:
             server.accepting = False
             server.del_channel()  # stop polling the listening socket; systemd keeps it open
-        if self.board is not None:
-            self.board.close()
-            self.board = None
-        self.notifier.stopping()
-        deadline = self.draining_since + max(0.1, self.stop_timeout - min(1.0, self.stop_timeout * 0.2))
+        self.pulse.stopping(self.in_flight())
+        self.board = None
+        deadline = self.draining_since + drain_budget(self.stop_timeout)
         while self.connections() and time.monotonic() < deadline:
             self._close_idle()
             wasyncore.loop(timeout=TICK / 2, map=self.map, use_poll=True, count=1)

@@ -1,0 +1,60 @@
+"""What both serving engines do from their loop: READY=1, WATCHDOG=1, STATUS= and the scoreboard's beat."""
+
+from __future__ import annotations
+
+import time
+
+from .balance import Scoreboard
+from .notify import Notifier, watchdog_interval
+
+# An idle keep-alive connection gets this long, once draining began, for a request already on the
+# wire: it is served (with Connection: close) instead of reset.
+IDLE_GRACE = 0.5
+STATUS_EVERY = 1.0  # STATUS= figures, and looking for siblings that came or went (scale, reload)
+
+
+def drain_budget(stop_timeout: float) -> float:
+    """Seconds for in-flight work after SIGTERM: the stop timeout less up to 1 s for the app's shutdown,
+    so the worker leaves before systemd's SIGKILL."""
+    return max(0.1, stop_timeout - min(1.0, stop_timeout * 0.2))
+
+
+class Pulse:
+    def __init__(self, notifier: Notifier, board: Scoreboard | None) -> None:
+        self.notifier = notifier
+        self.board = board
+        self.watchdog = watchdog_interval()
+        self.ready_since = ""
+        self._last_ping = self._last_status = 0.0
+        self._last_served = 0
+
+    def status_line(self, served: int, in_flight: int, rate: float) -> str:
+        # `sockact status` parses this line (sockact.ops.facts.parse_status_text).
+        return f"serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s; ready since {self.ready_since}"
+
+    def ready(self) -> None:
+        self.ready_since = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.notifier.ready(self.status_line(0, 0, 0.0))
+
+    def tick(self, served: int, in_flight: int, connections: int) -> None:
+        """Called by the serving loop about every 0.1 s; if the loop hangs, the watchdog pings stop."""
+        now = time.monotonic()
+        if self.watchdog is not None and now - self._last_ping >= self.watchdog / 4:
+            self._last_ping = now
+            self.notifier.watchdog()
+        if self.board is not None:
+            self.board.heartbeat(connections)  # the exact count, so no drift can last
+        if now - self._last_status >= STATUS_EVERY:
+            rate = (served - self._last_served) / (now - self._last_status) if self._last_status else 0.0
+            self._last_status, self._last_served = now, served
+            self.notifier.status(self.status_line(served, in_flight, rate))
+            if self.board is not None:
+                self.board.refresh()
+
+    def stopping(self, in_flight: int) -> None:
+        """Leave the scoreboard (siblings stop deferring to us), then STOPPING=1."""
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+        self.notifier.stopping()
+        self.notifier.status(f"draining: {in_flight} in flight")
