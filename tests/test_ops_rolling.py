@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from boxutil import parse_wrk
 from test_ops_commands import active_count, install, pid_of, sockact_in, status_of, wake
 
 from sockact.testing import PrivateSystemd
@@ -177,12 +178,9 @@ class WrkResult:
 
     @classmethod
     def parse(cls, output: str) -> WrkResult:
-        sent = re.search(r"(\d+) requests in", output)
-        assert sent, output
-        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-        connect, read, write, timeout = (int(n) for n in errors.groups()) if errors else (0, 0, 0, 0)
-        status = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-        return cls(int(sent.group(1)), connect, read, write, timeout, int(status.group(1)) if status else 0)
+        stats = parse_wrk(output)
+        return cls(stats["requests"], stats["connect"], stats["read"], stats["write"], stats["timeout"],
+                   stats["non2xx"])
 
     @property
     def failed(self) -> int:

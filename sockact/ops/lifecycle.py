@@ -8,16 +8,10 @@ from typing import TextIO
 
 from ..errors import SystemdError
 from .app import App, require_root, resolve
-from .systemctl import journal_records, show_by_id, systemctl, try_systemctl
+from .reload import journal_since
+from .systemctl import show_by_id, systemctl, try_systemctl
 
 READY_TIMEOUT = 90.0  # systemd's own default TimeoutStartSec=
-
-
-def _failed_lines(app: App, unit: str) -> list[str]:
-    from .logs import format_record
-
-    records = journal_records("--lines=10", f"--unit={unit}")
-    return [format_record(app.name, record, colour=False) for record in records]
 
 
 def _wait_started(app: App, timeout: float = READY_TIMEOUT) -> dict[str, str]:
@@ -49,7 +43,7 @@ def start(name: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     failed = sorted(unit for unit, state in states.items() if state != "active")
     for unit in failed:
         err.write(f"{unit} did not become ready ({states[unit]}); its journal:\n")
-        err.writelines(f"  {line}\n" for line in _failed_lines(app, unit))
+        err.writelines(f"  {line}\n" for line in journal_since(app, unit, None, last=10))
     if failed:
         raise SystemdError(f"{name}: {len(failed)} of {len(states)} workers did not start; fix the app "
                            f"(see above or `sockact logs {name}`) and run `sudo sockact start {name}` again")

@@ -34,10 +34,11 @@ def _state(unit: str) -> dict[str, str]:
     return show_by_id([unit], RESTART_PROPS).get(unit, {})
 
 
-def _journal_since(app: App, unit: str, cursor: str | None) -> list[str]:
+def journal_since(app: App, unit: str, cursor: str | None, last: int = JOURNAL_LINES) -> list[str]:
+    """The end of a unit's journal (since cursor, if given), formatted as `sockact logs` prints it."""
     after = [f"--after-cursor={cursor}"] if cursor else ["--lines=200"]
     records = journal_records(*after, f"--unit={unit}")
-    return [format_record(app.name, record, colour=False) for record in records[-JOURNAL_LINES:]]
+    return [format_record(app.name, record, colour=False) for record in records[-last:]]
 
 
 def restart_instance(app: App, unit: str, err: TextIO) -> Restarted:
@@ -59,7 +60,7 @@ def restart_instance(app: App, unit: str, err: TextIO) -> Restarted:
     state = f"now {after.get('ActiveState', '?')}/{after.get('SubState', '?')}, result {after.get('Result', '?')}"
     why = f"{problem}; {state}" if problem else state
     err.write(f"{unit} did not become ready ({why}); its journal since the restart:\n")
-    err.writelines(f"  {line}\n" for line in _journal_since(app, unit, cursor))
+    err.writelines(f"  {line}\n" for line in journal_since(app, unit, cursor))
     raise SystemdError(f"{unit} did not become ready ({state})")
 
 
