@@ -29,23 +29,28 @@ def wrk(box: PrivateSystemd, url: str, seconds: int, *args: str) -> subprocess.P
     return box.popen("wrk", "-t2", "-c8", f"-d{seconds}s", *args, url, stdout=subprocess.PIPE, text=True)
 
 
+def case(prefix: str, base_port: int, keepalive: bool, app: str) -> tuple[str, int, list[str], str]:
+    """A unit name and port of its own per parameter combination, wrk's header, and a label to print."""
+    wsgi = app == HELLO_WSGI
+    name, port = f"{prefix}{int(keepalive)}{'w' if wsgi else ''}", base_port + int(keepalive) + 2 * wsgi
+    label = f"{'WSGI' if wsgi else 'ASGI'}, {'keep-alive' if keepalive else 'Connection: close'}"
+    return name, port, [] if keepalive else ["-H", "Connection: close"], label
+
+
 @pytest.mark.parametrize("app", [HELLO, HELLO_WSGI], ids=["asgi", "wsgi"])
 @pytest.mark.parametrize("keepalive", [False, True], ids=["close", "keepalive"])
 def test_each_worker_gets_a_fair_share(private_systemd: PrivateSystemd, keepalive: bool, app: str) -> None:
     box = private_systemd
-    wsgi = app == HELLO_WSGI
-    name, port = f"fair{int(keepalive)}{'w' if wsgi else ''}", 8100 + int(keepalive) + 2 * wsgi
+    name, port, header, label = case("fair", 8100, keepalive, app)
     start_app(box, name, port, 2, "--app", app)
     time.sleep(1.1)  # STATUS= is refreshed every second
     before = served_counts(box, name, 2)
-    args = [] if keepalive else ["-H", "Connection: close"]
-    out, _ = wrk(box, f"http://127.0.0.1:{port}/sleep?ms=10", 4, *args).communicate(timeout=60)
+    out, _ = wrk(box, f"http://127.0.0.1:{port}/sleep?ms=10", 4, *header).communicate(timeout=60)
     assert failures(parse_wrk(out)) == 0, out
     time.sleep(1.1)
     shares = [after - prior for after, prior in zip(served_counts(box, name, 2), before)]
     ratio = max(shares) / max(1, min(shares))
-    print(f"\nfairness {'WSGI' if wsgi else 'ASGI'} ({'keep-alive' if keepalive else 'Connection: close'}): "
-          f"per worker {shares}, max/min {ratio:.2f}")
+    print(f"\nfairness ({label}): per worker {shares}, max/min {ratio:.2f}")
     assert ratio <= 1.2, shares
 
 
@@ -53,18 +58,16 @@ def test_each_worker_gets_a_fair_share(private_systemd: PrivateSystemd, keepaliv
 @pytest.mark.parametrize("keepalive", [False, True], ids=["close", "keepalive"])
 def test_full_restart_under_load_loses_no_request(private_systemd: PrivateSystemd, keepalive: bool, app: str) -> None:
     box = private_systemd
-    wsgi = app == HELLO_WSGI
-    name, port = f"restart{int(keepalive)}{'w' if wsgi else ''}", 8110 + int(keepalive) + 2 * wsgi
+    name, port, header, label = case("restart", 8110, keepalive, app)
     start_app(box, name, port, 2, "--app", app)
-    load = wrk(box, f"http://127.0.0.1:{port}/sleep?ms=5", 6, *([] if keepalive else ["-H", "Connection: close"]))
+    load = wrk(box, f"http://127.0.0.1:{port}/sleep?ms=5", 6, *header)
     time.sleep(1.5)
     for _ in range(2):
         box.systemctl("restart", f"{name}.target")
         box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="workers back")
         time.sleep(0.7)
     stats = parse_wrk(load.communicate(timeout=60)[0])
-    print(f"\nsystemctl restart {name}.target x2 under wrk ({'WSGI' if wsgi else 'ASGI'}, "
-          f"{'keep-alive' if keepalive else 'close'}): {stats}")
+    print(f"\nsystemctl restart {name}.target x2 under wrk ({label}): {stats}")
     assert stats["requests"] > 100
     assert failures(stats) == 0, stats
 
