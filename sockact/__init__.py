@@ -8,7 +8,6 @@ speak sd_notify. The generator and the CLI are never imported from here.
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -29,7 +28,7 @@ def notify(state: str) -> bool:
     return default_notifier().send(state)
 
 
-def ready(**_: Any) -> bool:
+def ready() -> bool:
     return notify("READY=1")
 
 

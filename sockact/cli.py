@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from . import __version__
 from .errors import SockactError, UsageError
+
+if TYPE_CHECKING:
+    from .spec import UnitSpec  # the generator is imported only when a command needs it
 
 GENERATE_EXAMPLE = """\
 examples:
@@ -60,7 +63,7 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                          help="no sandbox at all: the workers run as root unless --user is given (score 9.6)")
 
 
-def spec_from(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def spec_from(args: argparse.Namespace) -> UnitSpec:
     from . import spec, systemd_versions
 
     given = getattr(args, "systemd_version", None)  # only generate has the option; install asks systemd
