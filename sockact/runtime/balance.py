@@ -17,6 +17,7 @@ import struct
 import time
 
 SLOT = struct.Struct("=qd")  # open connections, heartbeat (CLOCK_MONOTONIC, shared by all processes)
+COUNT = struct.Struct("=q")  # the slot's first field alone: written on every connection, so kept cheap
 STALE = 1.0  # seconds without a heartbeat after which a sibling is ignored
 FORGOTTEN = 60.0  # seconds after which a silent sibling's file is removed (a worker killed by SIGKILL)
 DRAINING = 1 << 40  # published while draining: siblings never defer to a worker that is leaving
@@ -36,22 +37,25 @@ class Scoreboard:
         finally:
             os.close(fd)
         self.count = 0
-        # Set on the loop's tick when this worker holds two or more connections above a sibling;
-        # the next request takes it and is answered with Connection: close (one per tick at most).
-        self.rebalance_due = False
-        self.pending = 0  # accepted, protocol not made yet: counted, not yet in the server's set
+        # Set on the loop's tick: how many keep-alive connections this worker should hand over (half
+        # its lead over the least busy sibling, when two or more); that many next requests are answered
+        # with Connection: close, and their clients reconnect to a less busy worker.
+        self.rebalance_due = 0
         self.siblings: dict[str, mmap.mmap] = {}
-        self.publish(0)
+        self.heartbeat(0)
         self.refresh()
 
     def publish(self, count: int) -> None:
+        """The open-connection count, on every accept and close; the heartbeat comes from the tick."""
         self.count = count
-        SLOT.pack_into(self.own, 0, count, time.monotonic())
+        COUNT.pack_into(self.own, 0, count)
 
     def heartbeat(self, count: int | None = None) -> None:
         """Called from the serving loop's tick, with the exact count so no drift can last."""
-        self.publish(self.count if count is None else count)
-        self.rebalance_due = self.overloaded()
+        if count is not None:
+            self.count = count
+        SLOT.pack_into(self.own, 0, self.count, time.monotonic())
+        self.rebalance_due = self.ahead() // 2 if self.overloaded() else 0
 
     def refresh(self) -> None:
         """Find siblings (workers come and go with scale and reload); called about once a second."""
@@ -101,6 +105,11 @@ class Scoreboard:
             return True  # cheap path: an idle worker always takes the connection
         fewest = self.fewest()
         return fewest is None or fewest >= self.count
+
+    def ahead(self) -> int:
+        """How many connections this worker holds above its least busy live sibling (0 without one)."""
+        fewest = self.fewest()
+        return 0 if fewest is None else self.count - fewest
 
     def overloaded(self) -> bool:
         """Two or more connections above a live sibling: keep-alive connections opened in a burst

@@ -117,7 +117,7 @@ class Engine:
         if self.draining_since is not None:
             return True
         if self.board is not None and self.board.rebalance_due:
-            self.board.rebalance_due = False  # one connection per tick moves to a less busy sibling
+            self.board.rebalance_due -= 1  # this connection moves to a less busy sibling
             return True
         return False
 
