@@ -12,10 +12,11 @@ from sockact.errors import UsageError
 from sockact.render import render
 from sockact.spec import build
 
-BASE: dict[str, Any] = dict(unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", app_ref="proj.asgi:app",
-                            chdir="/srv/proj", env=["A=1"], env_file="/etc/proj.env", run_as="www-data", watchdog="10",
-                            state_dir="proj", cache_dir="proj", logs_dir="proj", writable=["/srv/proj/data"],
-                            systemd_version=252)
+BASE: dict[str, Any] = dict(  # noqa: C408 - keyword form reads like the CLI flags
+    unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", app_ref="proj.asgi:app",
+    chdir="/srv/proj", env=["A=1"], env_file="/etc/proj.env", run_as="www-data", watchdog="10",
+    state_dir="proj", cache_dir="proj", logs_dir="proj", writable=["/srv/proj/data"],
+    systemd_version=252)
 
 
 def structure(texts: list[str]) -> list[list[str]]:

@@ -15,7 +15,7 @@ def detect(app: Any) -> str:
     """ASGI 3 is `async def app(scope, receive, send)`; WSGI is a plain `app(environ, start_response)`."""
     if inspect.isclass(app):
         return "asgi2" if not hasattr(app, "__await__") else "asgi3"
-    call = app if inspect.isroutine(app) else getattr(app, "__call__", None)
+    call = app if inspect.isroutine(app) else getattr(app, "__call__", None)  # noqa: B004 - the method itself is inspected
     if call is None:
         raise RuntimeFailure(f"{app!r} is not callable; --app must name an ASGI or WSGI application object")
     if asyncio.iscoroutinefunction(call):

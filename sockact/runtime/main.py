@@ -45,7 +45,7 @@ def load_app(reference: str) -> Any:
     sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # the app's own import error, reported in one line
+    except Exception as exc:  # noqa: BLE001 - the app's own import error, reported in one line
         raise RuntimeFailure(f"cannot import {module_name}: {one_line(exc)}") from None
     for part in attr.split("."):
         try:

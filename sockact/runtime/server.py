@@ -41,7 +41,7 @@ class Admission:
         self.factory = factory
         self.board = board
         self.loop = asyncio.get_running_loop()
-        self.servers: list[asyncio.AbstractServer] = []  # empty while paused
+        self.servers: list[asyncio.Server] = []  # empty while paused
         self.opening: asyncio.Task[None] | None = None
         self.check_due = False
         self.closed = False
@@ -177,7 +177,7 @@ class StrictLifespan(LifespanOn):
                  "state": self.state}
         try:
             await self.config.loaded_app(scope, self.receive, self.send)
-        except BaseException as exc:  # the app's own failure, reported below in one line
+        except BaseException as exc:  # noqa: BLE001 - the app's own failure, reported below in one line
             self.error_occurred = self.error_occured = True
             if not (self.startup_failed or self.shutdown_failed):
                 self._report(exc)

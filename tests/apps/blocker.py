@@ -15,7 +15,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
     if scope["path"] == "/block":
-        time.sleep(float(query.get("s", "1")))  # deliberately blocks the loop
+        time.sleep(float(query.get("s", "1")))  # noqa: ASYNC251 - deliberately blocks the loop
     elif scope["path"] == "/log":
         log.warning("a warning from worker %s", os.environ.get("SOCKACT_WORKER"))
         log.error("an error from worker %s", os.environ.get("SOCKACT_WORKER"))
