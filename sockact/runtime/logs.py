@@ -55,6 +55,10 @@ def _identifier() -> str:
 def setup(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.setLevel(level)
+    # uvicorn's protocols test their logger's own level, not the effective one, before preparing a
+    # trace line on every connection made and lost: an unset level (0) means that work each time.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).setLevel(level)
     handler: logging.Handler | None = journal_handler() if under_journal() else None
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)

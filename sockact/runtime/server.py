@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import socket
 from typing import Any, Callable
@@ -18,15 +19,19 @@ from .pulse import IDLE_GRACE, Pulse, drain_budget
 
 logger = logging.getLogger("sockact.runtime")
 
-# A worker this many connections above its least busy sibling stops accepting, and starts again once
-# within RESUME_AHEAD: the gap keeps it from switching on every connection.
+# A worker PAUSE_AHEAD connections above its least busy sibling (or a quarter more, when that is more)
+# stops accepting, and starts again within a third of that: the gap keeps it from switching on every
+# connection, and with short-lived connections it seldom switches at all.
 PAUSE_AHEAD = 3
-RESUME_AHEAD = 1
+
+
+def pause_threshold(fewest: int) -> int:
+    return max(PAUSE_AHEAD, fewest // 4)
 
 
 class Admission:
     """Accepting on the shared listening sockets with the event loop's own accept loop (C, with
-    uvloop), switched off while this worker holds PAUSE_AHEAD connections more than a live sibling.
+    uvloop), switched off while this worker holds pause_threshold() connections more than a live sibling.
 
     Every worker's loop waits on the same socket and whichever wakes first takes the whole queue, so
     one worker can end up with far more than its share. Instead of deciding in Python on every
@@ -45,7 +50,8 @@ class Admission:
         self.opening: asyncio.Task[None] | None = None
         self.check_due = False
         self.closed = False
-        self.pauses = 0
+        # The count at which to look at the siblings again: checking on every accept costs measurably.
+        self.pause_at = self._pause_at()
 
     async def open(self) -> None:
         servers = []
@@ -71,23 +77,34 @@ class Admission:
         board = self.board
         if board is not None:
             board.publish(board.count + 1)  # count it now: connection_made comes one callback later
-            if board.count >= PAUSE_AHEAD and not self.check_due:
+            if board.count >= self.pause_at and not self.check_due:
                 # Not from here: closing the server inside its accept callback would drop this connection.
                 self.check_due = True
                 self.loop.call_soon(self._pause_if_ahead)
         return protocol
 
+    def _pause_at(self) -> float:
+        fewest = self.board.fewest() if self.board is not None else None
+        return math.inf if fewest is None else fewest + pause_threshold(fewest)
+
     def _pause_if_ahead(self) -> None:
         self.check_due = False
-        if self.servers and self.board is not None and self.board.ahead() >= PAUSE_AHEAD:
-            self.pauses += 1
+        self.pause_at = self._pause_at()
+        if self.servers and self.board is not None and self.board.count >= self.pause_at:
             self._close_servers()
+
+    def tick(self) -> None:
+        """Siblings come, go and change their counts: look at them again (about every 0.1 s)."""
+        self.pause_at = self._pause_at()
+        self.rebalance()
 
     def rebalance(self) -> None:
         """Accept again once this worker is no longer ahead; called when a connection ends and on the tick."""
         if self.servers or self.closed or self.opening is not None:
             return
-        if self.board is None or self.board.ahead() <= RESUME_AHEAD:
+        board = self.board
+        fewest = board.fewest() if board is not None else None
+        if board is None or fewest is None or board.count - fewest <= pause_threshold(fewest) // 3:
             self.opening = self.loop.create_task(self._reopen())
 
     async def _reopen(self) -> None:
@@ -239,7 +256,7 @@ class WorkerServer(uvicorn.Server):
         state = self.server_state
         self.pulse.tick(state.total_requests, len(state.tasks), len(state.connections))
         if self.admission is not None:
-            self.admission.rebalance()  # siblings' counts change too
+            self.admission.tick()
         return await super().on_tick(counter)
 
     def _drain_expired(self) -> None:
