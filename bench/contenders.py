@@ -204,7 +204,9 @@ class Sockact(Contender):
 
 @dataclass
 class Process(Contender):
-    """A server run as a plain process tree inside the box: a master and its forked workers."""
+    """A server run as a process tree inside the box: a master and its forked workers, in a scope unit
+    of their own (as sockact's workers are in their services), so every contender runs under the same
+    systemd in a cgroup of its own, as it would on a host."""
 
     argv_for: Callable[[Bench, Process], list[str]] = field(default=lambda bench, c: [])
     env_for: Callable[[Bench, Process], dict[str, str]] = field(default=lambda bench, c: {})
@@ -216,7 +218,7 @@ class Process(Contender):
     def start(self, bench: Bench) -> None:
         log = open(bench.logs / f"{self.key}.log", "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
-            self.proc = bench.box.popen(*self.argv_for(bench, self), env=self.env_for(bench, self),
+            self.proc = bench.box.popen(*in_scope(self.argv_for(bench, self)), env=self.env_for(bench, self),
                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()
@@ -274,12 +276,14 @@ class Pm2(Contender):
 
     name: str = "bench-pm2"
 
-    def run_pm2(self, bench: Bench, *args: str, timeout: float = 120) -> str:
+    def run_pm2(self, bench: Bench, *args: str, timeout: float = 120, scope: bool = False) -> str:
         env = {"PM2_HOME": "/tmp/pm2", "BENCH_PORT": str(self.port)}
-        return bench.box.run(bench.pm2, *args, env=env, timeout=timeout).stdout
+        argv = [bench.pm2, *args]
+        return bench.box.run(*(in_scope(argv) if scope else argv), env=env, timeout=timeout).stdout
 
     def start(self, bench: Bench) -> None:
-        self.run_pm2(bench, "start", bench.node_app, "-i", str(bench.workers), "--name", self.name)
+        # The daemon this starts forks from the CLI, and so stays in the CLI's scope.
+        self.run_pm2(bench, "start", bench.node_app, "-i", str(bench.workers), "--name", self.name, scope=True)
 
     def wait_ready(self, bench: Bench) -> None:
         bench.box.wait_for(lambda: len(self.worker_pids(bench)) == bench.workers, timeout=START_TIMEOUT_S,
@@ -306,6 +310,11 @@ class Pm2(Contender):
         self.run_pm2(bench, "restart", self.name)
         wait_replaced(bench, self, old)
         bench.wait_serving(self.port)
+
+
+def in_scope(argv: list[str]) -> list[str]:
+    """argv run in a transient scope unit: systemd-run execs it in place, so PIDs and signals are its own."""
+    return ["systemd-run", "--scope", "--quiet", "--collect", "--", *argv]
 
 
 def _inner_child(host_pid: int, timeout: float = 10.0) -> int:
