@@ -73,12 +73,12 @@ def test_a_worker_ahead_of_its_sibling_stops_accepting_until_the_sibling_catches
 
         clients.append(socket.create_connection(listener.getsockname()))  # waits in the backlog
         await asyncio.sleep(0.2)
-        admission.tick()
+        admission.reconsider()
         await asyncio.sleep(0.1)
         assert len(Recorder.made) == PAUSE_AHEAD and not admission.servers
 
         sibling.heartbeat(PAUSE_AHEAD)  # the sibling caught up
-        admission.tick()
+        admission.reconsider()
         await until(lambda: len(Recorder.made) == PAUSE_AHEAD + 1)  # the waiting client is served
         assert admission.servers
         admission.close()
@@ -107,7 +107,7 @@ def test_without_siblings_a_worker_never_pauses(loop_name: str, listener: socket
         await admission.open()
         clients.extend(socket.create_connection(listener.getsockname()) for _ in range(3 * PAUSE_AHEAD))
         await until(lambda: len(Recorder.made) == 3 * PAUSE_AHEAD)
-        admission.tick()
+        admission.reconsider()
         assert admission.servers and alone.count == 3 * PAUSE_AHEAD
         admission.close()
 
@@ -129,7 +129,7 @@ def test_a_stale_sibling_does_not_hold_accepting_off(listener: socket.socket, tm
     async def scenario() -> None:
         admission = Admission([listener], Recorder, me)
         await admission.open()
-        admission.tick()
+        admission.reconsider()
         client = socket.create_connection(listener.getsockname())
         try:
             await until(lambda: len(Recorder.made) == 1)

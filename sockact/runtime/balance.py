@@ -55,7 +55,7 @@ class Scoreboard:
         if count is not None:
             self.count = count
         SLOT.pack_into(self.own, 0, self.count, time.monotonic())
-        self.rebalance_due = self.ahead() // 2 if self.overloaded() else 0
+        self.rebalance_due = max(0, self.ahead() // 2)  # at least one exactly when overloaded()
 
     def refresh(self) -> None:
         """Find siblings (workers come and go with scale and reload); called about once a second."""
@@ -115,10 +115,7 @@ class Scoreboard:
         """Two or more connections above a live sibling: keep-alive connections opened in a burst
         landed unevenly, so this worker closes one after its response and the client reconnects
         (to the less busy worker, by the rule above)."""
-        if self.count < 2:
-            return False
-        fewest = self.fewest()
-        return fewest is not None and self.count - fewest >= 2
+        return self.ahead() >= 2
 
     def close(self) -> None:
         SLOT.pack_into(self.own, 0, DRAINING, 0.0)

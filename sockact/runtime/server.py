@@ -19,8 +19,8 @@ from .pulse import IDLE_GRACE, Pulse, drain_budget
 
 logger = logging.getLogger("sockact.runtime")
 
-# A worker PAUSE_AHEAD connections above its least busy sibling (or a quarter more, when that is more)
-# stops accepting, and starts again within a third of that: the gap keeps it from switching on every
+# A worker PAUSE_AHEAD connections above its least busy sibling (or a quarter of that sibling's count,
+# when that is more) stops accepting, and starts again within a third of that: the gap keeps it from switching on every
 # connection, and with short-lived connections it seldom switches at all.
 PAUSE_AHEAD = 3
 
@@ -51,7 +51,8 @@ class Admission:
         self.check_due = False
         self.closed = False
         # The count at which to look at the siblings again: checking on every accept costs measurably.
-        self.pause_at = self._pause_at()
+        self.pause_at: float
+        self._look()
 
     async def open(self) -> None:
         servers = []
@@ -83,28 +84,25 @@ class Admission:
                 self.loop.call_soon(self._pause_if_ahead)
         return protocol
 
-    def _pause_at(self) -> float:
+    def _look(self) -> int | None:
+        """The least busy live sibling's count (None without one); sets the count to look again at."""
         fewest = self.board.fewest() if self.board is not None else None
-        return math.inf if fewest is None else fewest + pause_threshold(fewest)
+        self.pause_at = math.inf if fewest is None else fewest + pause_threshold(fewest)
+        return fewest
 
     def _pause_if_ahead(self) -> None:
         self.check_due = False
-        self.pause_at = self._pause_at()
+        self._look()
         if self.servers and self.board is not None and self.board.count >= self.pause_at:
             self._close_servers()
 
-    def tick(self) -> None:
-        """Siblings come, go and change their counts: look at them again (about every 0.1 s)."""
-        self.pause_at = self._pause_at()
-        self.rebalance()
-
-    def rebalance(self) -> None:
-        """Accept again once this worker is no longer ahead; called when a connection ends and on the tick."""
+    def reconsider(self) -> None:
+        """Look at the siblings again (they come, go and change their counts), and accept again once
+        this worker is no longer ahead. Called on the tick, and when a connection ends while paused."""
+        fewest = self._look()
         if self.servers or self.closed or self.opening is not None:
             return
-        board = self.board
-        fewest = board.fewest() if board is not None else None
-        if board is None or fewest is None or board.count - fewest <= pause_threshold(fewest) // 3:
+        if fewest is None or self.board is None or self.board.count - fewest <= pause_threshold(fewest) // 3:
             self.opening = self.loop.create_task(self._reopen())
 
     async def _reopen(self) -> None:
@@ -127,7 +125,8 @@ class Admission:
             self.opening.cancel()
 
     async def wait_closed(self) -> None:
-        """Accepted connections have their protocol from the accept callback on; nothing to wait for."""
+        """uvicorn awaits this on shutdown; accepted connections have their protocol from the accept
+        callback on, so there is nothing left to wait for."""
 
 
 def draining_protocol(base: type, board: Scoreboard | None, admission: Callable[[], Admission | None]) -> type:
@@ -142,8 +141,8 @@ def draining_protocol(base: type, board: Scoreboard | None, admission: Callable[
             if board is not None:
                 board.publish(len(self.server_state.connections))
                 gate = admission()
-                if gate is not None and not gate.servers:
-                    gate.rebalance()
+                if gate is not None and not gate.servers:  # only while paused: this runs per connection
+                    gate.reconsider()
 
         def shutdown(self) -> None:
             if self.cycle is None or self.cycle.response_complete:
@@ -256,7 +255,7 @@ class WorkerServer(uvicorn.Server):
         state = self.server_state
         self.pulse.tick(state.total_requests, len(state.tasks), len(state.connections))
         if self.admission is not None:
-            self.admission.tick()
+            self.admission.reconsider()
         return await super().on_tick(counter)
 
     def _drain_expired(self) -> None:
