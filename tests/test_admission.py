@@ -15,8 +15,8 @@ from typing import ClassVar
 import pytest
 import uvloop
 
-from sockact.runtime.balance import SLOT, STALE, Scoreboard
-from sockact.runtime.server import PAUSE_AHEAD, Admission
+from sockact.runtime.balance import PAUSE_AHEAD, SLOT, STALE, Scoreboard
+from sockact.runtime.server import Admission
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,

@@ -22,6 +22,21 @@ STALE = 1.0  # seconds without a heartbeat after which a sibling is ignored
 FORGOTTEN = 60.0  # seconds after which a silent sibling's file is removed (a worker killed by SIGKILL)
 DRAINING = 1 << 40  # published while draining: siblings never defer to a worker that is leaving
 
+# A worker PAUSE_AHEAD connections above its least busy sibling (or a quarter of that sibling's count,
+# when that is more) stops accepting, and starts again within a third of that: the gap keeps it from
+# switching on every connection, and with short-lived connections it seldom switches at all.
+# Both engines use this rule (server.Admission, wsgi.Engine).
+PAUSE_AHEAD = 3
+
+
+def pause_threshold(fewest: int) -> int:
+    return max(PAUSE_AHEAD, fewest // 4)
+
+
+def may_resume(count: int, fewest: int | None) -> bool:
+    """A paused worker accepts again once within a third of the threshold of its least busy sibling."""
+    return fewest is None or count - fewest <= pause_threshold(fewest) // 3
+
 
 class Scoreboard:
     def __init__(self, app: str, worker: str, directory: str = "/dev/shm") -> None:

@@ -48,7 +48,12 @@ def adopt(fd: int) -> socket.socket:
     socket.fromfd(fd, AF_UNIX, ...) would mislabel a TCP socket, and asyncio would then skip
     TCP_NODELAY: 40x fewer requests/s on small responses.
     """
-    if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise RuntimeFailure(f"fd {fd} is not open although LISTEN_FDS says systemd passed it; start the worker "
+                             "through its socket unit, or unset LISTEN_FDS to --bind a socket of its own") from None
+    if not stat.S_ISSOCK(mode):
         raise RuntimeFailure(f"fd {fd} passed by systemd is not a socket; use ListenStream= in the socket unit")
     sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)  # the app's subprocesses must not hold the listening socket open

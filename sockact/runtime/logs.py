@@ -59,6 +59,11 @@ def setup(level: int = logging.INFO) -> None:
     # trace line on every connection made and lost: an unset level (0) means that work each time.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(level)
+    # waitress warns "Task queue depth is N" on every request queued while all threads are busy:
+    # under load that is a journal line per request, costing the worker and journald CPU. The depth
+    # requests waiting for a thread count in STATUS='s "in flight" (`sockact status`) instead;
+    # --log-level debug shows the lines again.
+    logging.getLogger("waitress.queue").setLevel(level if level <= logging.DEBUG else logging.ERROR)
     handler: logging.Handler | None = journal_handler() if under_journal() else None
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)

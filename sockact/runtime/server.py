@@ -13,21 +13,11 @@ from typing import Any, Callable
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
-from .balance import Scoreboard, for_this_worker
+from .balance import Scoreboard, for_this_worker, may_resume, pause_threshold
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 
 logger = logging.getLogger("sockact.runtime")
-
-# A worker PAUSE_AHEAD connections above its least busy sibling (or a quarter of that sibling's count,
-# when that is more) stops accepting, and starts again within a third of that: the gap keeps it from switching on every
-# connection, and with short-lived connections it seldom switches at all.
-PAUSE_AHEAD = 3
-
-
-def pause_threshold(fewest: int) -> int:
-    return max(PAUSE_AHEAD, fewest // 4)
-
 
 class Admission:
     """Accepting on the shared listening sockets with the event loop's own accept loop (C, with
@@ -102,7 +92,7 @@ class Admission:
         fewest = self._look()
         if self.servers or self.closed or self.opening is not None:
             return
-        if fewest is None or self.board is None or self.board.count - fewest <= pause_threshold(fewest) // 3:
+        if self.board is None or may_resume(self.board.count, fewest):
             self.opening = self.loop.create_task(self._reopen())
 
     async def _reopen(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import signal
 import socket
 import time
@@ -21,7 +22,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer, UnixWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
-from .balance import for_this_worker
+from .balance import for_this_worker, may_resume, pause_threshold
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 
@@ -29,7 +30,6 @@ logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
 
 TICK = 0.1  # the serving loop wakes at least this often
-DEFER = 0.002  # a busier worker leaves a new connection this long to a less busy sibling
 
 
 class Counter:
@@ -68,8 +68,14 @@ class Engine:
         self.dispatcher.set_thread_count(threads)
         self.adj = Adjustments(threads=threads, expose_tracebacks=False, ident="", asyncore_use_poll=True)
         self.servers = [self._server(sock) for sock in sockets]
+        self.fixed = len(self.map)  # the listening sockets and the dispatcher's trigger: the rest are connections
         self.should_exit = False
         self.draining_since: float | None = None
+        # Least-connections accepting, by the rule the ASGI engine uses (balance.pause_threshold): stop
+        # accepting while this many connections or more are open, look at the siblings again then.
+        self.paused = False
+        self.pause_at = math.inf
+        self.look()
 
     def _server(self, sock: socket.socket) -> Any:
         base = UnixWSGIServer if sock.family == socket.AF_UNIX else TcpWSGIServer
@@ -81,6 +87,8 @@ class Engine:
             def del_channel(self, map: Any = None) -> None:
                 super().del_channel(map)
                 engine.publish()
+                if engine.paused:
+                    engine.reconsider()
 
         class Server(base):  # type: ignore[misc, valid-type]
             channel_class = Channel
@@ -105,13 +113,34 @@ class Engine:
         return [ch for ch in self.map.values() if isinstance(ch, HTTPChannel)]
 
     def publish(self) -> None:
+        """The open-connection count for the siblings, on every accept and close: kept O(1)."""
         if self.board is not None:
-            self.board.publish(len(self.connections()))
+            self.board.publish(len(self.map) - self.fixed)
 
     def may_accept(self) -> bool:
-        if self.board is None or self.draining_since is not None:
-            return self.draining_since is None
-        return self.board.least_loaded()
+        """Asked by the poll loop on every turn, so the usual answer costs one comparison."""
+        if self.draining_since is not None:
+            return False
+        board = self.board
+        if board is None or self.paused:
+            return not self.paused
+        if board.count >= self.pause_at:
+            self.look()
+            self.paused = board.count >= self.pause_at
+        return not self.paused
+
+    def look(self) -> int | None:
+        """The least busy live sibling's count (None without one); sets the count to look again at."""
+        fewest = self.board.fewest() if self.board is not None else None
+        self.pause_at = math.inf if fewest is None else fewest + pause_threshold(fewest)
+        return fewest
+
+    def reconsider(self) -> None:
+        """Look at the siblings again; accept again once no longer ahead. On the tick, and when a
+        connection ends while paused."""
+        fewest = self.look()
+        if self.paused and (self.board is None or may_resume(self.board.count, fewest)):
+            self.paused = False
 
     def overloaded(self) -> bool:
         if self.draining_since is not None:
@@ -139,6 +168,7 @@ class Engine:
         while not self.should_exit:
             wasyncore.loop(timeout=TICK, map=self.map, use_poll=True, count=1)
             self.pulse.tick(self.counter.served, self.in_flight(), len(self.connections()))
+            self.reconsider()
 
     def _drain(self) -> None:
         self.draining_since = time.monotonic()
