@@ -30,9 +30,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     parser.add_argument("--interface", default="auto", choices=("auto", "asgi3", "asgi2", "wsgi"),
                         help="protocol of the app (default: detected)")
-    parser.add_argument("--threads", type=int, default=10, metavar="N", help="WSGI thread pool size (default: 10)")
-    parser.add_argument("--wsgi-engine", default="threads", choices=("threads", "asgi"),
-                        help="WSGI apps: waitress's threaded engine (default) or a2wsgi on the ASGI engine")
+    parser.add_argument("--threads", type=int, default=10, metavar="N", help="WSGI threads per worker (default: 10)")
+    parser.add_argument("--wsgi-engine", default="threads", choices=("threads", "waitress", "asgi"),
+                        help="WSGI apps: sockact's threads on one epoll set (default), waitress's thread pool, "
+                             "or a2wsgi on the ASGI engine")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser.parse_args(argv)
 
@@ -86,8 +87,11 @@ def main(argv: Sequence[str]) -> int:
         from .notify import default_notifier
 
         interface = detect(app) if args.interface == "auto" else args.interface
-        if interface == "wsgi" and args.wsgi_engine == "threads":
-            from .wsgi import run as run_wsgi
+        if interface == "wsgi" and args.wsgi_engine in ("threads", "waitress"):
+            if args.wsgi_engine == "threads":
+                from .httpd import run as run_wsgi
+            else:
+                from .wsgi import run as run_wsgi
 
             run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=default_notifier(),
                      access_log=args.access_log)
