@@ -51,5 +51,4 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
 
 
 def _pieces() -> Iterator[bytes]:
-    for word in (b"one ", b"two ", b"three"):
-        yield word
+    yield from (b"one ", b"two ", b"three")  # a generator, so no length is known up front
