@@ -75,6 +75,14 @@ def sockets_for(bind: list[str] | None) -> list[Any]:
                          "start it through its socket unit or add --bind 127.0.0.1:8000")
 
 
+def _has_httptools() -> bool:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse(argv)
     from . import logs
@@ -88,9 +96,12 @@ def main(argv: Sequence[str]) -> int:
 
         interface = detect(app) if args.interface == "auto" else args.interface
         if interface == "wsgi" and args.wsgi_engine in ("threads", "waitress"):
-            if args.wsgi_engine == "threads":
+            if args.wsgi_engine == "threads" and _has_httptools():
                 from .httpd import run as run_wsgi
             else:
+                if args.wsgi_engine == "threads":
+                    logger.info("httptools is not installed: serving with waitress (pip install httptools, "
+                                "or apt install python3-httptools, for sockact's faster WSGI engine)")
                 from .wsgi import run as run_wsgi
 
             run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=default_notifier(),
