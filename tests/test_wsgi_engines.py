@@ -121,6 +121,8 @@ def test_environ(server: tuple[int, str]) -> None:
     conn.putheader("Content-Type", "text/plain")
     conn.putheader("X-Twice", "one")
     conn.putheader("X-Twice", "two")
+    conn.putheader("X-Client-Tag", "proxy-set")
+    conn.putheader("X_Client_Tag", "spoofed")  # must not pass for the header a proxy sets
     conn.putheader("Content-Length", "0")
     conn.endheaders()
     seen = json.loads(conn.getresponse().read())
@@ -129,7 +131,8 @@ def test_environ(server: tuple[int, str]) -> None:
     seen["HTTP_X_TWICE"] = seen["HTTP_X_TWICE"].replace(" ", "")  # waitress adds a space
     assert seen == {"REQUEST_METHOD": "POST", "PATH_INFO": "/environ/a b", "QUERY_STRING": "x=1&y=%20",
                     "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": "text/plain", "HTTP_X_TWICE": "one,two",
-                    "REMOTE_ADDR": "127.0.0.1", "SCRIPT_NAME": "", "wsgi.url_scheme": "http"}
+                    "REMOTE_ADDR": "127.0.0.1", "SCRIPT_NAME": "", "wsgi.url_scheme": "http",
+                    "HTTP_X_CLIENT_TAG": "proxy-set"}
 
 
 def test_responses_without_a_length(server: tuple[int, str]) -> None:
@@ -179,10 +182,36 @@ def test_connection_close_is_honoured(server: tuple[int, str]) -> None:
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"hello\n")
 
 
+def test_threads_engine_app_misbehaviour(threads_engine: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", threads_engine, timeout=10)
+    conn.request("GET", "/overlong")  # more than its Content-Length: cut there, and the connection closed
+    response = conn.getresponse()
+    assert response.read() == b"12345" and response.getheader("Connection") != "keep-alive"
+    conn.close()
+    for _ in range(12):  # more than the threads: SystemExit in the app must not end a thread
+        answer = raw(threads_engine, b"GET /exit HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 500 ")
+    answer = raw(threads_engine, b"GET /text HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 500 ")
+    assert raw(threads_engine, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").endswith(b"hello\n")
+
+
+def test_threads_engine_sends_100_continue_after_earlier_responses(threads_engine: int) -> None:
+    with socket.create_connection(("127.0.0.1", threads_engine), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        answer = b""
+        while b"100 Continue" not in answer:
+            answer += sock.recv(4096)
+        assert answer.index(b"200 OK") < answer.index(b"100 Continue")
+
+
 def test_threads_engine_limits_the_request_head_and_drops_idle_keep_alive(threads_engine: int) -> None:
     port = threads_engine  # waitress has limits of its own (262 KB head, 120 s idle)
     answer = raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * (70 * 1024) + b"\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 431 ")
+    stalled = socket.create_connection(("127.0.0.1", port), timeout=15)
+    stalled.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         began = time.monotonic()
@@ -195,3 +224,5 @@ def test_threads_engine_limits_the_request_head_and_drops_idle_keep_alive(thread
         idle = time.monotonic() - began
     assert received.endswith(b"hello\n")
     assert 4 < idle < 8, f"an idle keep-alive connection was closed after {idle:.1f} s (expected about 5)"
+    with stalled:
+        assert stalled.recv(4096) == b"", "a request head that stopped arriving must not hold its connection"

@@ -40,7 +40,8 @@ logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
 
 TICK = 0.1  # the main thread's beat; worker threads wake at least this often to see a stop
-KEEPALIVE_TIMEOUT = 5.0  # an idle keep-alive connection is closed after this long (uvicorn's default too)
+KEEPALIVE_TIMEOUT = 5.0  # a connection that sends nothing for this long is closed (uvicorn's keep-alive default)
+REQUEST_TIMEOUT = 60.0  # a request still arriving after this long is dropped (a slow-trickle client)
 SEND_TIMEOUT = 60.0  # a client that reads nothing for this long while a response is written is dropped
 MAX_HEAD = 64 * 1024  # request line and headers
 MAX_BODY_IN_MEMORY = 1024 * 1024  # larger request bodies go to a temporary file
@@ -79,10 +80,12 @@ class Connection:
         self.fd = sock.fileno()
         self.peer = peer
         self.listener = listener
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.current: Request | None = None
         self.complete: deque[Request] = deque()
         self.head_bytes = 0
+        self.continue_due = False  # the request being received asked for 100 Continue
+        self.began = 0.0  # when the request being received started arriving
         self.busy = False
         self.closed = False
         self.idle_since = time.monotonic()
@@ -91,6 +94,7 @@ class Connection:
     def on_message_begin(self) -> None:
         self.current = Request()
         self.head_bytes = 0
+        self.began = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         assert self.current is not None
@@ -98,6 +102,10 @@ class Connection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.current is not None
+        if b"_" in name:
+            # X_Forwarded_For would become HTTP_X_FORWARDED_FOR beside the proxy's own header: dropped,
+            # as gunicorn and waitress do.
+            return
         self.current.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -106,12 +114,13 @@ class Connection:
         request.head_done = True
         size = len(request.url) + sum(len(name) + len(value) + 4 for name, value in request.headers)
         self.head_bytes = max(self.head_bytes, size)
+        assert self.parser is not None
         request.method = self.parser.get_method().decode("ascii")
         request.version = self.parser.get_http_version()
         if request.version == "1.1":
             for name, value in request.headers:
                 if name.lower() == b"expect" and value.lower() == b"100-continue":
-                    self.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    self.continue_due = True  # sent once the responses before it are out (Engine.serve)
 
     def on_body(self, body: bytes) -> None:
         request = self.current
@@ -129,9 +138,20 @@ class Connection:
     def on_message_complete(self) -> None:
         request = self.current
         assert request is not None
+        assert self.parser is not None
         request.keep_alive = self.parser.should_keep_alive()
         self.complete.append(request)
         self.current = None
+        self.continue_due = False  # the body came without waiting for it
+
+    def discard(self) -> None:
+        """Close request bodies spooled to files; break the parser's cycle back to us."""
+        for request in (self.current, *self.complete):
+            if request is not None and not isinstance(request.body, list):
+                request.body.close()
+        self.current = None
+        self.complete.clear()
+        self.parser = None
 
     # I/O ------------------------------------------------------------------------------------------
     def send_all(self, data: bytes) -> None:
@@ -273,8 +293,11 @@ class Response:
     def write(self, data: bytes) -> None:
         if not self.status:
             raise AssertionError("write() before start_response()")
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"the app gave {type(data).__name__}, not bytes, as part of its response body")
         out = b"" if self.head_sent else self.head(None)
         self.head_sent = True
+        data = self.within_length(data)
         if data and not self.no_body:
             self.sent += len(data)
             if self.chunked:
@@ -283,6 +306,15 @@ class Response:
                 out += data
         if out:
             self.conn.send_all(out)
+
+    def within_length(self, data: bytes) -> bytes:
+        """Never more than the announced Content-Length: the excess would corrupt the next response."""
+        if self.length is not None and self.sent + len(data) > self.length:
+            if not self.close:
+                logger.error("the app sent more than its Content-Length of %d; the excess was dropped", self.length)
+            self.close = True
+            return data[:max(0, self.length - self.sent)]
+        return data
 
     def finish(self) -> None:
         if not self.head_sent:
@@ -357,7 +389,9 @@ class Engine:
             conn = Connection(self, sock, peer, listener)
             conn.busy = True
             self.conns[conn.fd] = conn
-            self.epoll.register(conn.fd, 0)  # armed once this thread is done with it
+            # Disarmed until this thread is done with it: EPOLLONESHOT, because even a mask of 0 would
+            # keep reporting a hang-up to every other thread meanwhile.
+            self.epoll.register(conn.fd, select.EPOLLONESHOT)
             self.publish()
         return conn
 
@@ -410,12 +444,13 @@ class Engine:
                         if conn is None or conn.busy or conn.closed:
                             continue  # an event for a connection closed meanwhile, or owned already
                         conn.busy = True
+                keep = False
                 try:
                     keep = self.serve(conn)
-                except Exception:
+                except BaseException:  # a bug must cost one connection, never the thread
                     logger.exception("unexpected error serving a connection")
-                    keep = False
-                self.release(conn, keep)
+                finally:
+                    self.release(conn, keep)
 
     def release(self, conn: Connection, keep: bool) -> None:
         with self.lock:
@@ -431,6 +466,7 @@ class Engine:
         if conn.closed:
             return
         conn.closed = True
+        conn.discard()
         self.conns.pop(conn.fd, None)
         try:
             self.epoll.unregister(conn.fd)
@@ -456,17 +492,20 @@ class Engine:
         if not data:
             return False
         keep = True
+        assert conn.parser is not None
         try:
             conn.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             keep = False  # WSGI has no upgrades: what was asked is answered, then the connection closes
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, OSError):  # from our callbacks: spooling the body failed
+                logger.error("cannot store a request body: %s", exc.__context__)
+                self.error(conn, 500, "the request body could not be stored")
+                return False
             if not conn.complete:
                 self.error(conn, 400, f"malformed request: {exc}")
                 return False
             keep = False  # answer the requests that came before the garbage, then close
-        except ClientGone:  # while writing 100 Continue
-            return False
         current = conn.current
         if current is not None and not current.head_done:
             conn.head_bytes += len(data)  # a head still arriving: what came so far
@@ -476,7 +515,13 @@ class Engine:
         conn.head_bytes = 0 if conn.current is None or conn.current.head_done else conn.head_bytes
         while conn.complete:
             request = conn.complete.popleft()
-            if not self.respond(conn, request):
+            if not self.respond(conn, request, must_close=not keep and not conn.complete):
+                return False
+        if conn.continue_due and keep:
+            conn.continue_due = False
+            try:
+                conn.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            except ClientGone:
                 return False
         return keep
 
@@ -487,7 +532,13 @@ class Engine:
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n").encode()
         try:
             conn.send_all(head + http_date() + b"\r\n" + body)
-        except ClientGone:
+            # Closing with unread bytes queued sends a reset, which can destroy this answer on its
+            # way: end our side first and throw away what the client already sent.
+            conn.sock.shutdown(socket.SHUT_WR)
+            for _ in range(16):
+                if not conn.sock.recv(RECV):
+                    break
+        except (ClientGone, OSError):
             pass
 
     def environ(self, conn: Connection, request: Request) -> dict[str, Any]:
@@ -524,10 +575,10 @@ class Engine:
             env["CONTENT_LENGTH"] = str(request.body_size)  # a chunked body, decoded
         return env
 
-    def respond(self, conn: Connection, request: Request) -> bool:
+    def respond(self, conn: Connection, request: Request, must_close: bool = False) -> bool:
         """Run the app for one request and write its response; False when the connection must close."""
         env = self.environ(conn, request)
-        close = not request.keep_alive or self.draining or self.rebalance()
+        close = must_close or not request.keep_alive or self.draining or self.rebalance()
         response = Response(conn, request, close)
         self.served = next(self._served)
         result: Iterable[bytes] | None = None
@@ -537,6 +588,7 @@ class Engine:
                 body = b"".join(result)
                 out = response.head(len(body))
                 response.head_sent = True
+                body = response.within_length(body)
                 response.sent = len(body)
                 conn.send_all(out if response.no_body else out + body)
             else:
@@ -546,7 +598,7 @@ class Engine:
             response.finish()
         except ClientGone:
             return False  # the client went away or stopped reading
-        except Exception:  # the app's error: a 500 when nothing was sent yet, else the connection is cut
+        except BaseException:  # the app's error (SystemExit too): a 500 when nothing was sent yet, else a cut
             logger.exception("error in the app serving %s %s", request.method, env.get("PATH_INFO", ""))
             if not response.head_sent:
                 self.error(conn, 500, "the application raised an error")
@@ -596,17 +648,23 @@ class Engine:
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + 1.0
-                self.close_idle(now - KEEPALIVE_TIMEOUT)
+                self.close_idle(now - KEEPALIVE_TIMEOUT, begun_before=now - REQUEST_TIMEOUT)
         self.drain()
         self.stopped = True  # threads still running the app past the deadline are daemons: they end with us
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.should_exit = True
 
-    def close_idle(self, before: float) -> None:
+    def close_idle(self, before: float, begun_before: float = -math.inf, between_requests: bool = False) -> None:
+        """Close connections no thread is serving that sent nothing since `before`, whose request
+        began before `begun_before`, or (between_requests) that wait between requests."""
         with self.lock:
             for conn in list(self.conns.values()):
-                if not conn.busy and conn.idle_since < before and conn.current is None:
+                if conn.busy:
+                    continue
+                partial = conn.current is not None
+                if (conn.idle_since < before or (partial and conn.began < begun_before)
+                        or (between_requests and not partial)):
                     self.close(conn)
 
     def drain(self) -> None:
@@ -619,9 +677,11 @@ class Engine:
             self.board = None
         deadline = started + drain_budget(self.stop_timeout)
         while self.conns and time.monotonic() < deadline:
-            if time.monotonic() - started >= IDLE_GRACE:
-                # A request already on the wire got IDLE_GRACE to arrive, and is answered with close.
-                self.close_idle(math.inf)
+            now = time.monotonic()
+            if now - started >= IDLE_GRACE:
+                # A request already on the wire got IDLE_GRACE to arrive, and is answered with close;
+                # one still arriving may go on while its bytes keep coming.
+                self.close_idle(now - IDLE_GRACE, between_requests=True)
             time.sleep(TICK / 2)
         left = self.in_flight()
         if left:

@@ -25,7 +25,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         return [text]
     if path.startswith("/environ"):
         keys = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL", "CONTENT_TYPE", "HTTP_X_TWICE",
-                "REMOTE_ADDR", "SCRIPT_NAME", "wsgi.url_scheme")
+                "REMOTE_ADDR", "SCRIPT_NAME", "wsgi.url_scheme", "HTTP_X_CLIENT_TAG")
         text = json.dumps({key: environ.get(key) for key in keys}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(text)))])
         return [text]
@@ -36,6 +36,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"written, ")
         return [b"then returned"]
+    if path == "/overlong":  # announces 5 bytes, returns 10
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"12345", b"67890"]
+    if path == "/text":  # a str where bytes belong
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter(["not bytes"])
+    if path == "/exit":
+        raise SystemExit(1)
     if path == "/boom":
         raise RuntimeError("the app failed on purpose")
     if path == "/big":
