@@ -354,6 +354,8 @@ class Engine:
             "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
             "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
             "SCRIPT_NAME": "",
+            # wsgi.input ends where the body does (chunked bodies included): apps may read to EOF.
+            "wsgi.input_terminated": True,
         }
         self.look()
 
