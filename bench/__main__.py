@@ -36,7 +36,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny load (1 round of 1 s cells): checks it all runs")
     parser.add_argument("--out", type=pathlib.Path, default=HERE, help="where results.md/.png/.json go")
-    parser.add_argument("--rounds", type=int, help="alternating rounds (default 3, --quick 1)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 5, --quick 1)")
     parser.add_argument("--seconds", type=int, help="length of one throughput run (default 4, --quick 1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers per server (default: cores)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
@@ -49,7 +49,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     quick = args.quick
     return Settings(
-        rounds=args.rounds or (1 if quick else 3),
+        rounds=args.rounds or (1 if quick else 5),
         seconds=args.seconds or (1 if quick else 4),
         fairness_seconds=1 if quick else 3,
         warmup_seconds=1,
