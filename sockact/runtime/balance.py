@@ -11,6 +11,7 @@ dead, draining) are ignored, so a stuck worker can never stop the others from ac
 from __future__ import annotations
 
 import glob
+import math
 import mmap
 import os
 import struct
@@ -25,17 +26,12 @@ DRAINING = 1 << 40  # published while draining: siblings never defer to a worker
 # A worker PAUSE_AHEAD connections above its least busy sibling (or a quarter of that sibling's count,
 # when that is more) stops accepting, and starts again within a third of that: the gap keeps it from
 # switching on every connection, and with short-lived connections it seldom switches at all.
-# Both engines use this rule (server.Admission, wsgi.Engine).
+# Every engine uses this rule, through AcceptGate (server.Admission, httpd.Engine, wsgi.Engine).
 PAUSE_AHEAD = 3
 
 
 def pause_threshold(fewest: int) -> int:
     return max(PAUSE_AHEAD, fewest // 4)
-
-
-def may_resume(count: int, fewest: int | None) -> bool:
-    """A paused worker accepts again once within a third of the threshold of its least busy sibling."""
-    return fewest is None or count - fewest <= pause_threshold(fewest) // 3
 
 
 class Scoreboard:
@@ -138,6 +134,37 @@ class Scoreboard:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+class AcceptGate:
+    """When a worker stops accepting and when it starts again, by the rule above. The siblings' counts
+    are read only when this worker's own count reaches `pause_at` (set at the last look), so the
+    check on every accepted connection costs one comparison."""
+
+    def __init__(self, board: Scoreboard | None) -> None:
+        self.board = board
+        self.pause_at = math.inf
+        self.look()
+
+    def look(self) -> int | None:
+        """The least busy live sibling's count (None without one); sets the count to look again at."""
+        fewest = self.board.fewest() if self.board is not None else None
+        self.pause_at = math.inf if fewest is None else fewest + pause_threshold(fewest)
+        return fewest
+
+    def near(self) -> bool:
+        """This worker's count reached the threshold of the last look: time to look again (ahead())."""
+        return self.board is not None and self.board.count >= self.pause_at
+
+    def ahead(self) -> bool:
+        """Look again; True when this worker should stop accepting."""
+        self.look()
+        return self.board is not None and self.board.count >= self.pause_at
+
+    def caught_up(self) -> bool:
+        """Look again; True when a paused worker may accept again (within a third of the threshold)."""
+        fewest = self.look()
+        return self.board is None or fewest is None or self.board.count - fewest <= pause_threshold(fewest) // 3
 
 
 def for_this_worker() -> Scoreboard | None:

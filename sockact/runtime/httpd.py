@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import httptools
 
-from .balance import Scoreboard, for_this_worker, may_resume, pause_threshold
+from .balance import AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 
@@ -74,8 +74,7 @@ class Request:
 class Connection:
     """A client connection and its parser; owned by one thread at a time (EPOLLONESHOT, `busy`)."""
 
-    def __init__(self, engine: Engine, sock: socket.socket, peer: Any, listener: Listener) -> None:
-        self.engine = engine
+    def __init__(self, sock: socket.socket, peer: Any, listener: Listener) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
@@ -344,7 +343,7 @@ class Engine:
         self.conns: dict[int, Connection] = {}
         self.listening = False
         self.paused = False
-        self.pause_at = math.inf
+        self.gate = AcceptGate(self.board)
         self.should_exit = False
         self.draining = False
         self.stopped = False
@@ -357,7 +356,6 @@ class Engine:
             # wsgi.input ends where the body does (chunked bodies included): apps may read to EOF.
             "wsgi.input_terminated": True,
         }
-        self.look()
 
     # accepting ------------------------------------------------------------------------------------
     def listen(self, on: bool) -> None:
@@ -388,7 +386,7 @@ class Engine:
             if sock is None:
                 return None
             sock.setblocking(False)
-            conn = Connection(self, sock, peer, listener)
+            conn = Connection(sock, peer, listener)
             conn.busy = True
             self.conns[conn.fd] = conn
             # Disarmed until this thread is done with it: EPOLLONESHOT, because even a mask of 0 would
@@ -402,16 +400,9 @@ class Engine:
         if board is None:
             return
         board.publish(len(self.conns))
-        if not self.paused and board.count >= self.pause_at:
-            self.look()
-            if board.count >= self.pause_at:
-                self.paused = True
-                self.listen(False)
-
-    def look(self) -> int | None:
-        fewest = self.board.fewest() if self.board is not None else None
-        self.pause_at = math.inf if fewest is None else fewest + pause_threshold(fewest)
-        return fewest
+        if not self.paused and self.gate.near() and self.gate.ahead():
+            self.paused = True
+            self.listen(False)
 
     def reconsider(self) -> None:
         """On the tick: look at the siblings again (they come, go and change their counts)."""
@@ -420,8 +411,7 @@ class Engine:
 
     def resume_if_caught_up(self) -> None:
         """Accept again once no longer ahead; caller holds the lock."""
-        fewest = self.look()
-        if self.paused and (self.board is None or may_resume(self.board.count, fewest)):
+        if self.gate.caught_up() and self.paused:
             self.paused = False
             if not self.draining:
                 self.listen(True)
@@ -514,7 +504,6 @@ class Engine:
         if conn.head_bytes > MAX_HEAD:
             self.error(conn, 431, f"the request line and headers exceed {MAX_HEAD // 1024} KiB")
             return False
-        conn.head_bytes = 0 if conn.current is None or conn.current.head_done else conn.head_bytes
         while conn.complete:
             request = conn.complete.popleft()
             if not self.respond(conn, request, must_close=not keep and not conn.complete):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import math
 import os
 import socket
 from typing import Any, Callable
@@ -13,7 +12,7 @@ from typing import Any, Callable
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
-from .balance import Scoreboard, for_this_worker, may_resume, pause_threshold
+from .balance import AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 
@@ -40,9 +39,8 @@ class Admission:
         self.opening: asyncio.Task[None] | None = None
         self.check_due = False
         self.closed = False
-        # The count at which to look at the siblings again: checking on every accept costs measurably.
-        self.pause_at: float
-        self._look()
+        # Looking at the siblings on every accept costs measurably: the gate looks only near its threshold.
+        self.gate = AcceptGate(board)
 
     async def open(self) -> None:
         servers = []
@@ -68,31 +66,24 @@ class Admission:
         board = self.board
         if board is not None:
             board.publish(board.count + 1)  # count it now: connection_made comes one callback later
-            if board.count >= self.pause_at and not self.check_due:
+            if self.gate.near() and not self.check_due:
                 # Not from here: closing the server inside its accept callback would drop this connection.
                 self.check_due = True
                 self.loop.call_soon(self._pause_if_ahead)
         return protocol
 
-    def _look(self) -> int | None:
-        """The least busy live sibling's count (None without one); sets the count to look again at."""
-        fewest = self.board.fewest() if self.board is not None else None
-        self.pause_at = math.inf if fewest is None else fewest + pause_threshold(fewest)
-        return fewest
-
     def _pause_if_ahead(self) -> None:
         self.check_due = False
-        self._look()
-        if self.servers and self.board is not None and self.board.count >= self.pause_at:
+        if self.gate.ahead() and self.servers:
             self._close_servers()
 
     def reconsider(self) -> None:
         """Look at the siblings again (they come, go and change their counts), and accept again once
         this worker is no longer ahead. Called on the tick, and when a connection ends while paused."""
-        fewest = self._look()
+        caught_up = self.gate.caught_up()
         if self.servers or self.closed or self.opening is not None:
             return
-        if self.board is None or may_resume(self.board.count, fewest):
+        if caught_up:
             self.opening = self.loop.create_task(self._reopen())
 
     async def _reopen(self) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import signal
 import socket
 import time
@@ -22,7 +21,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer, UnixWSGIServer
 from waitress.task import ThreadedTaskDispatcher, WSGITask
 
-from .balance import for_this_worker, may_resume, pause_threshold
+from .balance import AcceptGate, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 
@@ -71,11 +70,9 @@ class Engine:
         self.fixed = len(self.map)  # the listening sockets and the dispatcher's trigger: the rest are connections
         self.should_exit = False
         self.draining_since: float | None = None
-        # Least-connections accepting, by the rule the ASGI engine uses (balance.pause_threshold): stop
-        # accepting while this many connections or more are open, look at the siblings again then.
+        # Least-connections accepting, by the rule every engine uses (balance.AcceptGate).
         self.paused = False
-        self.pause_at = math.inf
-        self.look()
+        self.gate = AcceptGate(self.board)
 
     def _server(self, sock: socket.socket) -> Any:
         base = UnixWSGIServer if sock.family == socket.AF_UNIX else TcpWSGIServer
@@ -121,25 +118,14 @@ class Engine:
         """Asked by the poll loop on every turn, so the usual answer costs one comparison."""
         if self.draining_since is not None:
             return False
-        board = self.board
-        if board is None or self.paused:
-            return not self.paused
-        if board.count >= self.pause_at:
-            self.look()
-            self.paused = board.count >= self.pause_at
+        if not self.paused and self.gate.near():
+            self.paused = self.gate.ahead()
         return not self.paused
-
-    def look(self) -> int | None:
-        """The least busy live sibling's count (None without one); sets the count to look again at."""
-        fewest = self.board.fewest() if self.board is not None else None
-        self.pause_at = math.inf if fewest is None else fewest + pause_threshold(fewest)
-        return fewest
 
     def reconsider(self) -> None:
         """Look at the siblings again; accept again once no longer ahead. On the tick, and when a
         connection ends while paused."""
-        fewest = self.look()
-        if self.paused and (self.board is None or may_resume(self.board.count, fewest)):
+        if self.gate.caught_up():
             self.paused = False
 
     def overloaded(self) -> bool:
