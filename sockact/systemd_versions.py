@@ -45,6 +45,7 @@ DIRECTIVES: dict[str, Since] = {
     "Accept": Since(OLDEST, _BASE, "Socket"),
     "Service": Since(OLDEST, _BASE, "Socket"),
     "NoDelay": Since(216, "v216: NoDelay= for TCP sockets", "Socket"),
+    "DeferAcceptSec": Since(OLDEST, _BASE, "Socket"),
     "RemoveOnStop": Since(214, "v214: RemoveOnStop=", "Socket"),
     # [Service]: process, notify, crash policy, stop
     "NonBlocking": Since(OLDEST, _BASE),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections import Counter
 
 from boxutil import concurrent_get, http_get, install_units, instance_states
@@ -63,3 +65,40 @@ def test_ipv6_and_ipv4_listeners_on_one_socket_unit(private_systemd: PrivateSyst
     pid = box.show("dual@2.service", "MainPID")["MainPID"]
     fds = box.run("ls", "-l", f"/proc/{pid}/fd").stdout
     assert fds.count("socket:") >= 2
+
+
+SILENT_CLIENT = """
+import socket, sys
+conn = socket.create_connection(("127.0.0.1", 8004))
+print("connected", flush=True)
+sys.stdin.readline()
+conn.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+answer = b""
+while chunk := conn.recv(4096):
+    answer += chunk
+print(answer.split(b"\\r\\n", 1)[0].decode(), flush=True)
+"""
+
+
+def test_a_connection_reaches_the_workers_only_once_its_request_arrived(private_systemd: PrivateSystemd) -> None:
+    """DeferAcceptSec= (TCP_DEFER_ACCEPT): a connected client that has sent nothing is held by the kernel,
+    half-open on the server side, and neither starts nor wakes a worker; its request then goes through."""
+    box = private_systemd
+    install_units(box, "defer", "--app", HELLO, "--listen", "127.0.0.1:8004", "--workers", "1")
+    box.systemctl("start", "defer.socket")
+    client = box.popen("python3", "-c", SILENT_CLIENT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        assert client.stdout.readline().strip() == "connected"
+        held = box.run("ss", "-tnH", "state", "syn-recv", "( sport = :8004 )").stdout
+        assert "127.0.0.1:8004" in held, box.run("ss", "-tanH").stdout
+        time.sleep(0.5)
+        assert instance_states(box, "defer", 1) == ["inactive"]  # systemd saw nothing to accept either
+
+        client.stdin.write("\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "HTTP/1.1 200 OK"
+    finally:
+        client.kill()
+        client.wait()
+    assert instance_states(box, "defer", 1) == ["active"]

@@ -52,7 +52,7 @@ def test_every_version_renders_only_what_it_knows() -> None:
 SAMPLES = {
     "Description": "probe", "PartOf": "probe.target", "Wants": "probe.target", "After": "probe.target",
     "StartLimitIntervalSec": "30", "StartLimitBurst": "10", "WantedBy": "multi-user.target",
-    "ListenStream": "8000", "Accept": "no", "Service": "probe@1.service", "Type": "notify", "NotifyAccess": "main",
+    "ListenStream": "8000", "Accept": "no", "DeferAcceptSec": "5", "Service": "probe@1.service", "Type": "notify", "NotifyAccess": "main",
     "Sockets": "probe.socket", "ExecStart": "/bin/true", "Environment": "A=1", "EnvironmentFile": "-/etc/probe.env",
     "WorkingDirectory": "/srv", "User": "www-data", "Restart": "on-failure", "RestartSec": "100ms", "RestartSteps": "5",
     "RestartMaxDelaySec": "10s", "RestartMode": "direct", "OpenFile": "/etc/hostname", "WatchdogSec": "10",
