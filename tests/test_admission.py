@@ -123,7 +123,7 @@ def test_a_stale_sibling_does_not_hold_accepting_off(listener: socket.socket, tm
     me.refresh()
     me.heartbeat(10)
 
-    SLOT.pack_into(hung.own, 0, 0, time.monotonic() - 2 * STALE)  # no heartbeat for 2 s: hung or dead
+    SLOT.pack_into(hung.own, 0, 0, time.monotonic() - 2 * STALE, 0)  # no heartbeat for 2 s: hung or dead
     Recorder.made = []
 
     async def scenario() -> None:

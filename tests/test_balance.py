@@ -27,9 +27,9 @@ def test_a_silent_sibling_is_ignored_then_forgotten(tmp_path: Path, monkeypatch:
     one, two = Scoreboard("app", "1", str(tmp_path)), Scoreboard("app", "2", str(tmp_path))
     one.refresh()
     one.publish(5)
-    SLOT.pack_into(two.own, 0, 0, time.monotonic() - 2 * balance.STALE)  # hung: no heartbeat
+    SLOT.pack_into(two.own, 0, 0, time.monotonic() - 2 * balance.STALE, 0)  # hung: no heartbeat
     assert one.least_loaded()
-    SLOT.pack_into(two.own, 0, 0, time.monotonic() - 2 * balance.FORGOTTEN)  # killed long ago
+    SLOT.pack_into(two.own, 0, 0, time.monotonic() - 2 * balance.FORGOTTEN, 0)  # killed long ago
     one.refresh()
     assert not Path(two.path).exists() and one.siblings == {}
 
@@ -47,3 +47,32 @@ def test_other_apps_are_not_siblings(tmp_path: Path) -> None:
     one, _other = Scoreboard("app", "1", str(tmp_path)), Scoreboard("app.v2", "1", str(tmp_path))
     one.refresh()
     assert one.siblings == {}
+
+
+def test_a_worker_never_stops_accepting_for_a_sibling_that_stopped(tmp_path: Path) -> None:
+    """Connections opened in a burst: the first worker takes a few and stops for its idle sibling,
+    which then takes more. Were the sibling to stop in turn for the first (which no longer accepts),
+    nobody would accept until a tick; it must go on accepting instead."""
+    one, two = Scoreboard("app", "1", str(tmp_path)), Scoreboard("app", "2", str(tmp_path))
+    one.refresh()
+    two.refresh()
+    first, second = balance.AcceptGate(one), balance.AcceptGate(two)
+    one.publish(balance.PAUSE_AHEAD)
+    assert first.ahead()  # 3 against 0: the first stops accepting
+    two.publish(2 * balance.PAUSE_AHEAD)
+    assert not second.ahead()  # 6 against 3, but the 3 are not accepting: the second goes on
+    assert first.caught_up()  # now the least busy: it accepts again, and says so
+    assert second.ahead()  # and from then on the second may stop for it
+    assert not first.ahead() and first.caught_up()
+    assert not second.caught_up()  # still 3 ahead of the first, which accepts
+
+
+def test_a_paused_worker_accepts_again_when_no_sibling_accepts(tmp_path: Path) -> None:
+    one, two = Scoreboard("app", "1", str(tmp_path)), Scoreboard("app", "2", str(tmp_path))
+    one.refresh()
+    two.refresh()
+    one.publish(10)
+    assert balance.AcceptGate(one).ahead()
+    two.publish(9)
+    two.accepting(False)  # both stopped (a race between two looks): the tick must undo it
+    assert balance.AcceptGate(one).caught_up()

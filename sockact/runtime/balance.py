@@ -17,8 +17,14 @@ import os
 import struct
 import time
 
-SLOT = struct.Struct("=qd")  # open connections, heartbeat (CLOCK_MONOTONIC, shared by all processes)
+# Open connections, heartbeat (CLOCK_MONOTONIC, shared by all processes), and 1 while this worker has
+# stopped accepting. A worker defers only to siblings that accept: were it to stop accepting for one
+# that had itself stopped, nobody would accept until a tick (measured: 64 keep-alive connections
+# opened at once waited up to 300 ms, three at a time, as two workers took turns pausing).
+SLOT = struct.Struct("=qdq")
 COUNT = struct.Struct("=q")  # the slot's first field alone: written on every connection, so kept cheap
+PAUSED = struct.Struct("=q")
+PAUSED_AT = struct.calcsize("=qd")
 STALE = 1.0  # seconds without a heartbeat after which a sibling is ignored
 FORGOTTEN = 60.0  # seconds after which a silent sibling's file is removed (a worker killed by SIGKILL)
 DRAINING = 1 << 40  # published while draining: siblings never defer to a worker that is leaving
@@ -48,6 +54,7 @@ class Scoreboard:
         finally:
             os.close(fd)
         self.count = 0
+        self.paused = False
         # Set on the loop's tick: how many keep-alive connections this worker should hand over (half
         # its lead over the least busy sibling, when two or more); that many next requests are answered
         # with Connection: close, and their clients reconnect to a less busy worker.
@@ -65,8 +72,14 @@ class Scoreboard:
         """Called from the serving loop's tick, with the exact count so no drift can last."""
         if count is not None:
             self.count = count
-        SLOT.pack_into(self.own, 0, self.count, time.monotonic())
+        SLOT.pack_into(self.own, 0, self.count, time.monotonic(), self.paused)
         self.rebalance_due = max(0, self.ahead() // 2)  # at least one exactly when overloaded()
+
+    def accepting(self, accepting: bool) -> None:
+        """Tell the siblings whether this worker accepts; they stop accepting only for one that does."""
+        if self.paused == accepting:
+            self.paused = not accepting
+            PAUSED.pack_into(self.own, PAUSED_AT, self.paused)
 
     def refresh(self) -> None:
         """Find siblings (workers come and go with scale and reload); called about once a second."""
@@ -80,7 +93,7 @@ class Scoreboard:
     def _forget_dead(self) -> set[str]:
         now, dead = time.monotonic(), set()
         for path, slot in self.siblings.items():
-            count, beat = SLOT.unpack_from(slot, 0)
+            count, beat, _ = SLOT.unpack_from(slot, 0)
             if count != DRAINING and now - beat > FORGOTTEN:
                 try:
                     os.unlink(path)  # allowed when the workers share their user, as sockact's units do
@@ -101,12 +114,12 @@ class Scoreboard:
             os.close(fd)
 
     def fewest(self) -> int | None:
-        """The lowest open-connection count among live siblings, None when there are none."""
+        """The lowest open-connection count among live siblings that accept, None when there are none."""
         now = time.monotonic()
         fewest: int | None = None
         for slot in self.siblings.values():
-            count, beat = SLOT.unpack_from(slot, 0)
-            if now - beat < STALE and (fewest is None or count < fewest):
+            count, beat, paused = SLOT.unpack_from(slot, 0)
+            if now - beat < STALE and not paused and (fewest is None or count < fewest):
                 fewest = count
         return fewest
 
@@ -129,7 +142,7 @@ class Scoreboard:
         return self.ahead() >= 2
 
     def close(self) -> None:
-        SLOT.pack_into(self.own, 0, DRAINING, 0.0)
+        SLOT.pack_into(self.own, 0, DRAINING, 0.0, 1)
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -157,14 +170,23 @@ class AcceptGate:
         return self.board is not None and self.board.count >= self.pause_at
 
     def ahead(self) -> bool:
-        """Look again; True when this worker should stop accepting."""
+        """Look again; True when this worker should stop accepting (the siblings are told it does)."""
         self.look()
-        return self.board is not None and self.board.count >= self.pause_at
+        if self.board is None or self.board.count < self.pause_at:
+            return False
+        self.board.accepting(False)
+        return True
 
     def caught_up(self) -> bool:
-        """Look again; True when a paused worker may accept again (within a third of the threshold)."""
+        """Look again; True when a paused worker may accept again (within a third of the threshold),
+        or must: no live sibling accepts."""
         fewest = self.look()
-        return self.board is None or fewest is None or self.board.count - fewest <= pause_threshold(fewest) // 3
+        if self.board is None:
+            return True
+        if fewest is None or self.board.count - fewest <= pause_threshold(fewest) // 3:
+            self.board.accepting(True)
+            return True
+        return False
 
 
 def for_this_worker() -> Scoreboard | None:

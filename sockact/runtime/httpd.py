@@ -378,6 +378,8 @@ class Engine:
             logger.warning("accept failed: %s", exc.strerror or exc)
             with self.lock:
                 self.paused = True  # the tick accepts again
+                if self.board is not None:
+                    self.board.accepting(False)
                 self.listen(False)
             return None
         with self.lock:
