@@ -2,7 +2,9 @@
 
 The benchmark moves itself into a cgroup2 group of its own; everything it starts (wrk, the servers,
 the private systemd and its units) lands in it or below. CPU time the whole machine spent in user and
-system mode, minus what that group spent, is what other processes took from the contenders.
+system mode, minus what that group spent, is what other processes took from the contenders. On a
+virtual machine, the time the hypervisor gave the CPUs to other guests (steal time in /proc/stat)
+is taken from the contenders too, and counts the same way.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ def own_cgroup() -> Iterator[pathlib.Path | None]:
             group.rmdir()
 
 
-def _machine_busy_s() -> float:
+def _machine_busy_s() -> tuple[float, float]:
+    """CPU seconds the machine spent in user and system mode, and those stolen by the hypervisor."""
     # /proc/stat's first line: cpu user nice system idle iowait irq softirq steal ...
     fields = pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / TICKS_PER_S
+    steal = int(fields[8]) if len(fields) > 8 else 0
+    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / TICKS_PER_S, steal / TICKS_PER_S
 
 
 def _group_busy_s(group: pathlib.Path) -> float:
@@ -83,12 +87,13 @@ class Meter:
         return _group_busy_s(self.group) if self.group is not None else 0.0
 
     def share(self) -> float | None:
-        """0.25 means others kept a quarter of all cores busy; None when it cannot be told."""
+        """0.25 means others (processes, other guests) kept a quarter of all cores busy; None when it cannot be told."""
         if self.group is None:
             return None
         wall = time.monotonic() - self.began[0]
-        others = (_machine_busy_s() - self.began[1]) - (self._ours() - self.began[2])
-        return max(0.0, others) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+        busy, stolen = _machine_busy_s()
+        others = max(0.0, (busy - self.began[1][0]) - (self._ours() - self.began[2])) + (stolen - self.began[1][1])
+        return others / (wall * (os.cpu_count() or 1)) if wall > 0 else None
 
 
 def wait_until_quiet(group: pathlib.Path | None, limit_s: float, threshold: float = 0.05) -> float | None:

@@ -259,7 +259,8 @@ def _background_line(summary: Summary) -> str:
     if not shares:
         return "Other load on the machine during the run: not measured (no cgroup2 group of its own)."
     worst = max(results.background.items(), key=lambda item: max(item[1]))
-    line = (f"Other processes used {100 * median(shares):.0f}% of the machine's CPU (median over contender "
+    line = (f"Other processes, and other guests of the hypervisor (steal time), took {100 * median(shares):.0f}% "
+            f"of the machine's CPU (median over contender "
             f"rounds; at most {100 * max(worst[1]):.0f}%, during {_server_name(summary, worst[0])} ({worst[0]})).")
     if max(shares) > 0.05:
         line += " **The machine was not quiet: rounds with other load understate their contender.**"
