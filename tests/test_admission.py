@@ -97,6 +97,35 @@ def test_a_worker_ahead_of_its_sibling_stops_accepting_until_the_sibling_catches
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_a_paused_worker_looks_again_soon_without_waiting_for_the_tick(
+        loop_name: str, listener: socket.socket, tmp_path: Path) -> None:
+    """No sibling stops accepting for a paused worker, so the paused one must not wait for the
+    server's tick to take its share again: here no tick runs at all."""
+    me, sibling = Scoreboard("app", "1", str(tmp_path)), Scoreboard("app", "2", str(tmp_path))
+    me.refresh()
+    Recorder.made = []
+    clients: list[socket.socket] = []
+
+    async def scenario() -> None:
+        admission = Admission([listener], Recorder, me)
+        await admission.open()
+        for n in range(1, PAUSE_AHEAD + 1):
+            clients.append(socket.create_connection(listener.getsockname()))
+            await until(lambda n=n: len(Recorder.made) == n)
+        await until(lambda: not admission.servers)
+        clients.append(socket.create_connection(listener.getsockname()))  # waits in the backlog
+        sibling.heartbeat(PAUSE_AHEAD)  # the sibling caught up; nobody calls reconsider()
+        await until(lambda: len(Recorder.made) == PAUSE_AHEAD + 1, timeout=1.0)
+        admission.close()
+
+    try:
+        run(loop_name, scenario)
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_without_siblings_a_worker_never_pauses(loop_name: str, listener: socket.socket, tmp_path: Path) -> None:
     alone = Scoreboard("app", "1", str(tmp_path))
     Recorder.made = []

@@ -34,6 +34,9 @@ DRAINING = 1 << 40  # published while draining: siblings never defer to a worker
 # switching on every connection, and with short-lived connections it seldom switches at all.
 # Every engine uses this rule, through AcceptGate (server.Admission, httpd.Engine, wsgi.Engine).
 PAUSE_AHEAD = 3
+# A paused worker looks again this often (and on the tick): no sibling stops accepting for it meanwhile,
+# so in a burst of new connections it must take its share again soon, not a tick later.
+PAUSED_LOOK = 0.005
 
 
 def pause_threshold(fewest: int) -> int:

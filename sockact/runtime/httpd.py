@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import httptools
 
-from .balance import AcceptGate, Scoreboard, for_this_worker
+from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 
@@ -635,7 +635,11 @@ class Engine:
         logger.info("ready: serving %d socket(s) with %d threads (WSGI)", len(self.listeners), self.threads)
         next_sweep = time.monotonic() + 1.0
         while not self.should_exit:
-            time.sleep(TICK)
+            beat = time.monotonic() + TICK
+            while self.paused and not self.should_exit and time.monotonic() < beat - PAUSED_LOOK:
+                time.sleep(PAUSED_LOOK)
+                self.reconsider()
+            time.sleep(max(0.0, beat - time.monotonic()))
             self.pulse.tick(self.served, self.in_flight(), len(self.conns))
             self.reconsider()
             now = time.monotonic()

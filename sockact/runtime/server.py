@@ -12,7 +12,7 @@ from typing import Any, Callable
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
-from .balance import AcceptGate, Scoreboard, for_this_worker
+from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 
@@ -38,6 +38,7 @@ class Admission:
         self.servers: list[asyncio.Server] = []  # empty while paused
         self.opening: asyncio.Task[None] | None = None
         self.check_due = False
+        self.looking = False  # a _look_again is scheduled
         self.closed = False
         # Looking at the siblings on every accept costs measurably: the gate looks only near its threshold.
         self.gate = AcceptGate(board)
@@ -76,6 +77,16 @@ class Admission:
         self.check_due = False
         if self.gate.ahead() and self.servers:
             self._close_servers()
+            if not self.looking:
+                self.looking = True
+                self.loop.call_later(PAUSED_LOOK, self._look_again)
+
+    def _look_again(self) -> None:
+        """While paused, look again every PAUSED_LOOK as well as on the tick."""
+        self.reconsider()
+        self.looking = not self.servers and not self.closed and self.opening is None
+        if self.looking:
+            self.loop.call_later(PAUSED_LOOK, self._look_again)
 
     def reconsider(self) -> None:
         """Look at the siblings again (they come, go and change their counts), and accept again once
