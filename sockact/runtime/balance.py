@@ -116,13 +116,14 @@ class Scoreboard:
         finally:
             os.close(fd)
 
-    def fewest(self) -> int | None:
-        """The lowest open-connection count among live siblings that accept, None when there are none."""
+    def fewest(self, accepting: bool = False) -> int | None:
+        """The lowest open-connection count among live siblings (only those that accept, with
+        `accepting`), None when there are none."""
         now = time.monotonic()
         fewest: int | None = None
         for slot in self.siblings.values():
             count, beat, paused = SLOT.unpack_from(slot, 0)
-            if now - beat < STALE and not paused and (fewest is None or count < fewest):
+            if now - beat < STALE and not (accepting and paused) and (fewest is None or count < fewest):
                 fewest = count
         return fewest
 
@@ -164,7 +165,7 @@ class AcceptGate:
 
     def look(self) -> int | None:
         """The least busy live sibling's count (None without one); sets the count to look again at."""
-        fewest = self.board.fewest() if self.board is not None else None
+        fewest = self.board.fewest(accepting=True) if self.board is not None else None
         self.pause_at = math.inf if fewest is None else fewest + pause_threshold(fewest)
         return fewest
 
