@@ -44,6 +44,19 @@ def run(loop_name: str, scenario: Callable[[], object]) -> None:
         runner.run(scenario())  # type: ignore[arg-type]
 
 
+async def paused_by_its_lead(listener: socket.socket, board: Scoreboard,
+                             clients: list[socket.socket]) -> Admission:
+    """An Admission that took PAUSE_AHEAD connections while its sibling took none, and so stopped accepting."""
+    admission = Admission([listener], Recorder, board)
+    await admission.open()
+    # One at a time, so each accept is its own batch: the sibling (0 connections) stays idle.
+    for n in range(1, PAUSE_AHEAD + 1):
+        clients.append(socket.create_connection(listener.getsockname()))
+        await until(lambda n=n: len(Recorder.made) == n)
+    await until(lambda: not admission.servers)  # PAUSE_AHEAD ahead: accepting is off
+    return admission
+
+
 @pytest.fixture
 def listener() -> Iterator[socket.socket]:
     sock = socket.socket()
@@ -62,13 +75,7 @@ def test_a_worker_ahead_of_its_sibling_stops_accepting_until_the_sibling_catches
     clients: list[socket.socket] = []
 
     async def scenario() -> None:
-        admission = Admission([listener], Recorder, me)
-        await admission.open()
-        # One at a time, so each accept is its own batch: the sibling (0 connections) stays idle.
-        for n in range(1, PAUSE_AHEAD + 1):
-            clients.append(socket.create_connection(listener.getsockname()))
-            await until(lambda n=n: len(Recorder.made) == n)
-        await until(lambda: not admission.servers)  # PAUSE_AHEAD ahead: accepting is off
+        admission = await paused_by_its_lead(listener, me, clients)
         assert me.count == PAUSE_AHEAD
 
         clients.append(socket.create_connection(listener.getsockname()))  # waits in the backlog
@@ -107,12 +114,7 @@ def test_a_paused_worker_looks_again_soon_without_waiting_for_the_tick(
     clients: list[socket.socket] = []
 
     async def scenario() -> None:
-        admission = Admission([listener], Recorder, me)
-        await admission.open()
-        for n in range(1, PAUSE_AHEAD + 1):
-            clients.append(socket.create_connection(listener.getsockname()))
-            await until(lambda n=n: len(Recorder.made) == n)
-        await until(lambda: not admission.servers)
+        admission = await paused_by_its_lead(listener, me, clients)
         clients.append(socket.create_connection(listener.getsockname()))  # waits in the backlog
         sibling.heartbeat(PAUSE_AHEAD)  # the sibling caught up; nobody calls reconsider()
         await until(lambda: len(Recorder.made) == PAUSE_AHEAD + 1, timeout=1.0)
