@@ -1,4 +1,4 @@
-"""The serving engine: uvicorn's Server on adopted sockets, with our accept loop, notify and drain."""
+"""The ASGI engine: sockact's HTTP protocol (asgi_http.py) in uvicorn's Server on adopted sockets, with our accept loop, notify and drain."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from typing import Any, Callable
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
+from .asgi_http import Site
 from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
-from .pulse import IDLE_GRACE, Pulse, drain_budget
+from .pulse import Pulse, drain_budget
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -121,47 +122,6 @@ class Admission:
         callback on, so there is nothing left to wait for."""
 
 
-def draining_protocol(base: type, board: Scoreboard | None, admission: Callable[[], Admission | None]) -> type:
-    """The configured HTTP protocol, changed so a drain never resets a request on the wire,
-    and publishing this worker's open-connection count for least-connections accepting."""
-
-    class Draining(base):  # type: ignore[misc]
-        draining = False
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            if board is not None:
-                board.publish(len(self.server_state.connections))
-                gate = admission()
-                if gate is not None and not gate.servers:  # only while paused: this runs per connection
-                    gate.reconsider()
-
-        def shutdown(self) -> None:
-            if self.cycle is None or self.cycle.response_complete:
-                self.draining = True
-                self.loop.call_later(IDLE_GRACE, self._close_if_idle)
-            else:
-                self.cycle.keep_alive = False
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            cycle = self.cycle
-            if cycle is not None and not cycle.response_complete and cycle.keep_alive:
-                if self.draining:
-                    cycle.keep_alive = False
-                elif board is not None and board.rebalance_due:
-                    board.rebalance_due -= 1  # this connection moves to a less busy sibling
-                    cycle.keep_alive = False
-
-        def _close_if_idle(self) -> None:
-            idle = self.cycle is None or self.cycle.response_complete
-            if idle and not self.transport.is_closing():
-                self.transport.close()
-
-    Draining.__name__ = f"Draining{base.__name__}"
-    return Draining
-
-
 class StrictLifespan(LifespanOn):
     """Lifespan "auto", told apart properly: an app that fails before it read lifespan.startup does
     not speak lifespan (Django) and is served without it; an app that fails after reading it failed
@@ -214,6 +174,7 @@ class WorkerServer(uvicorn.Server):
         self.drain_timeout = drain_timeout
         self.pulse = Pulse(notifier, None)
         self.admission: Admission | None = None
+        self.site: Site | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.lifespan = StrictLifespan(self.config)
@@ -222,21 +183,8 @@ class WorkerServer(uvicorn.Server):
             raise SystemExit(3)
         config = self.config
         board = self.pulse.board = for_this_worker()
-        config.http_protocol_class = draining_protocol(config.http_protocol_class, board, lambda: self.admission)
-
-        protocol_class: Any = config.http_protocol_class
-
-        # older uvicorn (Debian 12: 0.17.6): protocols take no app_state.
-        takes_state = "app_state" in inspect.signature(protocol_class.__init__).parameters
-        extra = {"app_state": self.lifespan.state} if takes_state else {}
-
-        def create_protocol() -> asyncio.Protocol:
-            protocol: asyncio.Protocol = protocol_class(
-                config=config, server_state=self.server_state, **extra
-            )
-            return protocol
-
-        self.admission = Admission(sockets or [], create_protocol, board)
+        self.site = Site(config, self.server_state, self.lifespan.state, board, self._reconsider_if_paused)
+        self.admission = Admission(sockets or [], self.site.protocol, board)
         await self.admission.open()
         self.servers = [self.admission]  # type: ignore[list-item]  # uvicorn closes these on shutdown
         self.started = True
@@ -248,7 +196,15 @@ class WorkerServer(uvicorn.Server):
         self.pulse.tick(state.total_requests, len(state.tasks), len(state.connections))
         if self.admission is not None:
             self.admission.reconsider()
+        if self.site is not None:
+            self.site.tick()
         return await super().on_tick(counter)
+
+    def _reconsider_if_paused(self) -> None:
+        """A connection ended: a paused worker may accept again (this runs per connection, so only while paused)."""
+        admission = self.admission
+        if admission is not None and not admission.servers:
+            admission.reconsider()
 
     def _drain_expired(self) -> None:
         logger.warning("drain deadline passed with %d connection(s) open; closing them", len(self.server_state.connections))
