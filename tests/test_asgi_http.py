@@ -27,6 +27,12 @@ SEEN: list[dict[str, Any]] = []  # what the app received, for the tests to look 
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "websocket":  # echo, upper-cased
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message["text"].upper()})
+        return
     path = scope["path"]
     if path == "/echo":  # the request body's size and digest, read as it streams in
         digest, size = hashlib.sha256(), 0
@@ -371,3 +377,20 @@ def test_connections_are_counted_and_forgotten() -> None:
         assert not served.state.connections and not served.state.tasks
 
     serve("uvloop", scenario)
+
+
+@both_loops
+def test_a_websocket_upgrade_is_handed_to_uvicorns_websocket_protocol(loop_name: str) -> None:
+    websockets = pytest.importorskip("websockets")
+
+    async def scenario(served: Served) -> None:
+        reader, writer = await served.connect()  # plain HTTP on the same server still works
+        writer.write(GET % b"/a")
+        assert (await read_response(reader))[2] == b"/a"
+        async with websockets.connect(f"ws://127.0.0.1:{served.port}/ws") as socket:
+            for text in ("hello", "again"):
+                await socket.send(text)
+                assert await asyncio.wait_for(socket.recv(), 5) == text.upper()
+        writer.close()
+
+    serve(loop_name, scenario)

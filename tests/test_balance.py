@@ -76,3 +76,42 @@ def test_a_paused_worker_accepts_again_when_no_sibling_accepts(tmp_path: Path) -
     two.publish(9)
     two.accepting(False)  # both stopped (a race between two looks): the tick must undo it
     assert balance.AcceptGate(one).caught_up()
+
+
+def test_autogroup_nice_for_a_worker_count() -> None:
+    from sockact.runtime.share import NICE_STEP, nice_for
+
+    assert [nice_for(n) for n in (1, 2, 3, 4, 8, 16, 10_000)] == [0, 3, 5, 6, 9, 12, 19]
+    for workers in (2, 4, 8, 16):  # together within a nice step of one nice-0 group's weight
+        together = workers / NICE_STEP ** nice_for(workers)
+        assert 1 / NICE_STEP < together < NICE_STEP
+
+
+def test_a_session_leader_raises_its_autogroup_nice_and_never_lowers_it() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import time\n"
+        "from sockact.runtime.share import CpuShare\n"
+        "share = CpuShare('app')\n"
+        "share.update(4)\n"
+        "while share.pending:  # another process changed an autogroup within 0.1 s: as the tick does\n"
+        "    time.sleep(0.1); share.apply()\n"
+        "share.update(2)\n"
+        "print(share.applied, open('/proc/self/autogroup').read().split()[-1] if share.applied is not None else '-')\n"
+        "print(CpuShare('worker').applied)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          start_new_session=True, timeout=30)
+    applied, worker = done.stdout.splitlines()
+    assert worker == "None"
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if enabled.exists() and enabled.read_text().strip() == "1":
+        assert applied == "6 6"  # 4 workers: nice 6; told 2 later, it stays at 6
+    else:
+        assert applied == "None -"
+    # Not a session leader (a child of a shell or a test runner): the autogroup is someone else's.
+    done = subprocess.run([sys.executable, "-c", "from sockact.runtime.share import CpuShare; print(CpuShare().applied)"],
+                          capture_output=True, text=True, check=True, timeout=30)
+    assert done.stdout.strip() == "None"

@@ -246,3 +246,26 @@ def test_starting_a_worker_leaves_the_shared_socket_non_blocking(private_systemd
     assert flags & 0o4000, oct(flags)  # O_NONBLOCK
     result = concurrent_get(box, 8190, "/sleep?ms=5", total=40, parallel=8)
     assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}  # type: ignore[misc]
+
+
+def autogroup_nice(box: PrivateSystemd, instance: str) -> int | None:
+    """The nice value of the worker's autogroup ("/autogroup-7 nice 5"), None without autogroups."""
+    pid = box.show(instance, "MainPID")["MainPID"]
+    done = box.run("cat", f"/proc/{pid}/autogroup", check=False)
+    return int(done.stdout.split()[-1]) if done.returncode == 0 and done.stdout.strip() else None
+
+
+def test_the_workers_together_weigh_one_autogroup_unless_told_otherwise(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    start_app(box, "weigh", 8250, 3, "--app", HELLO)
+    start_app(box, "each", 8253, 2, "--app", HELLO, "--env", "SOCKACT_CPU_SHARE=worker")
+    names = [f"weigh@{i}.service" for i in (1, 2, 3)]
+    if not enabled.exists() or enabled.read_text().strip() != "1":
+        # No autogroups on this kernel: nothing to weigh, and the workers serve as ever.
+        assert all(autogroup_nice(box, name) in (None, 0) for name in names)
+        return
+    # Each of 3 sessions at nice 5 (weight 335) weighs together about one nice-0 group (1024).
+    box.wait_for(lambda: [autogroup_nice(box, name) for name in names] == [5, 5, 5],
+                 timeout=10, what="the workers' autogroups at nice 5")
+    assert [autogroup_nice(box, f"each@{i}.service") for i in (1, 2)] == [0, 0]

@@ -127,6 +127,11 @@ class Scoreboard:
                 fewest = count
         return fewest
 
+    def live(self) -> int:
+        """How many siblings sent a heartbeat within STALE."""
+        now = time.monotonic()
+        return sum(1 for slot in self.siblings.values() if now - SLOT.unpack_from(slot, 0)[1] < STALE)
+
     def least_loaded(self) -> bool:
         """True unless a live sibling has fewer open connections than this worker."""
         if self.count == 0:

@@ -89,6 +89,9 @@ def main(argv: Sequence[str]) -> int:
 
     logs.setup(getattr(logging, args.log_level.upper()))
     try:
+        from .share import mode_from_env
+
+        mode_from_env()  # a bad SOCKACT_CPU_SHARE stops the worker before it binds or imports anything
         sockets = sockets_for(args.bind)
         app = load_app(args.app)
         from .interface import detect

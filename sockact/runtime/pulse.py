@@ -6,6 +6,7 @@ import time
 
 from .balance import Scoreboard
 from .notify import Notifier, watchdog_interval
+from .share import CpuShare, mode_from_env
 
 # An idle keep-alive connection gets this long, once draining began, for a request already on the
 # wire: it is served (with Connection: close) instead of reset.
@@ -27,6 +28,7 @@ class Pulse:
         self.ready_since = ""
         self._last_ping = self._last_status = 0.0
         self._last_served = 0
+        self.share = CpuShare(mode_from_env())
 
     def status_line(self, served: int, in_flight: int, rate: float) -> str:
         # `sockact status` parses this line (sockact.ops.facts.parse_status_text).
@@ -44,12 +46,15 @@ class Pulse:
             self.notifier.watchdog()
         if self.board is not None:
             self.board.heartbeat(connections)  # the exact count, so no drift can last
+        if self.share.pending:
+            self.share.apply()
         if now - self._last_status >= STATUS_EVERY:
             rate = (served - self._last_served) / (now - self._last_status) if self._last_status else 0.0
             self._last_status, self._last_served = now, served
             self.notifier.status(self.status_line(served, in_flight, rate))
             if self.board is not None:
                 self.board.refresh()
+                self.share.update(1 + self.board.live())
 
     def stopping(self, in_flight: int) -> None:
         """Leave the scoreboard (siblings stop deferring to us), then STOPPING=1."""

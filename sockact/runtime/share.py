@@ -1,0 +1,102 @@
+"""One app, one share of the CPU: the workers' autogroups together weigh what one service's does.
+
+systemd starts every service in a session of its own, and with the kernel's autogroups
+(/proc/sys/kernel/sched_autogroup_enabled, on in Debian's and most distributions' kernels) every
+session is a scheduling group with the weight of one nice-0 task. gunicorn's or uvicorn's workers
+are children of one master, one session, one group; sockact's N workers are N units, N sessions,
+N groups. Under contention an app with 8 workers would then take 8 shares against one for the
+PostgreSQL, Redis or nginx on the same host that it depends on (and one for a load generator on
+the same machine: measured, two workers against wrk on 2 cores left the cores idle 16-18 % of the
+time in `Connection: close` runs, 13-15 % with the weight below).
+
+So each worker raises its autogroup's nice value until the N groups weigh together about what one
+does (weight 1024 / 1.25**nice; nice = log1.25(N), rounded): 2 workers nice 3, 4 workers 6,
+8 workers 9. That is what systemd itself gives the app where the cgroup CPU controller is on (the
+instances share system-NAME.slice, one entity among the other services), and where it is on the
+autogroups do not apply and this changes nothing. A nice value can only be raised without
+privilege, so after `sockact scale` down the workers keep the higher one until they restart
+(`sockact reload`). SOCKACT_CPU_SHARE=worker turns it off: every worker one full share.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from ..errors import RuntimeFailure
+
+logger = logging.getLogger("sockact.runtime")
+
+AUTOGROUP = "/proc/self/autogroup"
+ENABLED = "/proc/sys/kernel/sched_autogroup_enabled"
+NICE_STEP = 1.25  # each nice level weighs 1.25 times less (the kernel's sched_prio_to_weight table)
+MODES = ("app", "worker")
+
+
+def nice_for(workers: int) -> int:
+    """The autogroup nice at which `workers` groups weigh about as much as one nice-0 group."""
+    if workers <= 1:
+        return 0
+    return min(19, round(math.log(workers, NICE_STEP)))
+
+
+def mode_from_env() -> str:
+    value = os.environ.get("SOCKACT_CPU_SHARE", "app")
+    if value not in MODES:
+        raise RuntimeFailure(f"SOCKACT_CPU_SHARE={value!r} is not one of {', '.join(MODES)}: 'app' (the default) "
+                             "gives all workers together one service's share of the CPU, 'worker' one share each")
+    return value
+
+
+class CpuShare:
+    """Applies nice_for(workers) to this worker's autogroup, only ever raising it."""
+
+    def __init__(self, mode: str = "app") -> None:
+        self.applied = self._current() if mode == "app" and self._applies() else None
+        self.wanted = 0
+        self.pending = False
+
+    @staticmethod
+    def _applies() -> bool:
+        """This worker leads its own session (as systemd starts services), and autogroups are not
+        known to be off. Under ProcSubset=pid /proc/sys is hidden; the nice of an autogroup that the
+        kernel ignores is harmless."""
+        try:
+            with open(ENABLED) as file:
+                if file.read().strip() == "0":
+                    return False
+        except OSError:
+            pass
+        return os.getsid(0) == os.getpid()
+
+    @staticmethod
+    def _current() -> int | None:
+        try:
+            with open(AUTOGROUP) as file:  # "/autogroup-123 nice 0"
+                return int(file.read().split()[-1])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def update(self, workers: int) -> None:
+        """Called with the number of live workers (this one included) about once a second."""
+        if self.applied is not None and nice_for(workers) > self.applied:
+            self.wanted = nice_for(workers)
+            self.apply()
+
+    def apply(self) -> None:
+        """Write the wanted nice; when the kernel says "again", `pending` stays set for the next tick."""
+        assert self.applied is not None
+        try:
+            with open(AUTOGROUP, "w") as file:
+                file.write(str(self.wanted))
+        except BlockingIOError:
+            # The kernel takes one such change per 0.1 s from all unprivileged processes, and workers
+            # started together look at the same moment: the next tick (0.1 s) tries again.
+            self.pending = True
+            return
+        except OSError as exc:
+            logger.debug("cannot set this worker's autogroup nice to %d: %s", self.wanted, exc)
+            self.applied, self.pending = None, False
+            return
+        self.applied, self.pending = self.wanted, False
