@@ -53,6 +53,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b""})
     elif path == "/raise":
         raise RuntimeError("the app failed")
+    elif path == "/raise-after":  # a complete response, then the app fails: the connection stays usable
+        await respond(send, b"sent")
+        await asyncio.sleep(0.02)
+        raise RuntimeError("the app failed after its response")
     elif path == "/nothing":
         return
     elif path == "/split":
@@ -264,6 +268,18 @@ def test_an_app_that_fails_before_responding_gets_a_500_and_the_connection_close
         assert status == 500 and headers[b"connection"] == b"close"
         assert b"set-cookie" not in headers  # the CR LF in a header value did not split the response
         assert await closed(reader)
+
+    serve(loop_name, scenario)
+
+
+@both_loops
+def test_an_app_failing_after_its_response_does_not_cut_the_next_one(loop_name: str) -> None:
+    async def scenario(served: Served) -> None:
+        reader, writer = await served.connect()
+        writer.write(GET % b"/raise-after" + GET % b"/sleep")
+        assert (await read_response(reader))[2] == b"sent"
+        assert (await read_response(reader))[2] == b"slept"  # served while the first app failed
+        writer.close()
 
     serve(loop_name, scenario)
 

@@ -164,7 +164,7 @@ class Exchange:
                 logger.exception("error in the app serving %s %s", self.scope["method"], self.scope["path"])
             if not self.started:
                 connection.fail(500, "Internal Server Error")
-            else:
+            elif not self.complete:  # cut short: the client must not take it for the whole response
                 connection.transport.close()
             return
         if not self.started:
