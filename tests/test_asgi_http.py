@@ -61,6 +61,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     elif path == "/split":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-evil", b"a\r\nset-cookie: b=1")]})
+    elif path == "/two-listeners":  # two tasks waiting in receive() at once: both must hear the end
+        assert (await receive())["type"] == "http.request"
+        listeners = [asyncio.ensure_future(receive()) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        await respond(send, b"both")
+        SEEN.extend(await asyncio.wait_for(asyncio.gather(*listeners), 2))
+    elif path == "/bad-length":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"many")]})
     elif path == "/wait-disconnect":
         assert (await receive())["type"] == "http.request"  # the (empty) body first
         await respond(send, b"", more=True)
@@ -259,7 +267,7 @@ def test_100_continue_is_sent_only_when_the_app_reads_the_body(loop_name: str) -
 
 
 @both_loops
-@pytest.mark.parametrize("path", [b"/raise", b"/nothing", b"/split"])
+@pytest.mark.parametrize("path", [b"/raise", b"/nothing", b"/split", b"/bad-length"])
 def test_an_app_that_fails_before_responding_gets_a_500_and_the_connection_closes(loop_name: str, path: bytes) -> None:
     async def scenario(served: Served) -> None:
         reader, writer = await served.connect()
@@ -288,6 +296,7 @@ def test_an_app_failing_after_its_response_does_not_cut_the_next_one(loop_name: 
 @pytest.mark.parametrize(("request_bytes", "status"), [
     (b"NOT HTTP AT ALL\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (70 * 1024) + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nX-Unfinished: " + b"a" * (200 * 1024), 431),  # one line, never ended
 ])
 def test_a_bad_request_gets_its_status_and_the_connection_closes(loop_name: str, request_bytes: bytes,
                                                                 status: int) -> None:
@@ -408,5 +417,59 @@ def test_a_websocket_upgrade_is_handed_to_uvicorns_websocket_protocol(loop_name:
                 await socket.send(text)
                 assert await asyncio.wait_for(socket.recv(), 5) == text.upper()
         writer.close()
+
+    serve(loop_name, scenario)
+
+
+@both_loops
+def test_every_receive_waiting_at_once_hears_the_response_end(loop_name: str) -> None:
+    async def scenario(served: Served) -> None:
+        reader, writer = await served.connect()
+        writer.write(GET % b"/two-listeners")
+        assert (await read_response(reader))[2] == b"both"
+        for _ in range(200):
+            if SEEN:
+                break
+            await asyncio.sleep(0.01)
+        assert SEEN == [{"type": "http.disconnect"}] * 2
+        writer.close()
+
+    serve(loop_name, scenario)
+
+
+@both_loops
+def test_a_body_the_app_did_not_read_closes_the_connection_after_the_response(loop_name: str) -> None:
+    async def scenario(served: Served) -> None:
+        reader, writer = await served.connect()
+        writer.write(b"POST /unread HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+        assert (await read_response(reader))[2] == b"/unread"
+        assert await closed(reader)  # not left open waiting for 90 bytes that may never come
+
+    serve(loop_name, scenario)
+
+
+@both_loops
+def test_a_bad_request_behind_a_good_one_is_answered_after_it(loop_name: str) -> None:
+    async def scenario(served: Served) -> None:
+        reader, writer = await served.connect()
+        writer.write(GET % b"/sleep" + b"NOT HTTP AT ALL\r\n\r\n")
+        assert (await read_response(reader))[:3:2] == (200, b"slept")
+        assert (await read_response(reader))[0] == 400
+        assert await closed(reader)
+
+    serve(loop_name, scenario)
+
+
+@both_loops
+def test_drain_drops_a_request_head_that_stalled(loop_name: str) -> None:
+    async def scenario(served: Served) -> None:
+        reader, writer = await served.connect()
+        writer.write(b"GET / HTTP/1.1\r\nHo")  # and never the rest
+        await asyncio.sleep(0.05)
+        for connection in list(served.state.connections):
+            connection.shutdown()
+        started = asyncio.get_running_loop().time()
+        assert await closed(reader)
+        assert asyncio.get_running_loop().time() - started < 1.9  # two looks, IDLE_GRACE apart
 
     serve(loop_name, scenario)

@@ -87,30 +87,35 @@ def test_autogroup_nice_for_a_worker_count() -> None:
         assert 1 / NICE_STEP < together < NICE_STEP
 
 
-def test_a_session_leader_raises_its_autogroup_nice_and_never_lowers_it() -> None:
+def test_a_session_leader_follows_the_worker_count_and_lowers_only_after_it_settled() -> None:
     import subprocess
     import sys
 
     script = (
         "import time\n"
-        "from sockact.runtime.share import CpuShare\n"
+        "from sockact.runtime.share import SETTLE, CpuShare\n"
+        "def read(): return open('/proc/self/autogroup').read().split()[-1]\n"
         "share = CpuShare('app')\n"
-        "share.update(4)\n"
-        "while share.pending:  # another process changed an autogroup within 0.1 s: as the tick does\n"
-        "    time.sleep(0.1); share.apply()\n"
-        "share.update(2)\n"
-        "print(share.applied, open('/proc/self/autogroup').read().split()[-1] if share.applied is not None else '-')\n"
+        "def settle():\n"
+        "    while share.pending:  # another process changed an autogroup within 0.1 s: as the tick does\n"
+        "        time.sleep(0.1); share.apply()\n"
+        "if share.applied is None: print('-'); raise SystemExit\n"
+        "share.update(4, now=100.0); settle(); seen = [read()]\n"
+        "share.update(2, now=101.0); settle(); seen.append(read())  # lower, but not for SETTLE yet\n"
+        "share.update(2, now=101.0 + SETTLE); settle(); seen.append(read())\n"
+        "share.update(8, now=107.0); settle(); seen.append(read())  # up at once\n"
+        "print(' '.join(seen))\n"
         "print(CpuShare('worker').applied)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                           start_new_session=True, timeout=30)
-    applied, worker = done.stdout.splitlines()
-    assert worker == "None"
     enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
     if enabled.exists() and enabled.read_text().strip() == "1":
-        assert applied == "6 6"  # 4 workers: nice 6; told 2 later, it stays at 6
+        seen, worker = done.stdout.splitlines()
+        assert seen == "6 6 3 9"
+        assert worker == "None"
     else:
-        assert applied == "None -"
+        assert done.stdout.strip() == "-"
     # Not a session leader (a child of a shell or a test runner): the autogroup is someone else's.
     done = subprocess.run([sys.executable, "-c", "from sockact.runtime.share import CpuShare; print(CpuShare().applied)"],
                           capture_output=True, text=True, check=True, timeout=30)

@@ -128,7 +128,7 @@ class Exchange:
 
     __slots__ = ("body", "body_done", "body_given", "body_size", "chunked", "complete", "connection",
                  "disconnected", "expect_continue", "expected", "head", "keep_alive", "scope", "sent",
-                 "skip_body", "started", "status", "waiter")
+                 "skip_body", "started", "status", "woken")
 
     def __init__(self, connection: HttpConnection, scope: dict[str, Any], keep_alive: bool) -> None:
         self.connection = connection
@@ -139,7 +139,7 @@ class Exchange:
         self.body_done = False  # the whole request body has arrived
         self.body_given = False  # the app got more_body=False
         self.expect_continue = False
-        self.waiter: asyncio.Future[None] | None = None
+        self.woken: asyncio.Event | None = None  # made when receive() first has to wait
         self.disconnected = False
         self.started = False
         self.complete = False
@@ -151,9 +151,8 @@ class Exchange:
         self.status = 0
 
     def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.woken is not None:
+            self.woken.set()  # every receive() waiting (an app may have more than one) looks again
 
     async def run(self, app: Any) -> None:
         connection = self.connection
@@ -166,6 +165,8 @@ class Exchange:
                 connection.fail(500, "Internal Server Error")
             elif not self.complete:  # cut short: the client must not take it for the whole response
                 connection.transport.close()
+            return
+        if self.disconnected:
             return
         if not self.started:
             logger.error("the app returned without starting a response to %s %s", self.scope["method"], self.scope["path"])
@@ -194,11 +195,10 @@ class Exchange:
                 return {"type": "http.request", "body": body, "more_body": not self.body_done}
             if connection.reading_paused and connection.current is self and not self.body_done:
                 connection.resume_reading()
-            self.waiter = connection.loop.create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
+            if self.woken is None:
+                self.woken = asyncio.Event()
+            self.woken.clear()
+            await self.woken.wait()
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -243,7 +243,6 @@ class Exchange:
             connection.finished(self)
 
     def _start(self, message: dict[str, Any]) -> None:
-        self.started = True
         status = self.status = message["status"]
         connection = self.connection
         defaults = connection.site.default_headers()
@@ -278,17 +277,17 @@ class Exchange:
         # Every header line ends in CRLF; any other CR or LF came from the app's names or values.
         ends = count + defaults.count(b"\n") + 1
         if head.count(b"\n") != ends or head.count(b"\r") != ends:
-            self.started = False
             raise RuntimeError("response header names and values must not contain CR or LF")
         self.head = head
+        self.started = True  # only now: a start that raised above still gets the client a 500
 
 
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests as they arrive, serves them one at a time in order."""
 
-    __slots__ = ("began", "client", "current", "drained", "draining", "expect", "head_size", "headers",
-                 "idle_since", "loop", "parser", "parsing", "pipeline", "reading_paused", "server", "site",
-                 "transport", "upgrade", "url")
+    __slots__ = ("began", "client", "current", "drained", "draining", "expect", "failing", "fed",
+                 "head_size", "headers", "idle_since", "loop", "parser", "parsing", "pipeline", "reading_paused",
+                 "server", "site", "transport", "upgrade", "url")
 
     def __init__(self, site: Site) -> None:
         self.site = site
@@ -300,6 +299,7 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
+        self.fed = 0  # bytes received after the first part of a request head that is still incomplete
         self.expect = False  # the request being received asked for 100 Continue
         self.began = -1.0  # when the request head being received started arriving, -1 between requests
         self.idle_since = site.clock
@@ -310,6 +310,7 @@ class HttpConnection(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None  # set while the transport's buffer is full
         self.draining = False
         self.upgrade = False
+        self.failing: tuple[int, str] | None = None  # a bad request behind ones still being answered
 
     # asyncio ----------------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -347,6 +348,13 @@ class HttpConnection(asyncio.Protocol):
             drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.failing is not None:
+            return
+        if self.began >= 0:  # httptools holds an unfinished header line without calling on_header
+            self.fed += len(data)
+            if self.fed > MAX_HEAD:
+                self._refuse(431, "Request Header Fields Too Large")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -356,16 +364,25 @@ class HttpConnection(asyncio.Protocol):
                 self.on_message_complete()
         except httptools.HttpParserError as exc:
             if self.head_size > MAX_HEAD:
-                self.fail(431, "Request Header Fields Too Large")
+                self._refuse(431, "Request Header Fields Too Large")
             else:
                 logger.debug("invalid request from %s: %s", self.client, exc)
-                self.fail(400, "Bad Request")
+                self._refuse(400, "Bad Request")
+
+    def _refuse(self, status: int, text: str) -> None:
+        """A request that cannot be served: answered after the requests before it, then closed."""
+        if self.current is not None:
+            self.failing = (status, text)
+            self.pause_reading()
+        else:
+            self.fail(status, text)
 
     # httptools --------------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
         self.head_size = 0
+        self.fed = 0
         self.expect = False
         self.began = self.site.clock
 
@@ -468,19 +485,24 @@ class HttpConnection(asyncio.Protocol):
             access.info('%s - "%s %s HTTP/%s" %d', host, scope["method"], target.decode("ascii", "replace"),
                         scope["http_version"], exchange.status)
         self.current = None
-        if not exchange.keep_alive or exchange.disconnected:
+        # A body the app did not read to its end is not read on its behalf: the connection closes.
+        if not exchange.keep_alive or exchange.disconnected or not exchange.body_done:
             self.transport.close()
             return
         if self.pipeline:
             self._serve(self.pipeline.popleft())
-            if not self.pipeline and self.reading_paused and self.parsing is None:
+            if not self.pipeline and self.reading_paused and self.parsing is None and self.failing is None:
                 self.resume_reading()
+            return
+        if self.failing is not None:
+            self.fail(*self.failing)
+            return
+        if self.draining:
+            self.transport.close()
             return
         self.idle_since = site.clock
         if self.reading_paused:
             self.resume_reading()
-        if self.draining:
-            self.transport.close()
 
     def fail(self, status: int, text: str) -> None:
         """Answer with `status` and close: a malformed request, or an app that failed before responding."""
@@ -521,9 +543,15 @@ class HttpConnection(asyncio.Protocol):
         if self.current is None:
             self.loop.call_later(IDLE_GRACE, self._close_if_idle)
 
-    def _close_if_idle(self) -> None:
-        if self.current is None and self.began < 0 and not self.transport.is_closing():
+    def _close_if_idle(self, seen: float = -2.0) -> None:
+        """Close once idle; a request head still arriving gets another IDLE_GRACE, and is dropped if
+        it is the same head that was arriving at the last look (a client that stalled)."""
+        if self.current is not None or self.transport.is_closing():
+            return  # busy: closes after its response
+        if self.began < 0 or self.began == seen:
             self.transport.close()
+        else:
+            self.loop.call_later(IDLE_GRACE, self._close_if_idle, self.began)
 
     # WebSocket ----------------------------------------------------------------------------------------
     def _asks_websocket(self) -> bool:

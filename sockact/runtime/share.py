@@ -13,9 +13,10 @@ So each worker raises its autogroup's nice value until the N groups weigh togeth
 does (weight 1024 / 1.25**nice; nice = log1.25(N), rounded): 2 workers nice 3, 4 workers 6,
 8 workers 9. That is what systemd itself gives the app where the cgroup CPU controller is on (the
 instances share system-NAME.slice, one entity among the other services), and where it is on the
-autogroups do not apply and this changes nothing. A nice value can only be raised without
-privilege, so after `sockact scale` down the workers keep the higher one until they restart
-(`sockact reload`). SOCKACT_CPU_SHARE=worker turns it off: every worker one full share.
+autogroups do not apply and this changes nothing. The nice follows the live worker count: up at
+once when workers are added, down only once the count has been lower for SETTLE seconds (a rolling
+reload briefly runs one worker more). No privilege is needed for any value from 0 to 19.
+SOCKACT_CPU_SHARE=worker turns it off: every worker one full share.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 
 from ..errors import RuntimeFailure
 
@@ -32,6 +34,7 @@ AUTOGROUP = "/proc/self/autogroup"
 ENABLED = "/proc/sys/kernel/sched_autogroup_enabled"
 NICE_STEP = 1.25  # each nice level weighs 1.25 times less (the kernel's sched_prio_to_weight table)
 MODES = ("app", "worker")
+SETTLE = 5.0  # seconds a lower worker count must last before the nice goes down
 
 
 def nice_for(workers: int) -> int:
@@ -50,12 +53,13 @@ def mode_from_env() -> str:
 
 
 class CpuShare:
-    """Applies nice_for(workers) to this worker's autogroup, only ever raising it."""
+    """Applies nice_for(workers) to this worker's autogroup: raised at once, lowered after SETTLE."""
 
     def __init__(self, mode: str = "app") -> None:
         self.applied = self._current() if mode == "app" and self._applies() else None
         self.wanted = 0
         self.pending = False
+        self.lower_since: float | None = None  # when the count first asked for a lower nice
 
     @staticmethod
     def _applies() -> bool:
@@ -78,11 +82,24 @@ class CpuShare:
         except (OSError, ValueError, IndexError):
             return None
 
-    def update(self, workers: int) -> None:
+    def update(self, workers: int, now: float | None = None) -> None:
         """Called with the number of live workers (this one included) about once a second."""
-        if self.applied is not None and nice_for(workers) > self.applied:
-            self.wanted = nice_for(workers)
-            self.apply()
+        if self.applied is None:
+            return
+        wanted = nice_for(workers)
+        if wanted >= self.applied:
+            self.lower_since = None
+            if wanted == self.applied:
+                return
+        else:
+            now = time.monotonic() if now is None else now
+            if self.lower_since is None:
+                self.lower_since = now
+            if now - self.lower_since < SETTLE:
+                return
+            self.lower_since = None
+        self.wanted = wanted
+        self.apply()
 
     def apply(self) -> None:
         """Write the wanted nice; when the kernel says "again", `pending` stays set for the next tick."""
