@@ -51,6 +51,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         for part in (b"one ", b"two ", b"three"):
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/big":  # 3 x 300 KB, streamed with a length
+        part = b"z" * 300_000
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"900000")]})
+        for last in (False, False, True):
+            await send({"type": "http.response.body", "body": part, "more_body": not last})
     elif path == "/raise":
         raise RuntimeError("the app failed")
     elif path == "/raise-after":  # a complete response, then the app fails: the connection stays usable
@@ -471,5 +476,17 @@ def test_drain_drops_a_request_head_that_stalled(loop_name: str) -> None:
         started = asyncio.get_running_loop().time()
         assert await closed(reader)
         assert asyncio.get_running_loop().time() - started < 1.9  # two looks, IDLE_GRACE apart
+
+    serve(loop_name, scenario)
+
+
+@both_loops
+def test_a_large_response_with_connection_close_arrives_whole(loop_name: str) -> None:
+    async def scenario(served: Served) -> None:
+        reader, writer = await served.connect()  # the last part goes out corked, with the FIN
+        writer.write(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        status, headers, body = await read_response(reader)
+        assert status == 200 and headers[b"connection"] == b"close" and body == b"z" * 900_000
+        assert await closed(reader)
 
     serve(loop_name, scenario)
