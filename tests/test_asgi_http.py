@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, Self
 
@@ -490,3 +492,32 @@ def test_a_large_response_with_connection_close_arrives_whole(loop_name: str) ->
         assert await closed(reader)
 
     serve(loop_name, scenario)
+
+
+def segments_received(loop_name: str, path: bytes) -> int:
+    """TCP segments the client took in for one `Connection: close` request, FIN included (TCP_INFO's
+    tcpi_segs_in, at byte 140 of struct tcp_info since Linux 4.2)."""
+    counted: list[int] = []
+
+    async def scenario(served: Served) -> None:
+        loop = asyncio.get_running_loop()
+        with socket.create_connection(("127.0.0.1", served.port)) as sock:
+            sock.setblocking(False)
+            await loop.sock_sendall(sock, b"GET %b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path)
+            while await asyncio.wait_for(loop.sock_recv(sock, 65536), 5):
+                pass
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+            counted.append(struct.unpack_from("=I", info, 140)[0])
+
+    serve(loop_name, scenario)
+    return counted[0]
+
+
+@both_loops
+def test_the_end_of_a_close_response_and_the_fin_arrive_in_one_segment(loop_name: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    corked = segments_received(loop_name, b"/a")
+    monkeypatch.setattr(HttpConnection, "cork", lambda self: None)
+    uncorked = segments_received(loop_name, b"/a")
+    print(f"\nsegments received for one Connection: close request: {corked} corked, {uncorked} without")
+    assert corked < uncorked
