@@ -89,6 +89,11 @@ class Site:
         self.root_path: str = config.root_path or ""
         self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
         self.ws_protocol_class = getattr(config, "ws_protocol_class", None)
+        # older uvicorn (Debian 12: 0.17.6): protocols take no app_state.
+        self._ws_extra: dict[str, Any] = {}
+        if self.ws_protocol_class is not None and "app_state" in inspect.signature(
+                self.ws_protocol_class.__init__).parameters:
+            self._ws_extra = {"app_state": app_state}
         self.clock = time.monotonic()  # advanced by sweep(): connections read it instead of a clock call
         self._defaults_from: Any = None
         self._defaults = b""
@@ -119,9 +124,7 @@ class Site:
     def ws_protocol(self) -> asyncio.Protocol:
         cls = self.ws_protocol_class
         assert cls is not None
-        takes_state = "app_state" in inspect.signature(cls.__init__).parameters
-        extra = {"app_state": self.app_state} if takes_state else {}
-        protocol: asyncio.Protocol = cls(config=self.config, server_state=self.server_state, **extra)
+        protocol: asyncio.Protocol = cls(config=self.config, server_state=self.server_state, **self._ws_extra)
         return protocol
 
 
@@ -345,7 +348,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         site = self.site
         site.connections.discard(self)
-        for exchange in (self.current, self.parsing, *(self.pipeline or ())):
+        for exchange in (self.current, *(self.pipeline or ())):  # the one being parsed is among them
             if exchange is not None and not exchange.complete:
                 exchange.disconnected = True
                 exchange.wake()
@@ -548,7 +551,7 @@ class HttpConnection(asyncio.Protocol):
         if self.began >= 0:
             if now - self.began > REQUEST_TIMEOUT:
                 self.fail(408, "Request Timeout")
-        elif self.parsing is None and now - self.idle_since > self.site.keep_alive_timeout:
+        elif now - self.idle_since > self.site.keep_alive_timeout:
             self.transport.close()
 
     def shutdown(self) -> None:

@@ -66,13 +66,13 @@ class CpuShare:
         """This worker leads its own session (as systemd starts services), and autogroups are not
         known to be off. Under ProcSubset=pid /proc/sys is hidden; the nice of an autogroup that the
         kernel ignores is harmless."""
+        if os.getsid(0) != os.getpid():
+            return False
         try:
             with open(ENABLED) as file:
-                if file.read().strip() == "0":
-                    return False
+                return file.read().strip() != "0"
         except OSError:
-            pass
-        return os.getsid(0) == os.getpid()
+            return True
 
     @staticmethod
     def _current() -> int | None:
