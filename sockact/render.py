@@ -60,6 +60,11 @@ def _environment() -> jinja2.Environment:
     )
 
 
+# systemd's own hard limit for services (HIGH_RLIMIT_NOFILE), and its advice: servers that need
+# many descriptors raise the soft limit to it.
+NOFILE = 524288
+
+
 def exec_start(spec: UnitSpec) -> list[str]:
     """The worker's command line, unescaped."""
     if spec.exec_argv is not None:
@@ -96,6 +101,7 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "restart_mode": systemd_versions.supports(spec.systemd_version, "RestartMode"),
         "watchdog": spec.watchdog,  # validated: digits and one dot
         "stop_timeout": spec.stop_timeout,
+        "nofile": NOFILE,
         "builtin_runtime": spec.exec_argv is None,
     }
 

@@ -66,6 +66,9 @@ DIRECTIVES: dict[str, Since] = {
     "OpenFile": Since(253, "v253: OpenFile= passes files opened by the manager"),
     "WatchdogSec": Since(207, "v207: WatchdogSec="),
     "KillMode": Since(OLDEST, _BASE),
+    "LimitNOFILE": Since(OLDEST, _BASE),
+    "RuntimeDirectory": Since(211, "v211: RuntimeDirectory="),
+    "RuntimeDirectoryPreserve": Since(235, "v235: RuntimeDirectoryPreserve="),
     "TimeoutStopSec": Since(188, "v188: TimeoutStopSec="),
     "SyslogIdentifier": Since(OLDEST, _BASE),
     # [Service]: sandbox (see sockact.hardening)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 
@@ -89,3 +90,72 @@ def served_counts(box: PrivateSystemd, name: str, workers: int) -> list[int]:
         found = re.search(r"serving: (\d+) requests", text)
         counts.append(int(found.group(1)) if found else 0)
     return counts
+
+
+PROBE = textwrap.dedent("""
+    import json, socket, sys, time
+    host, port, seconds, every = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    results = []  # [seconds since start, answered, seconds taken, error]
+    began = time.monotonic()
+    request = f"GET / HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n".encode()
+    print("probing", flush=True)
+    while time.monotonic() - began < seconds:
+        sent = time.monotonic()
+        answered, error = False, ""
+        try:
+            with socket.create_connection((host, port), timeout=2) as conn:
+                conn.sendall(request)
+                reply = b""
+                while chunk := conn.recv(4096):
+                    reply += chunk
+                answered = reply.startswith(b"HTTP/1.1 200")
+                error = "" if answered else f"reply {reply[:20]!r}"
+        except OSError as exc:
+            error = repr(exc)
+        results.append([round(sent - began, 3), answered, round(time.monotonic() - sent, 3), error])
+        time.sleep(max(0.0, sent + every - time.monotonic()))
+    print(json.dumps(results), flush=True)
+""")
+
+
+class Probe:
+    """What a new visitor sees: a new connection and one GET every 0.1 s (2 s timeout), from inside the box."""
+
+    def __init__(self, box: PrivateSystemd, port: int, seconds: float, every: float = 0.1) -> None:
+        self.process = box.popen(sys.executable, "-c", PROBE, "127.0.0.1", str(port), str(seconds), str(every),
+                                 stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline().strip() == "probing"
+
+    def result(self) -> ProbeResult:
+        out, _ = self.process.communicate(timeout=120)
+        return ProbeResult(json.loads(out.splitlines()[-1]))
+
+
+class ProbeResult:
+    def __init__(self, results: list[list[object]]) -> None:
+        self.results = results
+        self.total = len(results)
+        self.answered = sum(1 for _, ok, *_ in results if ok)
+
+    @property
+    def share(self) -> float:
+        return self.answered / max(1, self.total)
+
+    def longest_outage(self) -> float:
+        """Seconds from the first to the last probe of the longest run of unanswered ones (0 if none)."""
+        longest, start = 0.0, None
+        for at, ok, *_ in self.results:
+            if not ok and start is None:
+                start = float(at)  # type: ignore[arg-type]
+            if ok and start is not None:
+                longest, start = max(longest, float(at) - start), None  # type: ignore[arg-type]
+        if start is not None:
+            longest = max(longest, float(self.results[-1][0]) - start)  # type: ignore[arg-type]
+        return longest
+
+    def failures(self) -> list[list[object]]:
+        return [result for result in self.results if not result[1]]
+
+    def __str__(self) -> str:
+        return f"{self.answered} of {self.total} probes answered ({self.share:.1%}), longest outage {self.longest_outage():.1f} s"

@@ -94,6 +94,8 @@ def test_state_words() -> None:
     assert status.state_word("active", "running") == "running"
     assert status.state_word("activating", "auto-restart") == "restarting"
     assert status.state_word("activating", "start") == "starting"
+    assert status.state_word("activating", "start", "cannot start: cannot import x; retrying in 4 s (attempt 3)") \
+        == "retrying"
     assert status.state_word("deactivating", "stop-sigterm") == "draining"
     assert status.state_word("inactive", "dead") == "stopped"
     assert status.state_word("failed", "failed") == "failed"

@@ -88,8 +88,8 @@ def test_each_golden_uses_only_directives_its_version_knows(case: tuple[int, str
 
 def test_the_version_check_can_fail() -> None:
     newest = (UNITS / "257" / "tcp" / "myapp@.service").read_text()
-    assert "RestartSteps=5" in newest
-    assert "RestartSteps=5 needs systemd 254" in unknown_to(252, newest)
+    assert "RestartMode=direct" in newest
+    assert "RestartMode=direct needs systemd 254" in unknown_to(252, newest)
     assert "Frobnicate= is missing from sockact.systemd_versions.DIRECTIVES" in unknown_to(258, "[Service]\nFrobnicate=1\n")
 
 

@@ -29,9 +29,23 @@ def keys(text: str) -> set[str]:
     return {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
 
 
-def test_backoff_and_restart_mode_from_254_on() -> None:
+def test_restart_mode_from_254_on_and_never_a_growing_restart_delay() -> None:
+    """RestartSteps= would turn every crash of a serving worker into up to 10 s without it; the
+    runtime spaces out failed starts itself (sockact.runtime.boot)."""
     assert {"RestartSteps", "RestartMaxDelaySec", "RestartMode"}.isdisjoint(keys(service_for(253)))
-    assert {"RestartSteps", "RestartMaxDelaySec", "RestartMode"} <= keys(service_for(254))
+    assert "RestartMode" in keys(service_for(254))
+    assert {"RestartSteps", "RestartMaxDelaySec"}.isdisjoint(keys(service_for(257)))
+
+
+def test_no_start_limit_for_the_runtime_a_limit_for_exec_commands() -> None:
+    runtime = service_for(252)
+    assert "StartLimitIntervalSec=0\n" in runtime and "StartLimitBurst" not in runtime
+    assert "RuntimeDirectory=myapp\nRuntimeDirectoryPreserve=yes\n" in runtime
+    assert "LimitNOFILE=524288\n" in runtime
+    spec = build(unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", exec_cmd="/usr/bin/myserver",
+                 worker_count="2", systemd_version=257)
+    exec_unit = next(unit.text for unit in render(spec) if unit.kind == "service")
+    assert "StartLimitIntervalSec=30\n" in exec_unit and "RestartSteps=5\n" in exec_unit
 
 
 def test_private_ipc_from_248_on_and_the_rest_of_the_sandbox_everywhere() -> None:
@@ -60,7 +74,8 @@ SAMPLES = {
     "ProcSubset": "pid", "RestrictAddressFamilies": "AF_UNIX", "SystemCallArchitectures": "native",
     "SystemCallErrorNumber": "EPERM", "SystemCallFilter": "@basic-io", "CapabilityBoundingSet": "",
     "AmbientCapabilities": "", "UMask": "0077", "KeyringMode": "private", "StateDirectory": "probe",
-    "CacheDirectory": "probe", "LogsDirectory": "probe", "ReadWritePaths": "/srv",
+    "CacheDirectory": "probe", "LogsDirectory": "probe", "ReadWritePaths": "/srv", "LimitNOFILE": "524288",
+    "RuntimeDirectory": "probe",
 }
 
 
@@ -123,7 +138,7 @@ def test_without_systemctl_it_renders_for_252_and_says_so(tmp_path: Path) -> Non
 def test_explicit_version_wins_and_says_so_in_the_header() -> None:
     result = sockact("generate", *APP, "--systemd-version", "257", check=True)
     assert "for systemd 257." in result.stdout.splitlines()[0]
-    assert "RestartSteps=5\n" in result.stdout
+    assert "RestartMode=direct\n" in result.stdout
 
 
 @pytest.mark.parametrize("value", ["246", "abc", "25.2", "", "٢٥٢"])

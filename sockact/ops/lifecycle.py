@@ -7,6 +7,7 @@ import time
 from typing import TextIO
 
 from ..errors import SystemdError
+from ..runtime.boot import STATUS_PREFIX as CANNOT_START
 from .app import App, require_root, resolve
 from .reload import journal_since
 from .systemctl import show_by_id, systemctl, try_systemctl
@@ -14,13 +15,22 @@ from .systemctl import show_by_id, systemctl, try_systemctl
 READY_TIMEOUT = 90.0  # systemd's own default TimeoutStartSec=
 
 
+def _states(app: App) -> dict[str, str]:
+    """Each wanted instance's ActiveState, or "retrying" while the app cannot start."""
+    shown = show_by_id(app.instances, ["ActiveState", "StatusText"])
+    return {unit: "retrying" if props.get("ActiveState") == "activating"
+            and props.get("StatusText", "").startswith(CANNOT_START) else props.get("ActiveState", "?")
+            for unit, props in shown.items()}
+
+
 def _wait_started(app: App, timeout: float = READY_TIMEOUT) -> dict[str, str]:
-    """Until every wanted instance is active (READY=1) or failed; their final states."""
+    """Until every wanted instance is active (READY=1), failed, or retrying (the app cannot start: the
+    worker waits before its next attempt); their final states."""
     deadline = time.monotonic() + timeout
+    time.sleep(0.5)  # a worker restarted just now still shows the STATUS= of its previous attempt
     while True:
-        shown = show_by_id(app.instances, ["ActiveState"])
-        states = {unit: props.get("ActiveState", "?") for unit, props in shown.items()}
-        if all(state in ("active", "failed") for state in states.values()) or time.monotonic() > deadline:
+        states = _states(app)
+        if all(state in ("active", "failed", "retrying") for state in states.values()) or time.monotonic() > deadline:
             return states
         time.sleep(0.1)
 
@@ -36,6 +46,10 @@ def start(name: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
         try_systemctl("reset-failed", *cleared)
         out.write(f"{name}: cleared the failed state of {', '.join(cleared)}\n")
     began = time.monotonic()
+    # Workers waiting to try a broken app again try now (the app may have been fixed meanwhile).
+    retrying = [unit for unit, state in _states(app).items() if state == "retrying"]
+    if retrying:
+        systemctl("restart", "--no-block", *retrying)
     # Starting the target pulls every wanted worker even when the target is still active from before.
     systemctl("start", app.socket_unit)
     systemctl("start", "--no-block", app.target_unit, *app.instances)

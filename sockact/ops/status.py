@@ -14,7 +14,7 @@
       "workers": [{
         "instance": 1, "unit": "demo@1.service",
         "wanted": true,                           # listed in Wants= of demo.target
-        "state": "running",                       # running|starting|restarting|draining|stopped|failed
+        "state": "running",                       # running|starting|retrying|restarting|draining|stopped|failed
         "active_state": "active", "sub_state": "running",
         "pid": 4242,                              # null when not running
         "uptime_seconds": 73.2,                   # since the current process started; null when not running
@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
+from ..runtime.boot import STATUS_PREFIX as CANNOT_START
 from .app import App, instance_index, resolve
 from .facts import Sampler, Usage, backlogs, listen_address, parse_status_text
 from .systemctl import Props, Record, can_read_journal, journal_records, show_by_id
@@ -101,10 +102,12 @@ class Status:
         return sum(worker.state == "running" for worker in self.workers)
 
 
-def state_word(active: str, sub: str) -> str:
-    """One word for a person, from systemd's ActiveState and SubState."""
+def state_word(active: str, sub: str, status_text: str = "") -> str:
+    """One word for a person, from systemd's ActiveState and SubState (and the worker's STATUS=)."""
     if active == "active":
         return "running" if sub in ("running", "") else sub
+    if active == "activating" and status_text.startswith(CANNOT_START):
+        return "retrying"  # the app cannot start; the worker waits before it tries again
     if active == "activating":
         return "restarting" if sub == "auto-restart" else "starting"
     return {"deactivating": "draining", "inactive": "stopped", "failed": "failed"}.get(active, active or "unknown")
@@ -184,7 +187,8 @@ def _worker(app: App, index: int, props: Props, usage: Usage | None, last: LastE
     counters = parse_status_text(props.get("StatusText", ""))
     active, sub = props.get("ActiveState", ""), props.get("SubState", "")
     return Worker(
-        instance=index, unit=app.instance(index), wanted=index in app.wanted, state=state_word(active, sub),
+        instance=index, unit=app.instance(index), wanted=index in app.wanted,
+        state=state_word(active, sub, props.get("StatusText", "")),
         active_state=active, sub_state=sub, pid=pid, uptime_seconds=_uptime(props),
         restarts=int(props.get("NRestarts") or 0),
         rss_bytes=usage.rss if usage else None, cpu_percent=usage.cpu_percent if usage else None,
@@ -265,7 +269,17 @@ def render(status: Status) -> str:
         table(["SOCKET", "STATE", "ON BOOT", "LISTEN", "BACKLOG"], socket_rows), "",
         table(["WORKER", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "CPU%", "REQUESTS", "IN FLIGHT", "REQ/S",
                "LAST EXIT"], worker_rows),
+        *_why(status),
     ]) + "\n"
+
+
+def _why(status: Status) -> list[str]:
+    """A line in words for each worker that is retrying: the app's own reason and the next attempt."""
+    lines = [f"@{worker.instance} {worker.state}: {worker.status_text}" for worker in status.workers
+             if worker.state == "retrying"]
+    if lines:
+        lines.append(f"The workers try again by themselves once the app is fixed (`sockact logs {status.app}`).")
+    return ["", *lines] if lines else []
 
 
 def show_status(name: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:

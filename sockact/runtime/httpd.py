@@ -32,6 +32,7 @@ from typing import IO, Any
 
 import httptools
 
+from . import limits
 from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
@@ -344,6 +345,9 @@ class Engine:
         self.listening = False
         self.paused = False
         self.gate = AcceptGate(self.board)
+        # Stop accepting at `ceiling` open connections, well before the descriptor limit (limits.py).
+        self.ceiling = limits.connection_ceiling()
+        self.full = False
         self.should_exit = False
         self.draining = False
         self.stopped = False
@@ -398,6 +402,14 @@ class Engine:
         return conn
 
     def publish(self) -> None:
+        """Caller holds the lock."""
+        if len(self.conns) >= self.ceiling and not self.full:
+            self.full = self.paused = True
+            logger.warning("%d connections open, near the file descriptor limit: not accepting until some close "
+                           "(new ones wait in the listen backlog)", len(self.conns))
+            if self.board is not None:
+                self.board.accepting(False)
+            self.listen(False)
         board = self.board
         if board is None:
             return
@@ -413,6 +425,11 @@ class Engine:
 
     def resume_if_caught_up(self) -> None:
         """Accept again once no longer ahead; caller holds the lock."""
+        if self.full:
+            if len(self.conns) >= limits.resume_below(self.ceiling):
+                return
+            self.full = False
+            logger.info("%d connections open: accepting again", len(self.conns))
         if self.gate.caught_up() and self.paused:
             self.paused = False
             if not self.draining:

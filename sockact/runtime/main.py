@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import RuntimeFailure, SockactError
+from . import limits
+from .notify import Notifier
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -85,39 +87,54 @@ def _has_httptools() -> bool:
 
 def main(argv: Sequence[str]) -> int:
     args = parse(argv)
-    from . import logs
+    from . import boot, logs
+    from .notify import default_notifier
 
     logs.setup(getattr(logging, args.log_level.upper()))
+    limits.prepare()
+    notifier = default_notifier()
     try:
-        from .share import mode_from_env
-
-        mode_from_env()  # a bad SOCKACT_CPU_SHARE stops the worker before it binds or imports anything
-        sockets = sockets_for(args.bind)
-        app = load_app(args.app)
-        from .interface import detect
-        from .notify import default_notifier
-
-        interface = detect(app) if args.interface == "auto" else args.interface
-        if interface == "wsgi" and args.wsgi_engine in ("threads", "waitress"):
-            if args.wsgi_engine == "threads" and _has_httptools():
-                from .httpd import run as run_wsgi
-            else:
-                if args.wsgi_engine == "threads":
-                    logger.info("httptools is not installed: serving with waitress (pip install httptools, "
-                                "or apt install python3-httptools, for sockact's faster WSGI engine)")
-                from .wsgi import run as run_wsgi
-
-            run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=default_notifier(),
-                     access_log=args.access_log)
-        else:
-            from .server import run
-
-            run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
-                notifier=default_notifier(), interface=interface, threads=args.threads)
+        serve(args, notifier)
     except SockactError as exc:
-        logger.error("%s", exc)
+        if exc.exit_code != RuntimeFailure.exit_code or boot.ready():
+            logger.error("%s", exc)
+            return exc.exit_code
+        boot.failed(str(exc), notifier)
         return exc.exit_code
+    except Exception as exc:
+        if boot.ready():
+            raise  # a crash while serving: systemd restarts the worker at once
+        # Anything else that stops a worker before READY=1 is a boot failure too, retried with a delay.
+        boot.failed(f"cannot start: {one_line(exc)}", notifier)
+        return RuntimeFailure.exit_code
     return 0
+
+
+def serve(args: argparse.Namespace, notifier: Notifier) -> None:
+    from .share import mode_from_env
+
+    mode_from_env()  # a bad SOCKACT_CPU_SHARE stops the worker before it binds or imports anything
+    sockets = sockets_for(args.bind)
+    app = load_app(args.app)
+    from .interface import detect
+
+    interface = detect(app) if args.interface == "auto" else args.interface
+    if interface == "wsgi" and args.wsgi_engine in ("threads", "waitress"):
+        if args.wsgi_engine == "threads" and _has_httptools():
+            from .httpd import run as run_wsgi
+        else:
+            if args.wsgi_engine == "threads":
+                logger.info("httptools is not installed: serving with waitress (pip install httptools, "
+                            "or apt install python3-httptools, for sockact's faster WSGI engine)")
+            from .wsgi import run as run_wsgi
+
+        run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=notifier,
+                 access_log=args.access_log)
+    else:
+        from .server import run
+
+        run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
+            notifier=notifier, interface=interface, threads=args.threads)
 
 
 if __name__ == "__main__":

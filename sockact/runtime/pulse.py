@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from . import boot
 from .balance import Scoreboard
 from .notify import Notifier, watchdog_interval
 from .share import CpuShare, mode_from_env
@@ -26,6 +27,7 @@ class Pulse:
         self.board = board
         self.watchdog = watchdog_interval()
         self.ready_since = ""
+        self.ready_due = False  # READY=1 not delivered yet (EMFILE, a busy manager): sent again on the tick
         self._last_ping = self._last_status = 0.0
         self._last_served = 0
         self.share = CpuShare(mode_from_env())
@@ -36,14 +38,16 @@ class Pulse:
 
     def ready(self) -> None:
         self.ready_since = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.notifier.ready(self.status_line(0, 0, 0.0))
+        self.ready_due = not self.notifier.ready(self.status_line(0, 0, 0.0)) and self.notifier.enabled
+        boot.started()
 
     def tick(self, served: int, in_flight: int, connections: int) -> None:
         """Called by the serving loop about every 0.1 s; if the loop hangs, the watchdog pings stop."""
         now = time.monotonic()
-        if self.watchdog is not None and now - self._last_ping >= self.watchdog / 4:
-            self._last_ping = now
-            self.notifier.watchdog()
+        if self.ready_due:
+            self.ready_due = not self.notifier.ready()
+        if self.watchdog is not None and now - self._last_ping >= self.watchdog / 4 and self.notifier.watchdog():
+            self._last_ping = now  # not delivered: tried again on the next tick, not a quarter period later
         if self.board is not None:
             self.board.heartbeat(connections)  # the exact count, so no drift can last
         if self.share.pending:

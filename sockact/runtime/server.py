@@ -12,6 +12,8 @@ from typing import Any, Callable
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
 
+from ..errors import RuntimeFailure
+from . import limits
 from .asgi_http import Site
 from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
@@ -31,10 +33,16 @@ class Admission:
     """
 
     def __init__(self, sockets: list[socket.socket], factory: Callable[[], asyncio.Protocol],
-                 board: Scoreboard | None) -> None:
+                 board: Scoreboard | None, connections: Callable[[], int] = lambda: 0,
+                 ceiling: int | None = None) -> None:
         self.sockets = sockets
         self.factory = factory
         self.board = board
+        # Stop accepting at `ceiling` open connections, well before the descriptor limit (limits.py).
+        self.connections = connections
+        self.ceiling = limits.connection_ceiling() if ceiling is None else ceiling
+        self.full = False
+        self.full_check_due = False
         self.loop = asyncio.get_running_loop()
         self.servers: list[asyncio.Server] = []  # empty while paused
         self.opening: asyncio.Task[None] | None = None
@@ -65,6 +73,9 @@ class Admission:
     def _protocol(self) -> asyncio.Protocol:
         """Called by the loop's accept loop for every connection it accepted."""
         protocol = self.factory()
+        if self.connections() + 1 >= self.ceiling and not self.full_check_due:
+            self.full_check_due = True  # counted once connection_made ran, one callback later
+            self.loop.call_soon(self._pause_if_full)
         board = self.board
         if board is not None:
             board.publish(board.count + 1)  # count it now: connection_made comes one callback later
@@ -73,6 +84,18 @@ class Admission:
                 self.check_due = True
                 self.loop.call_soon(self._pause_if_ahead)
         return protocol
+
+    def _pause_if_full(self) -> None:
+        self.full_check_due = False
+        if self.full or self.connections() < self.ceiling:
+            return
+        self.full = True
+        logger.warning("%d connections open, near the file descriptor limit: not accepting until some close "
+                       "(new ones wait in the listen backlog)", self.connections())
+        if self.board is not None:
+            self.board.accepting(False)
+        if self.servers:
+            self._close_servers()
 
     def _pause_if_ahead(self) -> None:
         self.check_due = False
@@ -92,6 +115,11 @@ class Admission:
     def reconsider(self) -> None:
         """Look at the siblings again (they come, go and change their counts), and accept again once
         this worker is no longer ahead. Called on the tick, and when a connection ends while paused."""
+        if self.full:
+            if self.connections() >= limits.resume_below(self.ceiling):
+                return
+            self.full = False
+            logger.info("%d connections open: accepting again", self.connections())
         caught_up = self.gate.caught_up()
         if self.servers or self.closed or self.opening is not None:
             return
@@ -122,12 +150,22 @@ class Admission:
         callback on, so there is nothing left to wait for."""
 
 
+class _Without(logging.Filter):
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.message
+
+
 class StrictLifespan(LifespanOn):
     """Lifespan "auto", told apart properly: an app that fails before it read lifespan.startup does
     not speak lifespan (Django) and is served without it; an app that fails after reading it failed
     its startup, and the worker must exit instead of serving a half-started app."""
 
     read_startup = False
+    failure = ""  # why the startup failed, in one line
 
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
@@ -140,6 +178,26 @@ class StrictLifespan(LifespanOn):
             self.read_startup = True
         return message
 
+    async def send(self, message: Any) -> None:
+        if message["type"] == "lifespan.startup.failed":
+            # Frameworks (Starlette) put a whole traceback here; uvicorn would log every line of it on
+            # every attempt. One line goes to the journal (main), the full text at debug priority.
+            text = str(message.get("message") or "")
+            if text:
+                logger.debug("application startup failed:\n%s", text)
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            self.failure = f"application startup failed: {lines[-1] if lines else 'lifespan.startup.failed'}"
+            message = {"type": message["type"]}
+        await super().send(message)
+
+    async def startup(self) -> None:
+        quiet = _Without("Application startup failed. Exiting.")  # main says it, once, with the retry
+        self.logger.addFilter(quiet)
+        try:
+            await super().startup()
+        finally:
+            self.logger.removeFilter(quiet)
+
     async def main(self) -> None:
         scope = {"type": "lifespan", "asgi": {"version": self.config.asgi_version, "spec_version": "2.0"},
                  "state": self.state}
@@ -147,7 +205,11 @@ class StrictLifespan(LifespanOn):
             await self.config.loaded_app(scope, self.receive, self.send)
         except BaseException as exc:  # noqa: BLE001 - the app's own failure, reported below in one line
             self.error_occurred = self.error_occured = True
-            if not (self.startup_failed or self.shutdown_failed):
+            if self.startup_failed and not self.shutdown_event.is_set() and not self.shutdown_failed:
+                from .main import one_line
+
+                self.failure = f"application startup failed: {one_line(exc)}"  # raised after startup.failed
+            elif not (self.startup_failed or self.shutdown_failed):
                 self._report(exc)
         finally:
             self.startup_event.set()
@@ -159,8 +221,8 @@ class StrictLifespan(LifespanOn):
         if not self.read_startup:
             logger.info("the app does not handle lifespan events; serving without them")
         elif not self.startup_event.is_set():
-            self.startup_failed = True
-            logger.error("application startup failed: %s", one_line(exc))
+            self.startup_failed = True  # reported once, by main, with the wait before the next attempt
+            self.failure = f"application startup failed: {one_line(exc)}"
         else:
             self.shutdown_failed = True
             logger.error("application shutdown failed: %s", one_line(exc))
@@ -180,11 +242,12 @@ class WorkerServer(uvicorn.Server):
         self.lifespan = StrictLifespan(self.config)
         await self.lifespan.startup()
         if self.lifespan.should_exit:
-            raise SystemExit(3)
+            raise RuntimeFailure(self.lifespan.failure or "application startup failed")
         config = self.config
         board = self.pulse.board = for_this_worker()
         self.site = Site(config, self.server_state, self.lifespan.state, board, self._reconsider_if_paused)
-        self.admission = Admission(sockets or [], self.site.protocol, board)
+        state = self.server_state
+        self.admission = Admission(sockets or [], self.site.protocol, board, lambda: len(state.connections))
         await self.admission.open()
         self.servers = [self.admission]  # type: ignore[list-item]  # uvicorn closes these on shutdown
         self.started = True

@@ -1,0 +1,119 @@
+"""The site never goes down, on a real systemd: a URL that crashes its worker, a broken deploy, and
+thousands of idle connections, each with a probe counting what a new visitor sees."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from boxutil import Probe, http_get, install_units, instance_states, parse_wrk
+
+from sockact.testing import PrivateSystemd
+
+CRASH_HITS = 100
+CRASH_SECONDS = 30.0
+
+
+def start_app(box: PrivateSystemd, name: str, port: int, workers: int, *options: str) -> None:
+    install_units(box, name, "--listen", str(port), "--workers", str(workers), *options)
+    box.systemctl("start", f"{name}.socket")
+    http_get(box, f"http://127.0.0.1:{port}/")
+    box.wait_for(lambda: instance_states(box, name, workers) == ["active"] * workers, what=f"{name} workers active")
+
+
+HITTER = """
+import socket, sys, time
+port, hits, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+began = time.monotonic()
+for n in range(hits):
+    time.sleep(max(0.0, began + n * seconds / hits - time.monotonic()))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"GET /crash HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+            conn.recv(100)
+    except OSError:
+        pass
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("app", ["crashy:app", "crashy:application"], ids=["asgi", "wsgi"])
+def test_a_url_that_crashes_its_worker_100_times_in_30_s_never_closes_the_port(
+        private_systemd: PrivateSystemd, shared_apps: Path, app: str) -> None:
+    box = private_systemd
+    name, port = ("crashurl", 8400) if app.endswith(":app") else ("crashurlw", 8401)
+    start_app(box, name, port, 2, "--app", app, "--chdir", str(shared_apps))
+    probe = Probe(box, port, CRASH_SECONDS + 2)
+    load = box.popen("wrk", "-t1", "-c4", f"-d{int(CRASH_SECONDS)}s", f"http://127.0.0.1:{port}/",
+                     stdout=subprocess.PIPE, text=True)
+    hitter = box.popen(sys.executable, "-c", HITTER, str(port), str(CRASH_HITS), str(CRASH_SECONDS),
+                       stdout=subprocess.PIPE, text=True)
+    socket_states = set()
+    while hitter.poll() is None:
+        socket_states.add(box.show(f"{name}.socket", "ActiveState")["ActiveState"])
+        time.sleep(0.5)
+    seen = probe.result()
+    stats = parse_wrk(load.communicate(timeout=60)[0])
+    restarts = sum(int(box.show(f"{name}@{i}.service", "NRestarts")["NRestarts"]) for i in (1, 2))
+    box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="both workers active")
+    print(f"\n{app}: /crash hit {CRASH_HITS} times in {CRASH_SECONDS:.0f} s: {restarts} worker restarts; "
+          f"{seen}; socket states seen {sorted(socket_states)}; wrk on /: {stats}")
+    assert restarts >= CRASH_HITS * 0.9  # every hit really killed a worker
+    assert seen.share >= 0.99, seen.failures()
+    assert socket_states == {"active"}
+    assert box.show(f"{name}.socket", "ActiveState", "Result") == {"ActiveState": "active", "Result": "success"}
+
+
+def attempts(box: PrivateSystemd, unit: str) -> list[tuple[float, str]]:
+    """(time, message) of every "retrying in" line of one worker, from the journal."""
+    out = box.journal("-u", unit, "-o", "json", "--output-fields=MESSAGE,__REALTIME_TIMESTAMP")
+    found = []
+    for line in out.splitlines():
+        record = json.loads(line)
+        message = record.get("MESSAGE", "")
+        if isinstance(message, str) and "retrying in" in message:
+            found.append((int(record["__REALTIME_TIMESTAMP"]) / 1e6, message))
+    return found
+
+
+def test_a_broken_deploy_keeps_the_port_open_spaces_its_attempts_and_recovers_once_fixed(
+        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    box = private_systemd
+    app_dir = shared_apps / "brokendeploy"
+    app_dir.mkdir(exist_ok=True)
+    (app_dir / "deploy.py").write_text((shared_apps / "broken.py").read_text())
+    install_units(box, "broke", "--app", "deploy:app", "--listen", "8410", "--workers", "2", "--chdir", str(app_dir))
+    box.systemctl("start", "broke.socket")
+    waiting = box.popen("curl", "-s", "--max-time", "60", "http://127.0.0.1:8410/", stdout=subprocess.PIPE, text=True)
+    began = time.monotonic()
+    box.wait_for(lambda: len(attempts(box, "broke@1.service")) >= 4, timeout=30, what="four attempts of broke@1")
+    took = time.monotonic() - began
+    lines = attempts(box, "broke@1.service")
+    gaps = [round(later[0] - earlier[0], 1) for earlier, later in zip(lines, lines[1:])]
+    starts = int(box.show("broke@1.service", "NRestarts")["NRestarts"]) + 1
+    print(f"\nbroken deploy: {len(lines)} attempts of broke@1 in {took:.1f} s, gaps {gaps} s; {starts} starts")
+    assert "cannot import deploy: ModuleNotFoundError: No module named 'this_module_does_not_exist'" in lines[0][1]
+    assert "retrying in 1 s (attempt 1)" in lines[0][1] and "retrying in 4 s (attempt 3)" in lines[2][1]
+    assert gaps == sorted(gaps) and gaps[-1] >= 3.5  # 1, 2, 4 s apart (plus the start itself)
+    assert starts <= 6  # not ~8 a second
+    assert "Traceback" not in box.journal("-u", "broke@1.service", "-o", "cat")
+    assert box.show("broke.socket", "ActiveState")["ActiveState"] == "active"
+    assert box.run("python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8410), timeout=2)",
+                   check=False).returncode == 0  # the port is open: clients wait in the backlog
+    status = box.run(sys.executable, "-m", "sockact", "status", "broke", check=False)
+    print(status.stdout)
+    assert re.search(r"cannot start: cannot import deploy: ModuleNotFoundError.*retrying in \d+ s", status.stdout)
+
+    (app_dir / "deploy.py").write_text("from sockact.examples.hello import app\n")
+    fixed = time.monotonic()
+    answer, _ = waiting.communicate(timeout=60)  # the request sent during the outage is served
+    box.wait_for(lambda: instance_states(box, "broke", 2) == ["active"] * 2, timeout=40, what="workers active")
+    print(f"fixed: both workers serving {time.monotonic() - fixed:.1f} s later, no operator action; "
+          f"the waiting request got {answer.strip()!r}")
+    assert answer.startswith("worker ")
+    assert box.show("broke@1.service", "StatusText")["StatusText"].startswith("serving")
