@@ -117,3 +117,93 @@ def test_a_broken_deploy_keeps_the_port_open_spaces_its_attempts_and_recovers_on
           f"the waiting request got {answer.strip()!r}")
     assert answer.startswith("worker ")
     assert box.show("broke@1.service", "StatusText")["StatusText"].startswith("serving")
+
+
+FLOOD = """
+import json, resource, socket, sys, time
+port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 1000, count + 1000))
+request = b"GET / HTTP/1.1\\r\\nHost: flood\\r\\n\\r\\n"
+conns, refused = [], 0
+for _ in range(count):
+    try:
+        conns.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+    except OSError:
+        refused += 1
+
+def round_trip():
+    # A request on every connection, then every answer: they stay busy keep-alive connections.
+    answered = 0
+    for conn in conns:
+        try:
+            conn.sendall(request)
+        except OSError:
+            pass
+    for i, conn in enumerate(conns):
+        try:
+            reply = conn.recv(4096)
+        except OSError:
+            reply = b""
+        answered += reply.startswith(b"HTTP/1.1 200")
+        if not reply or b"connection: close" in reply.lower():
+            # Handed over to the less busy worker (or closed): a client connects again, as browsers do.
+            conn.close()
+            try:
+                conns[i] = socket.create_connection(("127.0.0.1", port), timeout=10)
+            except OSError:
+                pass
+    return answered
+
+rounds, began = [], time.monotonic()
+print("flooding", flush=True)
+while time.monotonic() - began < seconds:
+    rounds.append(round_trip())
+    time.sleep(2)  # idle between requests, within the 5 s keep-alive timeout
+print(json.dumps({"opened": len(conns), "refused": refused, "answered_per_round": rounds}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("app", ["crashy:app", "crashy:application"], ids=["asgi", "wsgi"])
+def test_5000_keep_alive_connections_crash_no_worker_and_new_visitors_are_served(
+        private_systemd: PrivateSystemd, shared_apps: Path, app: str) -> None:
+    box = private_systemd
+    name, port = ("flood", 8420) if app.endswith(":app") else ("floodw", 8421)
+    start_app(box, name, port, 2, "--app", app, "--chdir", str(shared_apps))
+    pids = [box.show(f"{name}@{i}.service", "MainPID")["MainPID"] for i in (1, 2)]
+    flood = box.popen(sys.executable, "-c", FLOOD, str(port), "5000", "12", stdout=subprocess.PIPE, text=True)
+    assert flood.stdout is not None
+    assert flood.stdout.readline().strip() == "flooding"  # 5,000 connections open, each served once
+    probe = Probe(box, port, 10)
+    seen = probe.result()
+    figures = json.loads(flood.communicate(timeout=120)[0].splitlines()[-1])
+    after = [box.show(f"{name}@{i}.service", "MainPID", "NRestarts") for i in (1, 2)]
+    print(f"\n{app}: {figures['opened']} keep-alive connections (answers per round {figures['answered_per_round']}); "
+          f"{seen}; workers {after}")
+    assert figures["opened"] == 5000 and min(figures["answered_per_round"]) >= 4950
+    assert [worker["MainPID"] for worker in after] == pids and all(w["NRestarts"] == "0" for w in after)
+    assert seen.share >= 0.99, seen.failures()
+
+
+def test_a_worker_at_its_descriptor_limit_stops_accepting_instead_of_failing(
+        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    """With the old default limit (1024) forced back by a drop-in: the worker holds what it can, the
+    rest wait in the listen backlog, and nothing fails or exits."""
+    box = private_systemd
+    dropin = box.unit_dir() / "lowfd@.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "nofile.conf").write_text("[Service]\nLimitNOFILE=1024\n")
+    start_app(box, "lowfd", 8430, 1, "--app", "crashy:app", "--chdir", str(shared_apps))
+    pid = box.show("lowfd@1.service", "MainPID")["MainPID"]
+    flood = box.popen(sys.executable, "-c", FLOOD, "8430", "2000", "1", stdout=subprocess.PIPE, text=True)
+    assert flood.stdout is not None
+    assert flood.stdout.readline().strip() == "flooding"
+    figures = json.loads(flood.communicate(timeout=120)[0].splitlines()[-1])
+    after = Probe(box, 8430, 3).result()  # the flood is over: served again at once
+    journal = box.journal("-u", "lowfd@1.service", "-o", "cat")
+    print(f"\n2,000 connections to one worker limited to 1,024 descriptors: answers per round "
+          f"{figures['answered_per_round']}; after the flood {after}")
+    assert box.show("lowfd@1.service", "MainPID", "NRestarts") == {"MainPID": pid, "NRestarts": "0"}
+    assert "near the file descriptor limit" in journal and "Too many open files" not in journal
+    # Every one answered in the end: those past the ceiling waited in the backlog until idle ones closed.
+    assert figures["answered_per_round"][0] == 2000 and "accepting again" in journal
+    assert after.share == 1.0, after.failures()
