@@ -9,9 +9,12 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RuntimeFailure, SockactError
+
+if TYPE_CHECKING:
+    from .recycle import Recycler
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -35,7 +38,33 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                         help="WSGI apps: sockact's threads on one epoll set (default), waitress's thread pool, "
                              "or a2wsgi on the ASGI engine")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    recycling = parser.add_argument_group(
+        "recycling", "a worker past a limit drains as on SIGTERM and exits with status 4; systemd starts it "
+                     "again at once while its siblings serve")
+    recycling.add_argument("--max-requests", type=count, default=0, metavar="N",
+                           help="recycle after N requests (default: 0, off)")
+    recycling.add_argument("--max-requests-jitter", type=count, default=0, metavar="J",
+                           help="each worker draws its own limit in [N, N+J], so siblings do not recycle "
+                                "together (default: 0)")
+    recycling.add_argument("--max-rss", type=count, default=0, metavar="MIB",
+                           help="recycle once the worker's resident memory passes MIB MiB, checked every 0.1 s "
+                                "(default: 0, off: a fitting limit depends on the app)")
     return parser.parse_args(argv)
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more; argparse reports anything else as a usage error (exit status 2)."""
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
+
+
+def recycler_for(args: argparse.Namespace) -> Recycler | None:
+    """A Recycler when a limit is on, else None (the engines then ask nothing per request)."""
+    from .recycle import Limits, Recycler
+
+    limits = Limits(args.max_requests, args.max_requests_jitter, args.max_rss)
+    return Recycler(limits) if limits.any else None
 
 
 def load_app(reference: str) -> Any:
@@ -85,6 +114,7 @@ def _has_httptools() -> bool:
 
 def main(argv: Sequence[str]) -> int:
     args = parse(argv)
+    recycler: Recycler | None = None
     from . import logs
 
     logs.setup(getattr(logging, args.log_level.upper()))
@@ -98,6 +128,7 @@ def main(argv: Sequence[str]) -> int:
         from .notify import default_notifier
 
         interface = detect(app) if args.interface == "auto" else args.interface
+        recycler = recycler_for(args)
         if interface == "wsgi" and args.wsgi_engine in ("threads", "waitress"):
             if args.wsgi_engine == "threads" and _has_httptools():
                 from .httpd import run as run_wsgi
@@ -108,16 +139,16 @@ def main(argv: Sequence[str]) -> int:
                 from .wsgi import run as run_wsgi
 
             run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=default_notifier(),
-                     access_log=args.access_log)
+                     access_log=args.access_log, recycler=recycler)
         else:
             from .server import run
 
             run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
-                notifier=default_notifier(), interface=interface, threads=args.threads)
+                notifier=default_notifier(), interface=interface, threads=args.threads, recycler=recycler)
     except SockactError as exc:
         logger.error("%s", exc)
         return exc.exit_code
-    return 0
+    return recycler.exit_status() if recycler is not None else 0
 
 
 if __name__ == "__main__":
