@@ -166,3 +166,22 @@ def test_max_requests_recycles_each_worker_within_its_drawn_limit(private_system
     # (about 1 s) of each other, both restart at once and visitors wait in the socket's backlog meanwhile
     # (measured: 1.36 s, WSGI limits 225 and 236): slower, never refused.
     assert sum(probed["pids"].values()) >= 30 and probed["slowest"][0] < 3
+
+
+def test_memory_max_and_high_are_set_on_the_workers(private_systemd: PrivateSystemd) -> None:
+    """systemd takes both lines; whether the kernel enforces them depends on the memory controller, which
+    the box's cgroup2 lacks on a host whose memory controller is cgroup v1 (then only --max-rss acts)."""
+    from sockact.cgroups import memory_control
+
+    box = private_systemd
+    start_app(box, "memlim", 8420, 2, "--app", "sockact.examples.hello:app", "--memory-max", "256M",
+              "--memory-high", "25%")
+    shown = box.show("memlim@1.service", "MemoryMax", "MemoryHigh")
+    total = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                     if line.startswith("MemTotal:")).split()[1]) * 1024
+    assert shown["MemoryMax"] == str(256 << 20)
+    assert abs(int(shown["MemoryHigh"]) - total // 4) < 1 << 20  # 25% of the host's memory
+    control = memory_control(box.path("/sys/fs/cgroup"))
+    print(f"\nMemoryMax={shown['MemoryMax']} MemoryHigh={shown['MemoryHigh']}; enforced in this box: "
+          f"max {control.memory_max}, high {control.memory_high}{' (' + control.why + ')' if control.why else ''}")
+    assert http_get(box, "http://127.0.0.1:8420/").startswith("worker ")
