@@ -49,6 +49,23 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                         help="TimeoutStopSec= and the drain deadline (default: 30)")
     parser.add_argument("--access-log", action="store_true",
                         help="log every request (off by default: it costs throughput and journald's rate limit)")
+    memory = parser.add_argument_group(
+        "memory", "limits per worker; a worker past --max-requests or --max-rss drains like on SIGTERM and "
+                  "exits with status 4, and systemd starts it again at once while the others serve")
+    memory.add_argument("--memory-max", metavar="SIZE",
+                        help="MemoryMax=: the kernel kills a worker above SIZE (OOM) and systemd restarts it; "
+                             "e.g. 512M, 2G or 25%% of the host (default: no limit; needs the cgroup v2 memory controller)")
+    memory.add_argument("--memory-high", metavar="SIZE",
+                        help="MemoryHigh=: above SIZE the kernel reclaims the worker's memory and slows it down "
+                             "(default: no limit)")
+    memory.add_argument("--max-requests", metavar="N", default="0",
+                        help="recycle a worker after N requests, like gunicorn's max_requests (default: 0, off)")
+    memory.add_argument("--max-requests-jitter", metavar="J", default="0",
+                        help="each worker recycles after a number drawn from N to N+J, so they do not all "
+                             "recycle together (default: 0)")
+    memory.add_argument("--max-rss", metavar="MIB", default="0",
+                        help="recycle a worker once its resident memory passes MIB MiB, checked every 0.1 s; keep "
+                             "it below --memory-max so the worker leaves before the kernel kills it (default: 0, off)")
     sandbox = parser.add_argument_group(
         "sandbox", "workers run as a dynamic user on a read-only system (systemd-analyze security: 1.1); "
                    "these options give an app that needs more exactly that")
@@ -74,11 +91,14 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
         env_file=args.env_file, run_as=args.user, watchdog=args.watchdog, stop_timeout=args.stop_timeout,
         systemd_version=detected.version if given is None else given, harden=args.harden,
         allow_jit=args.allow_jit, state_dir=args.state_dir, cache_dir=args.cache_dir, logs_dir=args.logs_dir,
-        writable=args.writable, access_log=args.access_log,
+        writable=args.writable, access_log=args.access_log, memory_max=args.memory_max,
+        memory_high=args.memory_high, max_requests=args.max_requests, max_requests_jitter=args.max_requests_jitter,
+        max_rss=args.max_rss,
     )
+    from .cgroups import memory_note
     from .hardening import unreadable_note
 
-    for note in (detected.note, unreadable_note(built)):
+    for note in (detected.note, unreadable_note(built), memory_note(built)):
         if note:
             sys.stderr.write(f"sockact: {note}\n")
     return built
@@ -129,7 +149,7 @@ def build_parser() -> Parser:
     out.add_argument("--output-dir", metavar="DIR", help="write the three unit files there (all or nothing)")
     out.add_argument("--only", choices=("socket", "service", "target"), help="print that one unit's text alone")
     out.add_argument("--explain", action="store_true",
-                     help="print what each sandbox line of NAME@.service does and costs, instead of the units")
+                     help="print what each sandbox and memory line of NAME@.service does and costs, instead of the units")
     gen.add_argument("--systemd-version", metavar="N",
                      help="render for this systemd major version (default: the running one, see systemctl --version)")
     gen.set_defaults(func=cmd_generate)

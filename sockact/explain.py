@@ -1,4 +1,4 @@
-"""`sockact generate --explain`: the sandbox of NAME@.service, line by line, in words."""
+"""`sockact generate --explain`: the sandbox and the memory limits of NAME@.service, line by line, in words."""
 
 from __future__ import annotations
 
@@ -30,13 +30,14 @@ def explain(spec: UnitSpec) -> str:
     if not entries:
         out.append(f"None: --no-harden leaves the workers with every right of their user "
                    f"(systemd-analyze security: {SCORE_NO_HARDEN} UNSAFE).")
-        return "\n".join(out) + "\n"
+        return "\n".join(out) + "\n" + "".join(f"\n{paragraph}\n" for paragraph in _memory(spec))
     out.append(f"systemd-analyze security {spec.name}@1.service scores the default sandbox {SCORE_DEFAULT} "
                "(0 is sealed, 10 is UNSAFE; systemd 252); 'without' is the score with that line alone removed.")
     out.append(_user_paragraph(spec))
     for entry in entries:
         out.append(_paragraph(entry))
     out.extend(_opened(spec))
+    out.extend(_memory(spec))
     return "\n\n".join(out) + "\n"
 
 
@@ -66,3 +67,30 @@ def _opened(spec: UnitSpec) -> list[str]:
         opened.append(f"ReadWritePaths={path}\n    writable despite ProtectSystem=strict, "
                       "if the file permissions let the workers' user write there. Score unchanged.")
     return opened
+
+
+RECYCLES = "it stops taking work, drains as on SIGTERM, exits with status 4, and systemd starts it again at once"
+
+
+def _memory(spec: UnitSpec) -> list[str]:
+    """The memory lines and recycling options this spec sets, and what happens when each is reached."""
+    said: list[str] = []
+
+    def add(line: str, text: str) -> None:
+        said.append(f"{line}\n" + textwrap.fill(text, width=100, initial_indent="    ", subsequent_indent="    "))
+
+    if spec.memory_high:
+        add(f"MemoryHigh={spec.memory_high}", "Per worker: above it the kernel reclaims the worker's pages and slows "
+            "it down; nothing is killed (cgroup v2 only).")
+    if spec.memory_max:
+        add(f"MemoryMax={spec.memory_max}", "Per worker: above it the kernel kills the worker (OOM), its in-flight "
+            "requests fail, and Restart= starts it again (cgroup v2, or memory.limit_in_bytes on cgroup v1).")
+    if spec.max_requests:
+        jitter = spec.max_requests_jitter
+        upto = f" to {spec.max_requests + jitter}" if jitter else ""
+        add(f"--max-requests {spec.max_requests}" + (f" --max-requests-jitter {jitter}" if jitter else ""),
+            f"Each worker recycles after {spec.max_requests}{upto} requests (drawn per worker): {RECYCLES}.")
+    if spec.max_rss:
+        add(f"--max-rss {spec.max_rss}", f"A worker whose resident memory passes {spec.max_rss} MiB (checked every "
+            f"0.1 s) recycles: {RECYCLES}, before MemoryMax= could kill it mid-request.")
+    return said

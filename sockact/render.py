@@ -71,7 +71,13 @@ def exec_start(spec: UnitSpec) -> list[str]:
         return list(spec.exec_argv)
     assert spec.app is not None
     argv = [spec.python, "-m", "sockact", "run", spec.app, "--stop-timeout", spec.stop_timeout]
-    return argv + ["--access-log"] if spec.access_log else argv
+    if spec.access_log:
+        argv.append("--access-log")
+    for option, value in (("--max-requests", spec.max_requests), ("--max-requests-jitter", spec.max_requests_jitter),
+                          ("--max-rss", spec.max_rss)):
+        if value:
+            argv += [option, str(value)]
+    return argv
 
 
 def context(spec: UnitSpec) -> dict[str, Any]:
@@ -102,6 +108,10 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "watchdog": spec.watchdog,  # validated: digits and one dot
         "stop_timeout": spec.stop_timeout,
         "nofile": NOFILE,
+        # validated: digits with one of K/M/G/T, digits and '%', or "infinity"; written as they are, since
+        # MemoryMax= expands no specifiers ("50%%" would not parse)
+        "memory_max": spec.memory_max if systemd_versions.supports(spec.systemd_version, "MemoryMax") else None,
+        "memory_high": spec.memory_high if systemd_versions.supports(spec.systemd_version, "MemoryHigh") else None,
         "builtin_runtime": spec.exec_argv is None,
     }
 

@@ -36,6 +36,12 @@ _ROOT_USERS = ("root", "0")
 _UID_MAX = 4294967294
 _UID_16BIT_MINUS_1 = 65535
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+# MemoryMax=/MemoryHigh=: bytes with systemd's 1024-based suffixes, or a percentage of the host's memory.
+_SIZE_RE = re.compile(r"([0-9]{1,19})([KMGT]?)")
+_PERCENT_RE = re.compile(r"([0-9]{1,3})%")
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_MIN = 32 << 20  # a Python worker needs about 30 MiB before it serves anything
+_COUNT_MAX = 10**9
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,11 @@ class UnitSpec:
     cache_dir: str | None = None  # relative to /var/cache
     logs_dir: str | None = None  # relative to /var/log
     writable: tuple[str, ...] = ()
+    memory_max: str | None = None  # MemoryMax=, as validated text (512M, 2G, 25%)
+    memory_high: str | None = None  # MemoryHigh=
+    max_requests: int = 0  # sockact run --max-requests (0: off)
+    max_requests_jitter: int = 0
+    max_rss: int = 0  # sockact run --max-rss, MiB (0: off)
 
     @property
     def dynamic_user(self) -> bool:
@@ -314,6 +325,58 @@ def python(value: str) -> str:
     return executable_path("--python", value)
 
 
+def memory_size(field: str, value: str) -> str:
+    """A MemoryMax=/MemoryHigh= value: bytes with an optional K, M, G or T (1024-based), a percentage of
+    the host's memory, or "infinity". Returned as written, systemd's own syntax."""
+    reject_control(field, value)
+    if value == "infinity":
+        return value
+    percent = _PERCENT_RE.fullmatch(value)
+    if percent:
+        if not 1 <= int(percent.group(1)) <= 100:
+            raise UsageError(f"{field} {value!r}: a percentage of the host's memory goes from 1% to 100%")
+        return value
+    size = size_bytes(value)
+    if size is None or size >= 1 << 64:
+        raise UsageError(f"{field} {value!r}: give a size such as 512M or 2G (K, M, G, T are 1024-based), "
+                         "a percentage of the host's memory such as 25%, or infinity")
+    if size < _SIZE_MIN:
+        raise UsageError(f"{field} {value!r} is below 32M, less than a Python worker needs to start; "
+                         "give e.g. 512M (a bare number counts bytes)")
+    return value
+
+
+def size_bytes(value: str) -> int | None:
+    """Bytes of an absolute size ("512M"); None for a percentage, "infinity" or anything else."""
+    found = _SIZE_RE.fullmatch(value)
+    return int(found.group(1)) * _SIZE_UNITS[found.group(2)] if found else None
+
+
+def count(field: str, value: str) -> int:
+    """A whole number from 0 (off) to a billion, for the recycling limits."""
+    text = reject_control(field, value)
+    if not is_number(text) or int(text) > _COUNT_MAX:
+        raise UsageError(f"{field} {text!r}: give a whole number from 0 (off) to {_COUNT_MAX}, e.g. {field} 1000")
+    return int(text)
+
+
+def check_memory(spec: UnitSpec) -> UnitSpec:
+    """Limits that contradict each other: each is valid alone, the pair is not."""
+    high, top = (size_bytes(v) if v else None for v in (spec.memory_high, spec.memory_max))
+    if high is not None and top is not None and high >= top:
+        raise UsageError(f"--memory-high {spec.memory_high} is not below --memory-max {spec.memory_max}: "
+                         "MemoryHigh= is where reclaim starts, before the kill at MemoryMax=; lower it")
+    if spec.max_rss and top is not None and spec.max_rss * (1 << 20) >= top:
+        raise UsageError(f"--max-rss {spec.max_rss} (MiB) is not below --memory-max {spec.memory_max}: the kernel "
+                         "would kill the worker before it recycles itself; set --max-rss below it")
+    if spec.max_requests_jitter and not spec.max_requests:
+        raise UsageError("--max-requests-jitter spreads the limit of --max-requests; give --max-requests N too")
+    if spec.exec_argv is not None and (spec.max_requests or spec.max_rss):
+        raise UsageError("--max-requests and --max-rss are options of the built-in runtime (--app); "
+                         "a command given with --exec recycles itself, if it can")
+    return spec
+
+
 def build(
     *,
     unit_name: str,
@@ -336,6 +399,11 @@ def build(
     logs_dir: str | None = None,
     writable: list[str] | None = None,
     access_log: bool = False,
+    memory_max: str | None = None,
+    memory_high: str | None = None,
+    max_requests: str = "0",
+    max_requests_jitter: str = "0",
+    max_rss: str = "0",
 ) -> UnitSpec:
     """Validate every raw option and return the spec; raises UsageError on the first bad value.
 
@@ -348,7 +416,7 @@ def build(
     listeners = tuple(listener(item) for item in listen)
     if len(set(listeners)) != len(listeners):
         raise UsageError("the same --listen address is given twice; list each address once")
-    return UnitSpec(
+    return check_memory(UnitSpec(
         name=name(unit_name),
         listeners=listeners,
         workers=workers(worker_count),
@@ -369,4 +437,9 @@ def build(
         logs_dir=directory_name("--logs-dir", logs_dir) if logs_dir is not None else None,
         writable=tuple(writable_path(item) for item in writable or ()),
         access_log=access_log,
-    )
+        memory_max=memory_size("--memory-max", memory_max) if memory_max is not None else None,
+        memory_high=memory_size("--memory-high", memory_high) if memory_high is not None else None,
+        max_requests=count("--max-requests", max_requests),
+        max_requests_jitter=count("--max-requests-jitter", max_requests_jitter),
+        max_rss=count("--max-rss", max_rss),
+    ))

@@ -71,6 +71,8 @@ DIRECTIVES: dict[str, Since] = {
     "RuntimeDirectoryPreserve": Since(235, "v235: RuntimeDirectoryPreserve="),
     "TimeoutStopSec": Since(188, "v188: TimeoutStopSec="),
     "SyslogIdentifier": Since(OLDEST, _BASE),
+    "MemoryMax": Since(231, "v231: MemoryMax= (cgroup v2 memory.max; on cgroup v1, memory.limit_in_bytes)"),
+    "MemoryHigh": Since(231, "v231: MemoryHigh= (cgroup v2 memory.high; nothing on cgroup v1)"),
     # [Service]: sandbox (see sockact.hardening)
     "DynamicUser": Since(235, "v235: DynamicUser= complete (introduced v232)"),
     "ProtectSystem": Since(214, "v214: ProtectSystem="),

@@ -70,7 +70,7 @@ SAMPLES = {
     "Sockets": "probe.socket", "ExecStart": "/bin/true", "Environment": "A=1", "EnvironmentFile": "-/etc/probe.env",
     "WorkingDirectory": "/srv", "User": "www-data", "Restart": "on-failure", "RestartSec": "100ms", "RestartSteps": "5",
     "RestartMaxDelaySec": "10s", "RestartMode": "direct", "OpenFile": "/etc/hostname", "WatchdogSec": "10",
-    "KillMode": "mixed", "TimeoutStopSec": "30", "SyslogIdentifier": "probe", "ProtectProc": "invisible",
+    "KillMode": "mixed", "TimeoutStopSec": "30", "MemoryMax": "512M", "MemoryHigh": "400M", "SyslogIdentifier": "probe", "ProtectProc": "invisible",
     "ProcSubset": "pid", "RestrictAddressFamilies": "AF_UNIX", "SystemCallArchitectures": "native",
     "SystemCallErrorNumber": "EPERM", "SystemCallFilter": "@basic-io", "CapabilityBoundingSet": "",
     "AmbientCapabilities": "", "UMask": "0077", "KeyringMode": "private", "StateDirectory": "probe",

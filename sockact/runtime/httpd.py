@@ -36,6 +36,7 @@ from . import limits
 from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
+from .recycle import Recycler
 
 logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
@@ -327,13 +328,14 @@ class Response:
 
 class Engine:
     def __init__(self, app: Callable[..., Iterable[bytes]], sockets: list[socket.socket], *, threads: int,
-                 stop_timeout: float, notifier: Notifier, access_log: bool = False) -> None:
+                 stop_timeout: float, notifier: Notifier, access_log: bool = False,
+                 recycler: Recycler | None = None) -> None:
         self.app = app
         self.threads = max(1, threads)
         self.stop_timeout = stop_timeout
         self.access_log = access_log
         self.board: Scoreboard | None = for_this_worker()
-        self.pulse = Pulse(notifier, self.board)
+        self.pulse = Pulse(notifier, self.board, recycler)
         self.epoll = select.epoll()
         self.lock = threading.Lock()
         self.listeners = {}
@@ -588,9 +590,12 @@ class Engine:
     def respond(self, conn: Connection, request: Request, must_close: bool = False) -> bool:
         """Run the app for one request and write its response; False when the connection must close."""
         env = self.environ(conn, request)
+        self.served = next(self._served)
+        recycler = self.pulse.recycler
+        if recycler is not None and recycler.served(self.served):
+            self.stop_taking_work()
         close = must_close or not request.keep_alive or self.draining or self.rebalance()
         response = Response(conn, request, close)
-        self.served = next(self._served)
         result: Iterable[bytes] | None = None
         try:
             result = self.app(env, response.start_response)
@@ -635,6 +640,14 @@ class Engine:
             return True
         return False
 
+    def stop_taking_work(self) -> None:
+        """A request reached --max-requests: accept nothing more and answer from now on with
+        Connection: close, as drain() begins; the main thread drains on its tick."""
+        with self.lock:
+            self.draining = True
+            self.listen(False)
+        self.should_exit = True
+
     # the main thread --------------------------------------------------------------------------------
     def in_flight(self) -> int:
         return sum(1 for conn in list(self.conns.values()) if conn.busy)
@@ -657,7 +670,8 @@ class Engine:
                 time.sleep(PAUSED_LOOK)
                 self.reconsider()
             time.sleep(max(0.0, beat - time.monotonic()))
-            self.pulse.tick(self.served, self.in_flight(), len(self.conns))
+            if self.pulse.tick(self.served, self.in_flight(), len(self.conns)):
+                self.should_exit = True  # recycling: the drain SIGTERM starts
             self.reconsider()
             now = time.monotonic()
             if now >= next_sweep:
@@ -711,6 +725,7 @@ def _unquote(path: bytes) -> bytes:
 
 
 def run(app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float, notifier: Notifier,
-        access_log: bool = False) -> None:
-    Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier, access_log=access_log).serve_forever()
+        access_log: bool = False, recycler: Recycler | None = None) -> None:
+    Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier, access_log=access_log,
+           recycler=recycler).serve_forever()
 

@@ -9,11 +9,14 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RuntimeFailure, SockactError
 from . import limits
 from .notify import Notifier
+
+if TYPE_CHECKING:
+    from .recycle import Recycler
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -37,7 +40,33 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                         help="WSGI apps: sockact's threads on one epoll set (default), waitress's thread pool, "
                              "or a2wsgi on the ASGI engine")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    recycling = parser.add_argument_group(
+        "recycling", "a worker past a limit drains as on SIGTERM and exits with status 4; systemd starts it "
+                     "again at once while its siblings serve")
+    recycling.add_argument("--max-requests", type=count, default=0, metavar="N",
+                           help="recycle after N requests (default: 0, off)")
+    recycling.add_argument("--max-requests-jitter", type=count, default=0, metavar="J",
+                           help="each worker draws its own limit in [N, N+J], so siblings do not recycle "
+                                "together (default: 0)")
+    recycling.add_argument("--max-rss", type=count, default=0, metavar="MIB",
+                           help="recycle once the worker's resident memory passes MIB MiB, checked every 0.1 s "
+                                "(default: 0, off: a fitting limit depends on the app)")
     return parser.parse_args(argv)
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more; argparse reports anything else as a usage error (exit status 2)."""
+    if not text.isascii() or not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
+
+
+def recycler_for(args: argparse.Namespace) -> Recycler | None:
+    """A Recycler when a limit is on, else None (the engines then ask nothing per request)."""
+    from .recycle import Limits, Recycler
+
+    limits = Limits(args.max_requests, args.max_requests_jitter, args.max_rss)
+    return Recycler(limits) if limits.any else None
 
 
 def load_app(reference: str) -> Any:
@@ -94,7 +123,7 @@ def main(argv: Sequence[str]) -> int:
     limits.prepare()
     notifier = default_notifier()
     try:
-        serve(args, notifier)
+        recycler = serve(args, notifier)
     except SockactError as exc:
         if exc.exit_code != RuntimeFailure.exit_code or boot.ready():
             logger.error("%s", exc)
@@ -107,10 +136,11 @@ def main(argv: Sequence[str]) -> int:
         # Anything else that stops a worker before READY=1 is a boot failure too, retried with a delay.
         boot.failed(f"cannot start: {one_line(exc)}", notifier)
         return RuntimeFailure.exit_code
-    return 0
+    return recycler.exit_status() if recycler is not None else 0
 
 
-def serve(args: argparse.Namespace, notifier: Notifier) -> None:
+def serve(args: argparse.Namespace, notifier: Notifier) -> Recycler | None:
+    """Serve until SIGTERM (or a recycle); the recycler, if a limit was on, says how to exit."""
     from .share import mode_from_env
 
     mode_from_env()  # a bad SOCKACT_CPU_SHARE stops the worker before it binds or imports anything
@@ -119,6 +149,7 @@ def serve(args: argparse.Namespace, notifier: Notifier) -> None:
     from .interface import detect
 
     interface = detect(app) if args.interface == "auto" else args.interface
+    recycler = recycler_for(args)
     if interface == "wsgi" and args.wsgi_engine in ("threads", "waitress"):
         if args.wsgi_engine == "threads" and _has_httptools():
             from .httpd import run as run_wsgi
@@ -129,12 +160,13 @@ def serve(args: argparse.Namespace, notifier: Notifier) -> None:
             from .wsgi import run as run_wsgi
 
         run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=notifier,
-                 access_log=args.access_log)
+                 access_log=args.access_log, recycler=recycler)
     else:
         from .server import run
 
         run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
-            notifier=notifier, interface=interface, threads=args.threads)
+            notifier=notifier, interface=interface, threads=args.threads, recycler=recycler)
+    return recycler
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import time
 from . import boot
 from .balance import Scoreboard
 from .notify import Notifier, watchdog_interval
+from .recycle import Recycler
 from .share import CpuShare, mode_from_env
 
 # An idle keep-alive connection gets this long, once draining began, for a request already on the
@@ -22,9 +23,10 @@ def drain_budget(stop_timeout: float) -> float:
 
 
 class Pulse:
-    def __init__(self, notifier: Notifier, board: Scoreboard | None) -> None:
+    def __init__(self, notifier: Notifier, board: Scoreboard | None, recycler: Recycler | None = None) -> None:
         self.notifier = notifier
         self.board = board
+        self.recycler = recycler
         self.watchdog = watchdog_interval()
         self.ready_since = ""
         self.ready_due = False  # READY=1 not delivered yet (EMFILE, a busy manager): sent again on the tick
@@ -40,9 +42,12 @@ class Pulse:
         self.ready_since = time.strftime("%Y-%m-%d %H:%M:%S")
         self.ready_due = not self.notifier.ready(self.status_line(0, 0, 0.0)) and self.notifier.enabled
         boot.started()
+        if self.recycler is not None:
+            self.recycler.started()
 
-    def tick(self, served: int, in_flight: int, connections: int) -> None:
-        """Called by the serving loop about every 0.1 s; if the loop hangs, the watchdog pings stop."""
+    def tick(self, served: int, in_flight: int, connections: int) -> bool:
+        """Called by the serving loop about every 0.1 s; if the loop hangs, the watchdog pings stop.
+        True once when the worker should recycle: the engine then drains as on SIGTERM."""
         now = time.monotonic()
         if self.ready_due:
             self.ready_due = not self.notifier.ready()
@@ -59,6 +64,7 @@ class Pulse:
             if self.board is not None:
                 self.board.refresh()
                 self.share.update(1 + self.board.live())
+        return self.recycler is not None and self.recycler.due(served)
 
     def stopping(self, in_flight: int) -> None:
         """Leave the scoreboard (siblings stop deferring to us), then STOPPING=1."""
@@ -66,4 +72,5 @@ class Pulse:
             self.board.close()
             self.board = None
         self.notifier.stopping()
-        self.notifier.status(f"draining: {in_flight} in flight")
+        why = self.recycler.reason if self.recycler is not None else None
+        self.notifier.status(f"draining: {in_flight} in flight" + (f" ({why})" if why else ""))

@@ -18,6 +18,7 @@ from .asgi_http import Site
 from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import Pulse, drain_budget
+from .recycle import Recycler, counting_asgi
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -231,10 +232,11 @@ class StrictLifespan(LifespanOn):
 class WorkerServer(uvicorn.Server):
     """uvicorn's Server with READY=1 after lifespan startup, WATCHDOG=1 from the loop, STATUS=, drain."""
 
-    def __init__(self, config: uvicorn.Config, notifier: Notifier, drain_timeout: float) -> None:
+    def __init__(self, config: uvicorn.Config, notifier: Notifier, drain_timeout: float,
+                 recycler: Recycler | None = None) -> None:
         super().__init__(config)
         self.drain_timeout = drain_timeout
-        self.pulse = Pulse(notifier, None)
+        self.pulse = Pulse(notifier, None, recycler)
         self.admission: Admission | None = None
         self.site: Site | None = None
 
@@ -245,6 +247,10 @@ class WorkerServer(uvicorn.Server):
             raise RuntimeFailure(self.lifespan.failure or "application startup failed")
         config = self.config
         board = self.pulse.board = for_this_worker()
+        recycler = self.pulse.recycler
+        if recycler is not None and recycler.request_limit:
+            config.loaded_app = counting_asgi(config.loaded_app, recycler, lambda: self.server_state.total_requests,
+                                              self._stop_taking_work)
         self.site = Site(config, self.server_state, self.lifespan.state, board, self._reconsider_if_paused)
         state = self.server_state
         self.admission = Admission(sockets or [], self.site.protocol, board, lambda: len(state.connections))
@@ -256,12 +262,22 @@ class WorkerServer(uvicorn.Server):
 
     async def on_tick(self, counter: int) -> bool:
         state = self.server_state
-        self.pulse.tick(state.total_requests, len(state.tasks), len(state.connections))
+        if self.pulse.tick(state.total_requests, len(state.tasks), len(state.connections)):
+            self.should_exit = True  # recycling: the drain SIGTERM starts
         if self.admission is not None:
             self.admission.reconsider()
         if self.site is not None:
             self.site.tick()
         return await super().on_tick(counter)
+
+    def _stop_taking_work(self) -> None:
+        """A request reached --max-requests between ticks: accept nothing more and end keep-alive
+        connections after their response now, as shutdown() begins; the next tick drains."""
+        self.should_exit = True
+        if self.admission is not None:
+            self.admission.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
 
     def _reconsider_if_paused(self) -> None:
         """A connection ended: a paused worker may accept again (this runs per connection, so only while paused)."""
@@ -297,7 +313,7 @@ class WorkerServer(uvicorn.Server):
 
 
 def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier,
-        interface: str = "auto", threads: int = 10) -> None:
+        interface: str = "auto", threads: int = 10, recycler: Recycler | None = None) -> None:
     from .interface import as_asgi
 
     app, interface = as_asgi(app, interface, threads)
@@ -310,5 +326,5 @@ def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_l
         server_header=False,
         proxy_headers=False,
     )
-    server = WorkerServer(config, notifier, drain_budget(stop_timeout))
+    server = WorkerServer(config, notifier, drain_budget(stop_timeout), recycler)
     server.run(sockets=sockets)

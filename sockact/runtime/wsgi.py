@@ -24,6 +24,7 @@ from waitress.task import ThreadedTaskDispatcher, WSGITask
 from .balance import AcceptGate, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
+from .recycle import Recycler
 
 logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
@@ -35,14 +36,19 @@ class Counter:
     """Requests served, counted from the app's threads (next() on itertools.count is atomic);
     with access_log, one line per request as uvicorn writes them for ASGI apps."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], access_log: bool = False) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], access_log: bool = False,
+                 recycler: Recycler | None = None, on_limit: Callable[[], None] = lambda: None) -> None:
         self.app = app
         self._count = itertools.count(1)
         self.served = 0
         self.access_log = access_log
+        self.recycler = recycler
+        self.on_limit = on_limit  # a request reached --max-requests
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         self.served = next(self._count)
+        if self.recycler is not None and self.recycler.served(self.served):
+            self.on_limit()
         if not self.access_log:
             return self.app(environ, start_response)
 
@@ -57,11 +63,11 @@ class Counter:
 
 class Engine:
     def __init__(self, app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float,
-                 notifier: Notifier, access_log: bool = False) -> None:
-        self.counter = Counter(app, access_log)
+                 notifier: Notifier, access_log: bool = False, recycler: Recycler | None = None) -> None:
+        self.counter = Counter(app, access_log, recycler, self._stop_taking_work)
         self.stop_timeout = stop_timeout
         self.board = for_this_worker()
-        self.pulse = Pulse(notifier, self.board)
+        self.pulse = Pulse(notifier, self.board, recycler)
         self.map: dict[int, Any] = {}
         self.dispatcher = ThreadedTaskDispatcher()
         self.dispatcher.set_thread_count(threads)
@@ -150,10 +156,17 @@ class Engine:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.should_exit = True  # the loop acts on it; a handler does no work
 
+    def _stop_taking_work(self) -> None:
+        """From an app thread: accept nothing more and close each connection after its response, as
+        _drain() begins; the loop, woken by every event, drains on its next turn."""
+        self.draining_since = time.monotonic()
+        self.should_exit = True
+
     def _loop(self) -> None:
         while not self.should_exit:
             wasyncore.loop(timeout=TICK, map=self.map, use_poll=True, count=1)
-            self.pulse.tick(self.counter.served, self.in_flight(), len(self.connections()))
+            if self.pulse.tick(self.counter.served, self.in_flight(), len(self.connections())):
+                self.should_exit = True  # recycling: the drain SIGTERM starts
             self.reconsider()
 
     def _drain(self) -> None:
@@ -196,5 +209,6 @@ def _task_class(engine: Engine) -> type:
 
 
 def run(app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float, notifier: Notifier,
-        access_log: bool = False) -> None:
-    Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier, access_log=access_log).serve()
+        access_log: bool = False, recycler: Recycler | None = None) -> None:
+    Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier, access_log=access_log,
+           recycler=recycler).serve()
