@@ -161,6 +161,10 @@ class Exchange:
 
     async def run(self, app: Any) -> None:
         connection = self.connection
+        if self.disconnected:
+            # The client left before the app began (a reset while it waited in the backlog): nobody
+            # is there for the answer, and a request that kills its worker must not get a second go.
+            return
         try:
             await app(self.scope, self.receive, self.send)
         except BaseException:  # the app's error (cancelled at the drain deadline too)
