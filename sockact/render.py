@@ -65,7 +65,8 @@ def exec_start(spec: UnitSpec) -> list[str]:
     if spec.exec_argv is not None:
         return list(spec.exec_argv)
     assert spec.app is not None
-    argv = [spec.python, "-m", "sockact", "run", spec.app, "--stop-timeout", spec.stop_timeout]
+    argv = [spec.python, "-m", "sockact", "run", spec.app, "--stop-timeout", spec.stop_timeout,
+            "--request-timeout", spec.request_timeout]
     return argv + ["--access-log"] if spec.access_log else argv
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import os
@@ -30,12 +31,23 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     parser.add_argument("--interface", default="auto", choices=("auto", "asgi3", "asgi2", "wsgi"),
                         help="protocol of the app (default: detected)")
+    parser.add_argument("--request-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                        help="WSGI: a worker whose every thread has run one request this long stops its watchdog "
+                             "pings and is restarted; ASGI: a request that blocks the event loop this long is "
+                             "logged (0: off; default: 30)")
     parser.add_argument("--threads", type=int, default=10, metavar="N", help="WSGI threads per worker (default: 10)")
     parser.add_argument("--wsgi-engine", default="threads", choices=("threads", "waitress", "asgi"),
                         help="WSGI apps: sockact's threads on one epoll set (default), waitress's thread pool, "
                              "or a2wsgi on the ASGI engine")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser.parse_args(argv)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError(text)
+    return value
 
 
 def load_app(reference: str) -> Any:
@@ -88,6 +100,8 @@ def main(argv: Sequence[str]) -> int:
     from . import logs
 
     logs.setup(getattr(logging, args.log_level.upper()))
+    # systemd's watchdog kills with SIGABRT: every thread's Python stack goes to the journal first.
+    faulthandler.enable()
     try:
         from .share import mode_from_env
 
@@ -108,12 +122,13 @@ def main(argv: Sequence[str]) -> int:
                 from .wsgi import run as run_wsgi
 
             run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=default_notifier(),
-                     access_log=args.access_log)
+                     access_log=args.access_log, request_timeout=args.request_timeout)
         else:
             from .server import run
 
             run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
-                notifier=default_notifier(), interface=interface, threads=args.threads)
+                notifier=default_notifier(), interface=interface, threads=args.threads,
+                request_timeout=args.request_timeout)
     except SockactError as exc:
         logger.error("%s", exc)
         return exc.exit_code

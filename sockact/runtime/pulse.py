@@ -30,18 +30,21 @@ class Pulse:
         self._last_served = 0
         self.share = CpuShare(mode_from_env())
 
-    def status_line(self, served: int, in_flight: int, rate: float) -> str:
-        # `sockact status` parses this line (sockact.ops.facts.parse_status_text).
-        return f"serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s; ready since {self.ready_since}"
+    def status_line(self, served: int, in_flight: int, rate: float, stuck: str = "") -> str:
+        # `sockact status` parses this line (sockact.ops.facts.parse_status_text); `stuck` is
+        # "3 of 10 threads stuck for 45 s" or "event loop blocked for 12 s" (sockact.runtime.stuck).
+        note = f"; {stuck}" if stuck else ""
+        return f"serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; ready since {self.ready_since}"
 
     def ready(self) -> None:
         self.ready_since = time.strftime("%Y-%m-%d %H:%M:%S")
         self.notifier.ready(self.status_line(0, 0, 0.0))
 
-    def tick(self, served: int, in_flight: int, connections: int) -> None:
-        """Called by the serving loop about every 0.1 s; if the loop hangs, the watchdog pings stop."""
+    def tick(self, served: int, in_flight: int, connections: int, *, healthy: bool = True, stuck: str = "") -> None:
+        """Called by the serving loop about every 0.1 s; if the loop hangs, the watchdog pings stop.
+        `healthy` False (every thread stuck in the app) stops them too, though the loop still runs."""
         now = time.monotonic()
-        if self.watchdog is not None and now - self._last_ping >= self.watchdog / 4:
+        if healthy and self.watchdog is not None and now - self._last_ping >= self.watchdog / 4:
             self._last_ping = now
             self.notifier.watchdog()
         if self.board is not None:
@@ -51,7 +54,7 @@ class Pulse:
         if now - self._last_status >= STATUS_EVERY:
             rate = (served - self._last_served) / (now - self._last_status) if self._last_status else 0.0
             self._last_status, self._last_served = now, served
-            self.notifier.status(self.status_line(served, in_flight, rate))
+            self.notifier.status(self.status_line(served, in_flight, rate, stuck))
             if self.board is not None:
                 self.board.refresh()
                 self.share.update(1 + self.board.live())
