@@ -111,7 +111,7 @@ def test_status_shows_a_running_worker_that_serves_nothing_as_not_serving() -> N
                                         {"unit": "demo.socket", "state": "active", "sub_state": "listening",
                                          "enabled": "enabled", "listen": []}, [stuck, fine]))
     assert shown.startswith("demo: 1 of 2 workers running, 1 not serving (demo.target active)")
-    assert "not serving (3 of 3 threads stuck for 45 s)" in shown and "running (1 threads stuck)" in shown
+    assert "not serving (3 of 3 threads stuck for 45 s)" in shown and "running (1 thread stuck)" in shown
 
 
 def _record(unit: str, ident: str, seconds: float, **fields: str) -> dict[str, str]:

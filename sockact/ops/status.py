@@ -253,7 +253,7 @@ def _state(worker: Worker) -> str:
     if worker.not_serving:
         return f"not serving ({worker.not_serving})"
     if worker.threads_stuck:
-        return f"{worker.state} ({worker.threads_stuck} threads stuck)"
+        return f"{worker.state} ({worker.threads_stuck} thread{'s' if worker.threads_stuck > 1 else ''} stuck)"
     return worker.state
 
 
