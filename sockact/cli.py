@@ -44,7 +44,12 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", metavar="USER", help="run the workers as this user")
     parser.add_argument("--python", metavar="PATH", default=sys.executable,
                         help="interpreter for --app (default: the one running sockact)")
-    parser.add_argument("--watchdog", metavar="SECONDS", help="WatchdogSec=: restart a worker whose loop hangs")
+    parser.add_argument("--watchdog", metavar="SECONDS",
+                        help="WatchdogSec=: restart a worker whose serving loop stops for this long "
+                             "(default with --app: 10; 0: off)")
+    parser.add_argument("--request-timeout", metavar="SECONDS",
+                        help="restart a WSGI worker whose every thread has run one request this long, "
+                             "and log the request that blocks an ASGI worker's event loop (default: 30; 0: off)")
     parser.add_argument("--stop-timeout", metavar="SECONDS", default="30",
                         help="TimeoutStopSec= and the drain deadline (default: 30)")
     parser.add_argument("--access-log", action="store_true",
@@ -88,7 +93,8 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
     built = spec.build(
         unit_name=args.name, listen=args.listen, python_path=args.python, app_ref=args.app,
         exec_cmd=args.exec_cmd, worker_count=args.workers, chdir=args.chdir, env=args.env,
-        env_file=args.env_file, run_as=args.user, watchdog=args.watchdog, stop_timeout=args.stop_timeout,
+        env_file=args.env_file, run_as=args.user, watchdog=args.watchdog,
+        request_timeout=args.request_timeout, stop_timeout=args.stop_timeout,
         systemd_version=detected.version if given is None else given, harden=args.harden,
         allow_jit=args.allow_jit, state_dir=args.state_dir, cache_dir=args.cache_dir, logs_dir=args.logs_dir,
         writable=args.writable, access_log=args.access_log, memory_max=args.memory_max,

@@ -42,6 +42,14 @@ _PERCENT_RE = re.compile(r"([0-9]{1,3})%")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_MIN = 32 << 20  # a Python worker needs about 30 MiB before it serves anything
 _COUNT_MAX = 10**9
+# WatchdogSec= of the built-in runtime unless --watchdog says otherwise. Its pings come from the
+# serving loop every WatchdogSec/4, and a healthy loop never stalls for seconds; an ASGI loop blocked
+# this long has kept every other request waiting all that time. A command given with --exec may not
+# ping at all, so it gets no watchdog unless asked for.
+DEFAULT_WATCHDOG = "10"
+# `sockact run --request-timeout`: gunicorn's --timeout, and half of nginx's proxy_read_timeout, so a
+# stuck worker is restarted before the proxy in front has given up on the requests waiting for it.
+DEFAULT_REQUEST_TIMEOUT = "30"
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,8 @@ class UnitSpec:
     env: tuple[tuple[str, str], ...] = ()
     env_file: str | None = None
     user: str | None = None
-    watchdog: str | None = None  # seconds, as validated text
+    watchdog: str | None = None  # WatchdogSec=, seconds as validated text; None: no watchdog
+    request_timeout: str = DEFAULT_REQUEST_TIMEOUT  # `sockact run --request-timeout`; "0": off
     stop_timeout: str = "30"
     access_log: bool = False
     systemd_version: int = systemd_versions.FALLBACK
@@ -321,6 +330,29 @@ def seconds(field: str, value: str, *, maximum: int = 86400) -> str:
     return value
 
 
+def seconds_or_off(field: str, value: str) -> str | None:
+    """Seconds, or None for "0" (the feature is off)."""
+    reject_control(field, value)
+    if not _SECONDS_RE.fullmatch(value) or float(value) > 86400:
+        raise UsageError(f"{field} {value!r}: give a number of seconds from 0 (off) to 86400, e.g. 30")
+    return value if float(value) else None
+
+
+def watchdog_sec(value: str | None, builtin_runtime: bool) -> str | None:
+    if value is None:
+        return DEFAULT_WATCHDOG if builtin_runtime else None
+    return seconds_or_off("--watchdog", value)
+
+
+def request_timeout_sec(value: str | None, builtin_runtime: bool) -> str:
+    if value is None:
+        return DEFAULT_REQUEST_TIMEOUT
+    if not builtin_runtime:
+        raise UsageError("--request-timeout applies to the built-in runtime (--app); "
+                         "a command given with --exec enforces its own")
+    return seconds_or_off("--request-timeout", value) or "0"
+
+
 def python(value: str) -> str:
     return executable_path("--python", value)
 
@@ -390,6 +422,7 @@ def build(
     env_file: str | None = None,
     run_as: str | None = None,
     watchdog: str | None = None,
+    request_timeout: str | None = None,
     stop_timeout: str = "30",
     systemd_version: int | str = systemd_versions.FALLBACK,
     harden: bool = True,
@@ -408,6 +441,7 @@ def build(
     """Validate every raw option and return the spec; raises UsageError on the first bad value.
 
     ``systemd_version`` is the major version the units are rendered for (default: Debian 12's 252).
+    ``watchdog`` None gives the built-in runtime DEFAULT_WATCHDOG; "0" turns the watchdog off.
     """
     if (app_ref is None) == (exec_cmd is None):
         raise UsageError("give exactly one of --app MODULE:ATTR (the built-in runtime) or --exec CMD")
@@ -427,7 +461,8 @@ def build(
         env=tuple(env_pair(item) for item in env or ()),
         env_file=file_path("--env-file", env_file) if env_file is not None else None,
         user=user(run_as, harden=harden) if run_as is not None else None,
-        watchdog=seconds("--watchdog", watchdog) if watchdog is not None else None,
+        watchdog=watchdog_sec(watchdog, builtin_runtime=app_ref is not None),
+        request_timeout=request_timeout_sec(request_timeout, builtin_runtime=app_ref is not None),
         stop_timeout=seconds("--stop-timeout", stop_timeout),
         systemd_version=target_version(systemd_version),
         harden=harden,

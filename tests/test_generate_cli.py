@@ -76,7 +76,27 @@ def test_watchdog_and_stop_timeout() -> None:
                    "--only", "service", check=True).stdout
     assert "WatchdogSec=10\n" in text
     assert "TimeoutStopSec=12\n" in text
-    assert "--stop-timeout 12\n" in text
+    assert "--stop-timeout 12 --request-timeout 30\n" in text
+
+
+def test_the_builtin_runtime_gets_a_watchdog_and_a_request_timeout_by_default() -> None:
+    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--only", "service", check=True).stdout
+    assert "WatchdogSec=10\n" in text
+    assert "--request-timeout 30" in text
+    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--watchdog", "0", "--request-timeout", "4.5",
+                   "--only", "service", check=True).stdout
+    assert "WatchdogSec=" not in text
+    assert "--request-timeout 4.5" in text
+    off = sockact("generate", "myapp", *APP, "--listen", "8000", "--request-timeout", "0", "--only", "service",
+                  check=True).stdout
+    assert "--request-timeout 0" in off and "WatchdogSec=10\n" in off
+
+
+def test_a_command_of_its_own_gets_a_watchdog_only_when_asked() -> None:
+    # A program given with --exec may never send WATCHDOG=1: a default would kill it every 10 s.
+    exec_args = ("--exec", "/usr/bin/myserver", "--listen", "8000", "--only", "service")
+    assert "WatchdogSec=" not in sockact("generate", "myapp", *exec_args, check=True).stdout
+    assert "WatchdogSec=5\n" in sockact("generate", "myapp", *exec_args, "--watchdog", "5", check=True).stdout
 
 
 BAD_INPUTS = [
@@ -100,6 +120,9 @@ BAD_INPUTS = [
     (["myapp", *APP, "--listen", "8000", "--user", "Bad User"], "--user"),
     (["myapp", *APP, "--listen", "8000", "--watchdog", "-1"], "--watchdog"),
     (["myapp", *APP, "--listen", "8000", "--stop-timeout", "abc"], "--stop-timeout"),
+    (["myapp", *APP, "--listen", "8000", "--request-timeout", "-3"], "--request-timeout"),
+    (["myapp", *APP, "--listen", "8000", "--request-timeout", "1e3"], "--request-timeout"),
+    (["myapp", "--exec", "/bin/x", "--listen", "8000", "--request-timeout", "5"], "built-in runtime"),
     (["myapp", "--exec", "myserver --port 1", "--listen", "8000"], "absolute path"),
     (["myapp", "--exec", "/bin/x 'unclosed", "--listen", "8000"], "quot"),
 ]
@@ -129,4 +152,4 @@ def test_access_log_is_off_unless_asked() -> None:
     assert "--access-log" not in plain
     logged = sockact("generate", "myapp", *APP, "--listen", "8000", "--access-log", "--only", "service",
                      check=True).stdout
-    assert "--stop-timeout 30 --access-log\n" in logged
+    assert "--stop-timeout 30 --request-timeout 30 --access-log\n" in logged

@@ -80,7 +80,7 @@ def exec_words(argv: list[str]) -> list[str]:
 
 
 def runtime_argv(python: str, app: str) -> list[str]:
-    return exec_words([python, "-m", "sockact", "run", app, "--stop-timeout", "30"])
+    return exec_words([python, "-m", "sockact", "run", app, "--stop-timeout", "30", "--request-timeout", "30"])
 
 
 def command(argv: list[str]) -> list[list[Any]]:
@@ -317,7 +317,8 @@ def test_field_reaches_systemd_byte_for_byte(private_systemd: PrivateSystemd, la
 
 
 @pytest.mark.parametrize("option", ["--listen", "--app", "--exec", "--env", "--chdir", "--user", "--python", "--env-file",
-                                    "--state-dir", "--writable", "--workers", "--watchdog", "--systemd-version"])
+                                    "--state-dir", "--writable", "--workers", "--watchdog", "--request-timeout",
+                                    "--systemd-version"])
 def test_a_lone_double_dash_value_is_one_line_exit_2(option: str, tmp_path: Path) -> None:
     """argparse hands "--opt=--" over as [] rather than "--"; that must be a usage error, not a traceback."""
     options = {"--listen": "8000", "--app": "a:app"}

@@ -64,9 +64,54 @@ def test_listen_addresses_from_systemd() -> None:
 
 def test_status_text_counters() -> None:
     serving = "serving: 1204 requests, 3 in flight, 10.5 req/s; ready since 2026-01-01 12:00:00"
-    assert facts.parse_status_text(serving) == (1204, 3, 10.5)
-    assert facts.parse_status_text("draining: 2 in flight") == (None, 2, None)
-    assert facts.parse_status_text("something else") == (None, None, None)
+    assert facts.parse_status_text(serving) == (1204, 3, 10.5, None, None, None, None)
+    assert facts.parse_status_text(serving).not_serving is None
+    assert facts.parse_status_text("draining: 2 in flight")[:3] == (None, 2, None)
+    assert facts.parse_status_text("something else") == (None, None, None, None, None, None, None)
+
+
+def test_status_text_with_stuck_threads_or_a_blocked_loop() -> None:
+    partly = "serving: 50 requests, 4 in flight, 2.0 req/s; 3 of 10 threads stuck for 45 s; ready since 2026-01-01 12:00:00"
+    counters = facts.parse_status_text(partly)
+    assert counters == (50, 4, 2.0, 3, 10, 45.0, None)
+    assert counters.not_serving is None  # 7 threads still serve
+    whole = facts.parse_status_text(partly.replace("3 of 10", "10 of 10"))
+    assert whole.not_serving == "10 of 10 threads stuck for 45 s"
+    blocked = facts.parse_status_text("serving: 7 requests, 1 in flight, 0.0 req/s; event loop blocked for 12 s; "
+                                      "ready since 2026-01-01 12:00:00")
+    assert blocked[:3] == (7, 1, 0.0) and blocked.not_serving == "event loop blocked for 12 s"
+
+
+def test_status_text_the_runtime_writes_is_what_status_parses() -> None:
+    from sockact.runtime.notify import Notifier
+    from sockact.runtime.pulse import Pulse
+    from sockact.runtime.stuck import Verdict
+
+    pulse = Pulse(Notifier(sender=lambda state: None), None)
+    pulse.ready_since = "2026-01-01 12:00:00"
+    line = pulse.status_line(9, 3, 1.5, Verdict(3, 3, 44.6).text)
+    assert facts.parse_status_text(line) == (9, 3, 1.5, 3, 3, 45.0, None)
+    assert facts.parse_status_text(line).not_serving == "3 of 3 threads stuck for 45 s"
+    assert facts.parse_status_text(pulse.status_line(9, 3, 1.5, Verdict(0, 3, 0.0).text)).threads_stuck is None
+    assert facts.parse_status_text(pulse.status_line(9, 1, 0.0, "event loop blocked for 6 s")).not_serving == (
+        "event loop blocked for 6 s")
+
+
+def test_status_shows_a_running_worker_that_serves_nothing_as_not_serving() -> None:
+    from sockact.ops.app import App
+
+    app = App("demo", {}, {"Wants": "demo@1.service demo@2.service"}, {})
+    props = {"ActiveState": "active", "SubState": "running", "MainPID": "42", "NRestarts": "0",
+             "StatusText": "serving: 5 requests, 3 in flight, 0.0 req/s; 3 of 3 threads stuck for 45 s; ready since x"}
+    stuck = status._worker(app, 1, props, None, None)
+    fine = status._worker(app, 2, {**props, "StatusText": props["StatusText"].replace("3 of 3", "1 of 3")}, None, None)
+    assert (stuck.state, stuck.not_serving, stuck.threads_stuck) == ("not serving", "3 of 3 threads stuck for 45 s", 3)
+    assert (fine.state, fine.not_serving, fine.threads_stuck) == ("running", None, 1)
+    shown = status.render(status.Status("demo", 100.0, {"unit": "demo.target", "state": "active", "workers_wanted": 2},
+                                        {"unit": "demo.socket", "state": "active", "sub_state": "listening",
+                                         "enabled": "enabled", "listen": []}, [stuck, fine]))
+    assert shown.startswith("demo: 1 of 2 workers running, 1 not serving (demo.target active)")
+    assert "not serving (3 of 3 threads stuck for 45 s)" in shown and "running (1 thread stuck)" in shown
 
 
 def _record(unit: str, ident: str, seconds: float, **fields: str) -> dict[str, str]:

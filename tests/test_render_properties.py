@@ -29,9 +29,11 @@ BASELINE_UNIX = structure([unit.text for unit in render(build(**{**BASE, "listen
 
 
 def expected(spec: Any) -> list[list[str]]:
-    if spec.systemd_version != 252:  # the version picks directives; only the user's values must not
+    if spec.systemd_version != 252 or spec.watchdog is None:
+        # The version picks directives, and --watchdog 0 drops WatchdogSec=; only the user's values must not.
         return structure([unit.text for unit in render(build(**{**BASE, "systemd_version": spec.systemd_version,
-                                                                   "listen": [item.address for item in spec.listeners]}))])
+                                                                   "listen": [item.address for item in spec.listeners],
+                                                                   "watchdog": spec.watchdog or "0"}))])
     return BASELINE if spec.listeners[0].is_tcp else BASELINE_UNIX
 
 any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
@@ -60,6 +62,7 @@ FIELDS: dict[str, Callable[[str], dict[str, Any]]] = {
     "python": lambda v: {"python_path": "/" + v},
     "watchdog": lambda v: {"watchdog": v},
     "stop_timeout": lambda v: {"stop_timeout": v},
+    "request_timeout": lambda v: {"request_timeout": v},
     "state_dir": lambda v: {"state_dir": v},
     "cache_dir": lambda v: {"cache_dir": v},
     "logs_dir": lambda v: {"logs_dir": v},

@@ -14,7 +14,10 @@
       "workers": [{
         "instance": 1, "unit": "demo@1.service",
         "wanted": true,                           # listed in Wants= of demo.target
-        "state": "running",                       # running|starting|retrying|restarting|draining|stopped|failed
+        "state": "running",                       # running|not serving|starting|retrying|restarting|draining|stopped|failed
+        "not_serving": null,                      # why a running worker serves nothing, from STATUS=:
+                                                  # "10 of 10 threads stuck for 45 s", "event loop blocked for 12 s"
+        "threads_stuck": null,                    # WSGI threads past the request timeout (null: none, or ASGI)
         "active_state": "active", "sub_state": "running",
         "pid": 4242,                              # null when not running
         "uptime_seconds": 73.2,                   # since the current process started; null when not running
@@ -84,6 +87,8 @@ class Worker:
     requests_per_second: float | None
     status_text: str
     last_exit: LastExit | None
+    not_serving: str | None = None
+    threads_stuck: int | None = None
 
 
 @dataclass(frozen=True)
@@ -186,14 +191,17 @@ def _worker(app: App, index: int, props: Props, usage: Usage | None, last: LastE
     pid = int(props.get("MainPID") or 0) or None
     counters = parse_status_text(props.get("StatusText", ""))
     active, sub = props.get("ActiveState", ""), props.get("SubState", "")
+    state = state_word(active, sub)
+    not_serving = counters.not_serving if state == "running" else None
     return Worker(
         instance=index, unit=app.instance(index), wanted=index in app.wanted,
-        state=state_word(active, sub, props.get("StatusText", "")),
+        state="not serving" if not_serving else state_word(active, sub, props.get("StatusText", "")),
         active_state=active, sub_state=sub, pid=pid, uptime_seconds=_uptime(props),
         restarts=int(props.get("NRestarts") or 0),
         rss_bytes=usage.rss if usage else None, cpu_percent=usage.cpu_percent if usage else None,
         requests=counters.requests, in_flight=counters.in_flight, requests_per_second=counters.per_second,
-        status_text=props.get("StatusText", ""), last_exit=last,
+        status_text=props.get("StatusText", ""), last_exit=last, not_serving=not_serving,
+        threads_stuck=counters.threads_stuck,
     )
 
 
@@ -244,9 +252,17 @@ def _last_exit(last: LastExit | None, now: float) -> str:
     return f"{last.reason}{f' ({last.result})' if shown_result else ''}, {age(now - last.time)} ago"
 
 
+def _state(worker: Worker) -> str:
+    if worker.not_serving:
+        return f"not serving ({worker.not_serving})"
+    if worker.threads_stuck:
+        return f"{worker.state} ({worker.threads_stuck} thread{'s' if worker.threads_stuck > 1 else ''} stuck)"
+    return worker.state
+
+
 def _worker_row(worker: Worker, now: float) -> list[str]:
     return [
-        f"@{worker.instance}" + ("" if worker.wanted else " (extra)"), worker.state, _number(worker.pid),
+        f"@{worker.instance}" + ("" if worker.wanted else " (extra)"), _state(worker), _number(worker.pid),
         duration(worker.uptime_seconds), str(worker.restarts), mebibytes(worker.rss_bytes),
         _number(worker.cpu_percent, 1), _number(worker.requests), _number(worker.in_flight),
         _number(worker.requests_per_second, 1), _last_exit(worker.last_exit, now),
@@ -255,8 +271,9 @@ def _worker_row(worker: Worker, now: float) -> list[str]:
 
 def render(status: Status) -> str:
     sock, target = status.socket, status.target
-    head = (f"{status.app}: {status.running} of {target['workers_wanted']} workers running "
-            f"({target['unit']} {target['state']})")
+    stuck = sum(worker.not_serving is not None for worker in status.workers)
+    head = (f"{status.app}: {status.running} of {target['workers_wanted']} workers running"
+            f"{f', {stuck} not serving' if stuck else ''} ({target['unit']} {target['state']})")
     listens = sock["listen"] or [{"address": "-", "backlog": None}]
     socket_rows = [
         [sock["unit"] if i == 0 else "", f"{sock['state']} ({sock['sub_state']})" if i == 0 else "",

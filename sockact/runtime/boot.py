@@ -71,7 +71,7 @@ def _record(count: int) -> None:
 
 def delay(attempt: int) -> float:
     """Seconds to wait after the attempt-th consecutive failure (1-based)."""
-    return min(MAX_DELAY, FIRST_DELAY * 2 ** max(0, attempt - 1))
+    return min(MAX_DELAY, FIRST_DELAY * 2.0 ** max(0, attempt - 1))
 
 
 def started() -> None:

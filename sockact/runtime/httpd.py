@@ -8,7 +8,9 @@ it; an idle keep-alive connection costs no thread, only its place in the epoll s
 costs no thread either while it sends its request: the connection keeps its parser between reads.
 
 The main thread runs the tick: WATCHDOG=1, STATUS=, the scoreboard, idle keep-alive timeouts and,
-after SIGTERM, the drain.
+after SIGTERM, the drain. It also watches the app calls (stuck.Calls): while every thread has been in
+one for longer than the request timeout, the worker serves nothing, so the tick sends no WATCHDOG=1
+and systemd restarts the worker; its siblings serve meanwhile.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 from .recycle import Recycler
+from .stuck import DEFAULT_REQUEST_TIMEOUT, Calls
 
 logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
@@ -329,9 +332,11 @@ class Response:
 class Engine:
     def __init__(self, app: Callable[..., Iterable[bytes]], sockets: list[socket.socket], *, threads: int,
                  stop_timeout: float, notifier: Notifier, access_log: bool = False,
-                 recycler: Recycler | None = None) -> None:
+                 recycler: Recycler | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
         self.app = app
         self.threads = max(1, threads)
+        self.calls = Calls(self.threads, request_timeout)
+        self.saturated = False  # every thread busy in a long app call: this worker cannot accept
         self.stop_timeout = stop_timeout
         self.access_log = access_log
         self.board: Scoreboard | None = for_this_worker()
@@ -423,7 +428,20 @@ class Engine:
     def reconsider(self) -> None:
         """On the tick: look at the siblings again (they come, go and change their counts)."""
         with self.lock:
-            self.resume_if_caught_up()
+            if not self.saturated:  # else the siblings must go on seeing this worker as not accepting
+                self.resume_if_caught_up()
+
+    def mark_saturated(self, now: float) -> None:
+        """On the tick: while every thread is held by a long app call, nothing here accepts, so the
+        siblings are told this worker does not, and none of them stops accepting in its favour."""
+        saturated = self.calls.saturated(now)
+        with self.lock:
+            if self.board is not None:
+                if saturated:
+                    self.board.accepting(False)
+                elif self.saturated:
+                    self.board.accepting(not self.paused)
+            self.saturated = saturated
 
     def resume_if_caught_up(self) -> None:
         """Accept again once no longer ahead; caller holds the lock."""
@@ -597,6 +615,7 @@ class Engine:
         close = must_close or not request.keep_alive or self.draining or self.rebalance()
         response = Response(conn, request, close)
         result: Iterable[bytes] | None = None
+        self.calls.begin(request.method, env["PATH_INFO"])
         try:
             result = self.app(env, response.start_response)
             if isinstance(result, (list, tuple)) and not response.head_sent and response.status:
@@ -619,6 +638,7 @@ class Engine:
                 self.error(conn, 500, "the application raised an error")
             return False
         finally:
+            self.calls.end()
             close_result = getattr(result, "close", None)
             if close_result is not None:
                 try:
@@ -670,10 +690,13 @@ class Engine:
                 time.sleep(PAUSED_LOOK)
                 self.reconsider()
             time.sleep(max(0.0, beat - time.monotonic()))
-            if self.pulse.tick(self.served, self.in_flight(), len(self.conns)):
+            now = time.monotonic()
+            verdict = self.calls.check(now)
+            if self.pulse.tick(self.served, self.in_flight(), len(self.conns), healthy=not verdict.all_stuck,
+                               stuck=verdict.text):
                 self.should_exit = True  # recycling: the drain SIGTERM starts
             self.reconsider()
-            now = time.monotonic()
+            self.mark_saturated(now)
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self.close_idle(now - KEEPALIVE_TIMEOUT, begun_before=now - REQUEST_TIMEOUT)
@@ -725,7 +748,8 @@ def _unquote(path: bytes) -> bytes:
 
 
 def run(app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float, notifier: Notifier,
-        access_log: bool = False, recycler: Recycler | None = None) -> None:
+        access_log: bool = False, recycler: Recycler | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
     Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier, access_log=access_log,
-           recycler=recycler).serve_forever()
+           recycler=recycler, request_timeout=request_timeout).serve_forever()
 

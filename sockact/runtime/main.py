@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import logging
 import os
@@ -35,6 +36,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     parser.add_argument("--interface", default="auto", choices=("auto", "asgi3", "asgi2", "wsgi"),
                         help="protocol of the app (default: detected)")
+    parser.add_argument("--request-timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                        help="WSGI: a worker whose every thread has run one request this long stops its watchdog "
+                             "pings and is restarted; ASGI: a request that blocks the event loop this long is "
+                             "logged (0: off; default: 30)")
     parser.add_argument("--threads", type=int, default=10, metavar="N", help="WSGI threads per worker (default: 10)")
     parser.add_argument("--wsgi-engine", default="threads", choices=("threads", "waitress", "asgi"),
                         help="WSGI apps: sockact's threads on one epoll set (default), waitress's thread pool, "
@@ -67,6 +72,13 @@ def recycler_for(args: argparse.Namespace) -> Recycler | None:
 
     limits = Limits(args.max_requests, args.max_requests_jitter, args.max_rss)
     return Recycler(limits) if limits.any else None
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError(text)
+    return value
 
 
 def load_app(reference: str) -> Any:
@@ -121,6 +133,8 @@ def main(argv: Sequence[str]) -> int:
 
     logs.setup(getattr(logging, args.log_level.upper()))
     limits.prepare()
+    # systemd's watchdog kills with SIGABRT: every thread's Python stack goes to the journal first.
+    faulthandler.enable()
     notifier = default_notifier()
     try:
         recycler = serve(args, notifier)
@@ -160,12 +174,13 @@ def serve(args: argparse.Namespace, notifier: Notifier) -> Recycler | None:
             from .wsgi import run as run_wsgi
 
         run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=notifier,
-                 access_log=args.access_log, recycler=recycler)
+                 access_log=args.access_log, recycler=recycler, request_timeout=args.request_timeout)
     else:
         from .server import run
 
         run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
-            notifier=notifier, interface=interface, threads=args.threads, recycler=recycler)
+            notifier=notifier, interface=interface, threads=args.threads, recycler=recycler,
+            request_timeout=args.request_timeout)
     return recycler
 
 

@@ -34,9 +34,11 @@ class Pulse:
         self._last_served = 0
         self.share = CpuShare(mode_from_env())
 
-    def status_line(self, served: int, in_flight: int, rate: float) -> str:
-        # `sockact status` parses this line (sockact.ops.facts.parse_status_text).
-        return f"serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s; ready since {self.ready_since}"
+    def status_line(self, served: int, in_flight: int, rate: float, stuck: str = "") -> str:
+        # `sockact status` parses this line (sockact.ops.facts.parse_status_text); `stuck` is
+        # "3 of 10 threads stuck for 45 s" or "event loop blocked for 12 s" (sockact.runtime.stuck).
+        note = f"; {stuck}" if stuck else ""
+        return f"serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; ready since {self.ready_since}"
 
     def ready(self) -> None:
         self.ready_since = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -45,13 +47,15 @@ class Pulse:
         if self.recycler is not None:
             self.recycler.started()
 
-    def tick(self, served: int, in_flight: int, connections: int) -> bool:
+    def tick(self, served: int, in_flight: int, connections: int, *, healthy: bool = True, stuck: str = "") -> bool:
         """Called by the serving loop about every 0.1 s; if the loop hangs, the watchdog pings stop.
+        `healthy` False (every thread stuck in the app) stops them too, though the loop still runs.
         True once when the worker should recycle: the engine then drains as on SIGTERM."""
         now = time.monotonic()
         if self.ready_due:
             self.ready_due = not self.notifier.ready()
-        if self.watchdog is not None and now - self._last_ping >= self.watchdog / 4 and self.notifier.watchdog():
+        if healthy and self.watchdog is not None and now - self._last_ping >= self.watchdog / 4 \
+                and self.notifier.watchdog():
             self._last_ping = now  # not delivered: tried again on the next tick, not a quarter period later
         if self.board is not None:
             self.board.heartbeat(connections)  # the exact count, so no drift can last
@@ -60,7 +64,7 @@ class Pulse:
         if now - self._last_status >= STATUS_EVERY:
             rate = (served - self._last_served) / (now - self._last_status) if self._last_status else 0.0
             self._last_status, self._last_served = now, served
-            self.notifier.status(self.status_line(served, in_flight, rate))
+            self.notifier.status(self.status_line(served, in_flight, rate, stuck))
             if self.board is not None:
                 self.board.refresh()
                 self.share.update(1 + self.board.live())

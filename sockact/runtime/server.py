@@ -19,6 +19,7 @@ from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .notify import Notifier
 from .pulse import Pulse, drain_budget
 from .recycle import Recycler, counting_asgi
+from .stuck import DEFAULT_REQUEST_TIMEOUT, LoopWatch
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -233,10 +234,12 @@ class WorkerServer(uvicorn.Server):
     """uvicorn's Server with READY=1 after lifespan startup, WATCHDOG=1 from the loop, STATUS=, drain."""
 
     def __init__(self, config: uvicorn.Config, notifier: Notifier, drain_timeout: float,
-                 recycler: Recycler | None = None) -> None:
+                 recycler: Recycler | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
         super().__init__(config)
         self.drain_timeout = drain_timeout
+        self.request_timeout = request_timeout
         self.pulse = Pulse(notifier, None, recycler)
+        self.loop_watch: LoopWatch | None = None
         self.admission: Admission | None = None
         self.site: Site | None = None
 
@@ -258,10 +261,28 @@ class WorkerServer(uvicorn.Server):
         self.servers = [self.admission]  # type: ignore[list-item]  # uvicorn closes these on shutdown
         self.started = True
         self.pulse.ready()
+        self.watch_loop()
         logger.info("ready: serving %d socket(s)", len(sockets or []))
+
+    def watch_loop(self) -> None:
+        """A blocked loop stops the pings by itself; the watch names the request blocking it, before
+        systemd's kill: after the request timeout, or half of WatchdogSec= when that comes first."""
+        limits = [limit for limit in (self.request_timeout, (self.pulse.watchdog or 0) / 2) if limit > 0]
+        if limits:
+            self.loop_watch = LoopWatch(min(limits), self._publish_blocked)
+            self.loop_watch.start()
+
+    def _publish_blocked(self, seconds: float) -> None:
+        """From the watch's thread, while the loop cannot publish STATUS= itself."""
+        state = self.server_state
+        line = self.pulse.status_line(state.total_requests, len(state.tasks), 0.0,
+                                      f"event loop blocked for {seconds:.0f} s")
+        self.pulse.notifier.status(line)
 
     async def on_tick(self, counter: int) -> bool:
         state = self.server_state
+        if self.loop_watch is not None:
+            self.loop_watch.beat()
         if self.pulse.tick(state.total_requests, len(state.tasks), len(state.connections)):
             self.should_exit = True  # recycling: the drain SIGTERM starts
         if self.admission is not None:
@@ -295,6 +316,8 @@ class WorkerServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.admission is not None:
             self.admission.close()
+        if self.loop_watch is not None:
+            self.loop_watch.stop()
         self.pulse.stopping(len(self.server_state.tasks))
         self.config.timeout_graceful_shutdown = self.drain_timeout  # type: ignore[assignment]
         deadline = None
@@ -313,7 +336,8 @@ class WorkerServer(uvicorn.Server):
 
 
 def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier,
-        interface: str = "auto", threads: int = 10, recycler: Recycler | None = None) -> None:
+        interface: str = "auto", threads: int = 10, recycler: Recycler | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
     from .interface import as_asgi
 
     app, interface = as_asgi(app, interface, threads)
@@ -326,5 +350,5 @@ def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_l
         server_header=False,
         proxy_headers=False,
     )
-    server = WorkerServer(config, notifier, drain_budget(stop_timeout), recycler)
+    server = WorkerServer(config, notifier, drain_budget(stop_timeout), recycler, request_timeout)
     server.run(sockets=sockets)

@@ -2,7 +2,8 @@
 
 waitress parses HTTP and runs the app in its thread pool; this module owns the loop around it,
 so WSGI workers get what ASGI workers get: READY=1, WATCHDOG=1 from the loop, STATUS=, the
-least-connections scoreboard, and a drain that never resets a request already on the wire.
+least-connections scoreboard, a drain that never resets a request already on the wire, and the
+request timeout: while every thread has run one app call for longer than it, no WATCHDOG=1 (stuck.Calls).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .balance import AcceptGate, for_this_worker
 from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 from .recycle import Recycler
+from .stuck import DEFAULT_REQUEST_TIMEOUT, Calls
 
 logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
@@ -63,8 +65,13 @@ class Counter:
 
 class Engine:
     def __init__(self, app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float,
-                 notifier: Notifier, access_log: bool = False, recycler: Recycler | None = None) -> None:
+                 notifier: Notifier, access_log: bool = False, recycler: Recycler | None = None,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
         self.counter = Counter(app, access_log, recycler, self._stop_taking_work)
+        self.calls = Calls(max(1, threads), request_timeout)
+        # Every thread held by a long app call: stop accepting (waitress would queue the connections
+        # behind them) and tell the siblings, so the backlog goes to them.
+        self.saturated = False
         self.stop_timeout = stop_timeout
         self.board = for_this_worker()
         self.pulse = Pulse(notifier, self.board, recycler)
@@ -122,7 +129,7 @@ class Engine:
 
     def may_accept(self) -> bool:
         """Asked by the poll loop on every turn, so the usual answer costs one comparison."""
-        if self.draining_since is not None:
+        if self.draining_since is not None or self.saturated:
             return False
         if not self.paused and self.gate.near():
             self.paused = self.gate.ahead()
@@ -131,6 +138,10 @@ class Engine:
     def reconsider(self) -> None:
         """Look at the siblings again; accept again once no longer ahead. On the tick, and when a
         connection ends while paused."""
+        if self.saturated:
+            if self.board is not None:
+                self.board.accepting(False)
+            return
         if self.gate.caught_up():
             self.paused = False
 
@@ -165,8 +176,12 @@ class Engine:
     def _loop(self) -> None:
         while not self.should_exit:
             wasyncore.loop(timeout=TICK, map=self.map, use_poll=True, count=1)
-            if self.pulse.tick(self.counter.served, self.in_flight(), len(self.connections())):
+            now = time.monotonic()
+            verdict = self.calls.check(now)
+            if self.pulse.tick(self.counter.served, self.in_flight(), len(self.connections()),
+                               healthy=not verdict.all_stuck, stuck=verdict.text):
                 self.should_exit = True  # recycling: the drain SIGTERM starts
+            self.saturated = self.calls.saturated(now)
             self.reconsider()
 
     def _drain(self) -> None:
@@ -198,6 +213,13 @@ class Engine:
 
 def _task_class(engine: Engine) -> type:
     class Task(WSGITask):  # type: ignore[misc]
+        def execute(self) -> None:
+            engine.calls.begin(self.request.command, self.request.path)
+            try:
+                super().execute()
+            finally:
+                engine.calls.end()
+
         def build_response_header(self) -> bytes:
             # Draining, or more keep-alive connections than a sibling: answer this one with
             # Connection: close, so the client's next request goes to a worker that stays.
@@ -209,6 +231,7 @@ def _task_class(engine: Engine) -> type:
 
 
 def run(app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float, notifier: Notifier,
-        access_log: bool = False, recycler: Recycler | None = None) -> None:
+        access_log: bool = False, recycler: Recycler | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
     Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier, access_log=access_log,
-           recycler=recycler).serve()
+           recycler=recycler, request_timeout=request_timeout).serve()
