@@ -154,7 +154,7 @@ EXITING = textwrap.dedent("""
 
 
 def test_records_waiting_at_a_normal_exit_are_written() -> None:
-    result = subprocess.run([sys.executable, "-c", EXITING, "2000"], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-c", EXITING, "2000"], check=False, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     lines = [line for line in result.stderr.splitlines() if " app: line " in line]
     assert len(lines) == 2000 and lines[-1].split()[5] == "1999"
@@ -180,7 +180,7 @@ def journal_fields(entry: bytes) -> dict[str, str]:
     """Decode one native-protocol entry (systemd's journal-native format)."""
     fields, rest = {}, entry
     while rest:
-        line, sep, tail = rest.partition(b"\n")
+        line, _, tail = rest.partition(b"\n")
         if b"=" in line:
             name, _, value = line.partition(b"=")
             fields[name.decode()] = value.decode()
@@ -246,10 +246,11 @@ def test_stderr_lines_become_records_with_their_sd_daemon_priority(blocked: Bloc
             seen.append((record.levelno, record.getMessage()))
 
     handler = logs.BoundedQueueHandler(Collect())
-    stream = logs.QueuedStderr(handler)
+    stream = logs.QueuedLines(handler, 2, "stderr")
     stream.write("Traceback (most recent call last):\n  File")
     stream.write(' "x.py"\n<3>failed\n')
-    wait_until(lambda: len(seen) == 3)
+    stream.write("." * 10_000)  # a progress bar that never ends its line still gets out
+    wait_until(lambda: len(seen) == 4)
     assert seen == [(logging.INFO, "Traceback (most recent call last):"), (logging.INFO, '  File "x.py"'),
-                    (logging.ERROR, "failed")]
+                    (logging.ERROR, "failed"), (logging.INFO, "." * 10_000)]
     handler.close()

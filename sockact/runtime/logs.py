@@ -68,7 +68,7 @@ class BoundedQueueHandler(logging.Handler):
         self._thread = threading.Thread(target=self._drain, name="sockact-log-writer", daemon=True)
         self._thread.start()
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         # Handler.handle would take this handler's lock around emit; the queue needs none.
         if not self.filter(record):
             return False
@@ -218,17 +218,20 @@ class JournalHandler(logging.Handler):
 
 
 _SD_PREFIX = re.compile(r"<([0-7])>")
+_LONGEST_LINE = 8192
 
 
-class QueuedStderr(io.TextIOBase):
-    """sys.stderr under the journal: whole lines become records of the queue, so a traceback printed
-    by a thread, a warning, or an app writing to wsgi.errors never blocks on journald. A line's own
-    "<N>" prefix sets its priority; others get journald's default for stderr, info."""
+class QueuedLines(io.TextIOBase):
+    """sys.stdout or sys.stderr under the journal: whole lines become records of the queue, so a
+    print(), a traceback printed by a thread, a warning, or an app writing to wsgi.errors never
+    blocks on journald. A line's own "<N>" prefix sets its priority; others get journald's default
+    for a service's output, info."""
 
-    def __init__(self, handler: logging.Handler, fd: int = 2) -> None:
+    def __init__(self, handler: logging.Handler, fd: int, name: str) -> None:
         super().__init__()
         self.handler = handler
         self.fd = fd
+        self.logger_name = name
         self._partial = ""
         self._lock = threading.Lock()
 
@@ -242,10 +245,16 @@ class QueuedStderr(io.TextIOBase):
     def fileno(self) -> int:
         return self.fd  # for faulthandler and the like, which write there directly
 
+    def isatty(self) -> bool:
+        return False
+
     def write(self, text: str) -> int:
         with self._lock:
             lines = (self._partial + text).split("\n")
             self._partial = lines.pop()
+            if len(self._partial) > _LONGEST_LINE:  # output that never ends a line still gets out
+                lines.append(self._partial)
+                self._partial = ""
         for line in lines:
             self._line(line)
         return len(text)
@@ -255,7 +264,7 @@ class QueuedStderr(io.TextIOBase):
         prefix = _SD_PREFIX.match(line)
         if prefix:
             level, line = _LEVEL[int(prefix.group(1))], line[prefix.end():]
-        self.handler.handle(logging.LogRecord("stderr", level, "", 0, line, None, None))
+        self.handler.handle(logging.LogRecord(self.logger_name, level, "", 0, line, None, None))
 
 
 def under_journal() -> bool:
@@ -315,4 +324,4 @@ def setup(level: int = logging.INFO) -> None:
     handler = BoundedQueueHandler(_target(journal))
     root.handlers[:] = [handler]
     if journal:
-        sys.stderr = QueuedStderr(handler)
+        sys.stdout, sys.stderr = QueuedLines(handler, 1, "stdout"), QueuedLines(handler, 2, "stderr")
