@@ -227,6 +227,21 @@ def test_a_journal_entry_too_big_for_a_datagram_goes_as_a_sealed_memfd(journal_s
         assert journal_fields(memfd.read())["MESSAGE"] == big
 
 
+def test_the_journal_handler_reconnects_to_a_restarted_journald(journal_socket: tuple[str, socket.socket]) -> None:
+    path, server = journal_socket
+    handler = logs.JournalHandler({}, path=path)
+    server.close()
+    os.unlink(path)
+    with pytest.raises(OSError):
+        handler.emit(record("while journald is away"))  # counted as dropped by the queue handler
+    restarted = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    restarted.bind(path)
+    restarted.settimeout(5)
+    with restarted:
+        handler.emit(record("back"))
+        assert journal_fields(restarted.recv(65536))["MESSAGE"] == "back"
+
+
 def test_a_journal_that_reads_nothing_never_blocks_the_producer(journal_socket: tuple[str, socket.socket]) -> None:
     path, _server = journal_socket  # bound, never read: sends block once its queue is full
     handler = logs.BoundedQueueHandler(logs.JournalHandler({}, path=path), capacity=50)

@@ -184,10 +184,11 @@ def _allocated_slot(path: str) -> mmap.mmap:
 
 
 def _backed(st: os.stat_result) -> bool:
-    """A slot a sibling may map: long enough and allocated (st_blocks counts 512-byte units), so
-    reading it can never fault in a page tmpfs has no room for. Slots of workers older than the
-    allocate-then-rename rule, or of one that died of a full /dev/shm, fail this."""
-    return stat.S_ISREG(st.st_mode) and st.st_size >= SLOT.size and st.st_blocks * 512 >= SLOT.size
+    """A slot a sibling may map: exactly one slot long, so within one page, and that page allocated
+    (st_blocks counts 512-byte units), so reading it can never fault in a page tmpfs has no room for.
+    A slot only sized, never written (left by a worker of an earlier sockact that died of a full
+    /dev/shm before its first heartbeat), fails this."""
+    return stat.S_ISREG(st.st_mode) and st.st_size == SLOT.size and st.st_blocks * 512 >= SLOT.size
 
 
 class AcceptGate:
