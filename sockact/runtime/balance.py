@@ -10,12 +10,17 @@ dead, draining) are ignored, so a stuck worker can never stop the others from ac
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import math
 import mmap
 import os
+import stat
 import struct
 import time
+
+logger = logging.getLogger("sockact.runtime")
 
 # Open connections, heartbeat (CLOCK_MONOTONIC, shared by all processes), and 1 while this worker has
 # stopped accepting. A worker defers only to siblings that accept: were it to stop accepting for one
@@ -49,13 +54,7 @@ class Scoreboard:
         self.prefix = os.path.join(directory, f"sockact.{app}@")
         # The PID keeps names unique: a file left by a killed worker may belong to another user.
         self.path = f"{self.prefix}{worker}.{os.getpid()}"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            os.fchmod(fd, 0o644)  # siblings may run as other (dynamic) users; they only read
-            os.ftruncate(fd, SLOT.size)
-            self.own = mmap.mmap(fd, SLOT.size)
-        finally:
-            os.close(fd)
+        self.own = _allocated_slot(self.path)
         self.count = 0
         self.paused = False
         # Set on the loop's tick: how many keep-alive connections this worker should hand over (half
@@ -107,12 +106,14 @@ class Scoreboard:
 
     def _open(self, path: str) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return
         try:
-            if os.fstat(fd).st_size >= SLOT.size:
+            if _backed(os.fstat(fd)):
                 self.siblings[path] = mmap.mmap(fd, SLOT.size, prot=mmap.PROT_READ)
+        except OSError:
+            pass  # gone or unmappable: not a sibling worth deferring to
         finally:
             os.close(fd)
 
@@ -156,6 +157,38 @@ class Scoreboard:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def _allocated_slot(path: str) -> mmap.mmap:
+    """This worker's slot, mapped read-write, its page allocated before anyone maps it.
+
+    A tmpfs page first touched through a mapping is allocated at that moment; when /dev/shm is full
+    the toucher gets SIGBUS, and that includes every sibling reading the slot (a read fault on a
+    hole allocates too). posix_fallocate turns that into ENOSPC here, and the file is built under a
+    hidden name and renamed into place, so siblings only ever find slots whose page exists."""
+    hidden = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    try:
+        os.fchmod(fd, 0o644)  # siblings may run as other (dynamic) users; they only read
+        os.posix_fallocate(fd, 0, SLOT.size)
+        own = mmap.mmap(fd, SLOT.size)
+        SLOT.pack_into(own, 0, 0, time.monotonic(), 0)  # live from the moment siblings see it
+        os.rename(hidden, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(hidden)
+        raise
+    finally:
+        os.close(fd)
+    return own
+
+
+def _backed(st: os.stat_result) -> bool:
+    """A slot a sibling may map: exactly one slot long, so within one page, and that page allocated
+    (st_blocks counts 512-byte units), so reading it can never fault in a page tmpfs has no room for.
+    A slot only sized, never written (left by a worker of an earlier sockact that died of a full
+    /dev/shm before its first heartbeat), fails this."""
+    return stat.S_ISREG(st.st_mode) and st.st_size == SLOT.size and st.st_blocks * 512 >= SLOT.size
 
 
 class AcceptGate:
@@ -205,5 +238,9 @@ def for_this_worker() -> Scoreboard | None:
         return None
     try:
         return Scoreboard(app, worker)
-    except OSError:
-        return None  # no shared memory here: the kernel's order decides, as without sockact
+    except OSError as exc:
+        # No room or no shared memory: the kernel's order decides, as without sockact. Said once,
+        # since the worker never tries again.
+        logger.warning("serving without the /dev/shm scoreboard (%s): connections are not balanced "
+                       "across workers until this worker restarts", exc)
+        return None
