@@ -71,7 +71,7 @@ def exec_start(spec: UnitSpec) -> list[str]:
         return list(spec.exec_argv)
     assert spec.app is not None
     argv = [spec.python, "-m", "sockact", "run", spec.app, "--stop-timeout", spec.stop_timeout,
-            "--request-timeout", spec.request_timeout]
+            "--request-timeout", spec.request_timeout, "--respawn"]
     if spec.access_log:
         argv.append("--access-log")
     for option, value in (("--max-requests", spec.max_requests), ("--max-requests-jitter", spec.max_requests_jitter),

@@ -80,7 +80,7 @@ def exec_words(argv: list[str]) -> list[str]:
 
 
 def runtime_argv(python: str, app: str) -> list[str]:
-    return exec_words([python, "-m", "sockact", "run", app, "--stop-timeout", "30", "--request-timeout", "30"])
+    return exec_words([python, "-m", "sockact", "run", app, "--stop-timeout", "30", "--request-timeout", "30", "--respawn"])
 
 
 def command(argv: list[str]) -> list[list[Any]]:

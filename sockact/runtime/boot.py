@@ -28,7 +28,10 @@ MAX_DELAY = 30.0
 # Prefix of the STATUS= line of a worker waiting to try again; `sockact status` looks for it.
 STATUS_PREFIX = "cannot start: "
 
+EXIT_CANNOT_START = 3  # sockact.errors.RuntimeFailure.exit_code
 _ready = False
+_ready_fd: int | None = None  # the respawning parent's pipe (sockact.runtime.respawn)
+engine = ""  # the engine module serving, told to that parent so that it can load it for the next fork
 
 
 def ready() -> bool:
@@ -76,8 +79,15 @@ def delay(attempt: int) -> float:
 
 def started() -> None:
     """READY=1 was sent: the next failure is a crash, and the count of boot failures starts again."""
-    global _ready
+    global _ready, _ready_fd
     _ready = True
+    if _ready_fd is not None:
+        try:
+            os.write(_ready_fd, f"R{engine}".encode("ascii"))
+            os.close(_ready_fd)
+        except OSError as exc:
+            logger.warning("cannot tell the respawning parent this process is ready: %s", exc)
+        _ready_fd = None
     path = _counter_path()
     if path is not None:
         try:
@@ -86,6 +96,12 @@ def started() -> None:
             pass
         except OSError as exc:
             logger.debug("cannot reset boot failures in %s: %s", path, exc)
+
+
+def report_ready_to(fd: int) -> None:
+    """Write "R<engine>" to `fd` at READY=1 (a forked serving process tells its parent)."""
+    global _ready_fd
+    _ready_fd = fd
 
 
 def under_systemd() -> bool:

@@ -22,6 +22,7 @@ import socket
 import struct
 import sys
 import threading
+import weakref
 
 # sd-daemon(3) priorities, as journald reads them from a "<N>" line prefix.
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -65,8 +66,23 @@ class BoundedQueueHandler(logging.Handler):
         self.dropped = 0
         self._drop_lock = threading.Lock()  # taken only when full: concurrent drops all count
         self._exc_formatter = logging.Formatter()
+        self._closed = False
         self._thread = threading.Thread(target=self._drain, name="sockact-log-writer", daemon=True)
         self._thread.start()
+        # A forked serving process (sockact.runtime.respawn) has no writer thread of its own, and the
+        # queue may have been copied mid-operation: it starts afresh with both.
+        reference = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (handler := reference()) is not None and handler._after_fork())
+
+    def _after_fork(self) -> bool:
+        if self._closed:
+            return False
+        self.queue = queue.SimpleQueue()
+        self.dropped = 0
+        self._drop_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, name="sockact-log-writer", daemon=True)
+        self._thread.start()
+        return True
 
     def handle(self, record: logging.LogRecord) -> bool:
         # Handler.handle would take this handler's lock around emit; the queue needs none.
@@ -130,6 +146,7 @@ class BoundedQueueHandler(logging.Handler):
 
     def close(self) -> None:
         """Write what waits, within flush_deadline, and end the writer; logging.shutdown calls it at exit."""
+        self._closed = True
         if self._thread.is_alive():
             self.queue.put(None)
             self._thread.join(self.flush_deadline)

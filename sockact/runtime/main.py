@@ -44,6 +44,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--wsgi-engine", default="threads", choices=("threads", "waitress", "asgi"),
                         help="WSGI apps: sockact's threads on one epoll set (default), waitress's thread pool, "
                              "or a2wsgi on the ASGI engine")
+    parser.add_argument("--respawn", action="store_true",
+                        help="keep a parent that forks the serving process again at once when it crashes "
+                             "(sockact's units use it; the unit needs NotifyAccess=all)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     recycling = parser.add_argument_group(
         "recycling", "a worker past a limit drains as on SIGTERM and exits with status 4; systemd starts it "
@@ -137,7 +140,27 @@ def main(argv: Sequence[str]) -> int:
     faulthandler.enable()
     notifier = default_notifier()
     try:
-        recycler = serve(args, notifier)
+        from .share import mode_from_env
+
+        mode_from_env()  # a bad SOCKACT_CPU_SHARE stops the worker before it binds or imports anything
+        sockets = sockets_for(args.bind)  # adopted here: LISTEN_PID names this process, not a forked one
+    except SockactError as exc:
+        boot.failed(str(exc), notifier)
+        return exc.exit_code
+    if args.respawn:
+        from .respawn import supervise
+
+        return supervise(lambda: serve_once(args, sockets, notifier), notifier)
+    return serve_once(args, sockets, notifier)
+
+
+def serve_once(args: argparse.Namespace, sockets: list[Any], notifier: Notifier) -> int:
+    """Serve until SIGTERM (or a recycle); the exit status. A failure before READY=1 is a boot
+    failure, retried by systemd after a growing delay; one after it is a crash."""
+    from . import boot
+
+    try:
+        recycler = serve(args, sockets, notifier)
     except SockactError as exc:
         if exc.exit_code != RuntimeFailure.exit_code or boot.ready():
             logger.error("%s", exc)
@@ -146,19 +169,17 @@ def main(argv: Sequence[str]) -> int:
         return exc.exit_code
     except Exception as exc:
         if boot.ready():
-            raise  # a crash while serving: systemd restarts the worker at once
+            raise  # a crash while serving: restarted at once
         # Anything else that stops a worker before READY=1 is a boot failure too, retried with a delay.
         boot.failed(f"cannot start: {one_line(exc)}", notifier)
         return RuntimeFailure.exit_code
     return recycler.exit_status() if recycler is not None else 0
 
 
-def serve(args: argparse.Namespace, notifier: Notifier) -> Recycler | None:
+def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier) -> Recycler | None:
     """Serve until SIGTERM (or a recycle); the recycler, if a limit was on, says how to exit."""
-    from .share import mode_from_env
+    from . import boot
 
-    mode_from_env()  # a bad SOCKACT_CPU_SHARE stops the worker before it binds or imports anything
-    sockets = sockets_for(args.bind)
     app = load_app(args.app)
     from .interface import detect
 
@@ -173,11 +194,13 @@ def serve(args: argparse.Namespace, notifier: Notifier) -> Recycler | None:
                             "or apt install python3-httptools, for sockact's faster WSGI engine)")
             from .wsgi import run as run_wsgi
 
+        boot.engine = run_wsgi.__module__
         run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=notifier,
                  access_log=args.access_log, recycler=recycler, request_timeout=args.request_timeout)
     else:
         from .server import run
 
+        boot.engine = run.__module__
         run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
             notifier=notifier, interface=interface, threads=args.threads, recycler=recycler,
             request_timeout=args.request_timeout)
