@@ -10,14 +10,14 @@ from .spec import UnitSpec
 # systemd-analyze security NAME@1.service on systemd 252 for each way of lifting the sandbox;
 # tests/test_hardening.py measures every one and fails when systemd disagrees.
 OPTION_SCORES: dict[str, tuple[tuple[str, ...], float]] = {
-    "default": ((), 1.1),
-    "--user USER": (("--user", "www-data"), 1.1),
-    "--allow-jit": (("--allow-jit",), 1.1),
+    "default": ((), 1.2),
+    "--user USER": (("--user", "www-data"), 1.2),
+    "--allow-jit": (("--allow-jit",), 1.3),
     "--state-dir/--cache-dir/--logs-dir/--writable": (
-        ("--state-dir", "probe", "--cache-dir", "probe", "--logs-dir", "probe", "--writable", "/srv"), 1.1),
-    "app under /home (ProtectHome=read-only)": (("--chdir", "/home/probe"), 1.2),
-    "--no-harden --user USER": (("--no-harden", "--user", "www-data"), 9.2),
-    "--no-harden": (("--no-harden",), 9.6),
+        ("--state-dir", "probe", "--cache-dir", "probe", "--logs-dir", "probe", "--writable", "/srv"), 1.2),
+    "app under /home (ProtectHome=read-only)": (("--chdir", "/home/probe"), 1.3),
+    "--no-harden --user USER": (("--no-harden", "--user", "www-data"), 9.4),
+    "--no-harden": (("--no-harden",), 9.8),
 }
 SCORE_DEFAULT = OPTION_SCORES["default"][1]
 SCORE_NO_HARDEN = OPTION_SCORES["--no-harden"][1]

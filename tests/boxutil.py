@@ -159,3 +159,12 @@ class ProbeResult:
 
     def __str__(self) -> str:
         return f"{self.answered} of {self.total} probes answered ({self.share:.1%}), longest outage {self.longest_outage():.1f} s"
+
+
+def serving_pid(box: PrivateSystemd, unit: str) -> str:
+    """The serving process of a worker unit: the child its main process forked (sockact run --respawn)."""
+    main = box.show(unit, "MainPID")["MainPID"]
+    if main == "0":
+        return "0"
+    children = box.run("cat", f"/proc/{main}/task/{main}/children", check=False).stdout.split()
+    return children[0] if children else "0"

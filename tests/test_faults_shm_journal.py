@@ -124,6 +124,7 @@ def test_a_full_dev_shm_costs_a_restarted_worker_its_balance_not_its_life(fresh_
     assert after["shm@1.service"] == before["shm@1.service"]  # the sibling never died: same PID, no restart
     assert after["shm@2.service"]["ActiveState"] == "active" and after["shm@2.service"]["NRestarts"] == "1"
     assert "status=7/BUS" not in box.journal("-u", "shm@*")  # systemd's line for a worker killed by SIGBUS
+    assert "died" not in box.journal("-u", "shm@*", "-o", "cat")  # nor a serving process forked again
     assert seen["answered"] >= 0.99 * seen["total"]
     assert failures(stats) <= 8, stats  # at most the connections the killed worker held
     box.wait_for(lambda: NO_SCOREBOARD in box.journal("-u", "shm@2.service", "-o", "cat"), what="the warning")
@@ -166,3 +167,4 @@ def test_a_stopped_journald_does_not_stall_serving(fresh_systemd: PrivateSystemd
     print(f"drop lines: {counts}")
     assert {"jfreeze@1.service", "jfreeze@2.service"} == {
         unit for unit in ("jfreeze@1.service", "jfreeze@2.service") if box.show(unit, "NRestarts")["NRestarts"] == "0"}
+    assert "died" not in box.journal("-u", "jfreeze@*", "-o", "cat")  # no serving process forked again either

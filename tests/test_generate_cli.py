@@ -76,7 +76,7 @@ def test_watchdog_and_stop_timeout() -> None:
                    "--only", "service", check=True).stdout
     assert "WatchdogSec=10\n" in text
     assert "TimeoutStopSec=12\n" in text
-    assert "--stop-timeout 12 --request-timeout 30\n" in text
+    assert "--stop-timeout 12 --request-timeout 30 --respawn\n" in text
 
 
 def test_the_builtin_runtime_gets_a_watchdog_and_a_request_timeout_by_default() -> None:
@@ -152,4 +152,4 @@ def test_access_log_is_off_unless_asked() -> None:
     assert "--access-log" not in plain
     logged = sockact("generate", "myapp", *APP, "--listen", "8000", "--access-log", "--only", "service",
                      check=True).stdout
-    assert "--stop-timeout 30 --request-timeout 30 --access-log\n" in logged
+    assert "--stop-timeout 30 --request-timeout 30 --respawn --access-log\n" in logged

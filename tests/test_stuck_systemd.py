@@ -185,6 +185,7 @@ def test_a_wsgi_worker_with_every_thread_hung_is_replaced_and_its_sibling_serves
     assert answered >= 0.99 * len(results) and len(results) >= 100
     assert box.show("hangw@2.service", "MainPID")["MainPID"] == sibling_pid
     assert restarts(box, "hangw@2.service") == 0
+    assert "died" not in box.journal("-u", "hangw@2.service", "-o", "cat")  # its serving process never replaced
     assert len(logged) == threads
     assert f"all {threads} threads are stuck" in journal and "Watchdog timeout" in journal
     assert stats["requests"] > 100 and failures(stats) <= 40  # only wrk connections held by the hung worker
@@ -231,6 +232,7 @@ def test_an_asgi_loop_blocked_by_a_sync_call_is_restarted_by_the_default_watchdo
     assert "Watchdog timeout" in journal
     assert "not serving (event loop blocked for" in text
     assert restarts(box, other) == 0 and box.show(other, "MainPID")["MainPID"] == pids[int(other[6])]
+    assert "died" not in box.journal("-u", other, "-o", "cat")
     assert answered >= 0.99 * len(results)
 
 

@@ -82,7 +82,9 @@ class Parent:
             if code == 0:
                 return 0
             self.replaced += 1
-            if code != RECYCLE_EXIT:
+            if code == RECYCLE_EXIT:
+                logger.info("serving process %d recycled (exit 4); forking a new one", self.child)
+            else:
                 logger.error("serving process %d died (%s) %.1f s after it started; forking a new one "
                              "(%d replaced so far)", self.child, describe(status), time.monotonic() - started,
                              self.replaced)

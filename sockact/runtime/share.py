@@ -63,10 +63,11 @@ class CpuShare:
 
     @staticmethod
     def _applies() -> bool:
-        """This worker leads its own session (as systemd starts services), and autogroups are not
-        known to be off. Under ProcSubset=pid /proc/sys is hidden; the nice of an autogroup that the
-        kernel ignores is harmless."""
-        if os.getsid(0) != os.getpid():
+        """This worker's session is its unit's own (systemd starts each service as a session leader;
+        with --respawn the leader is the parent that forked this serving process), and autogroups are
+        not known to be off. Under ProcSubset=pid /proc/sys is hidden; the nice of an autogroup that
+        the kernel ignores is harmless."""
+        if os.getsid(0) not in (os.getpid(), os.getppid()):
             return False
         try:
             with open(ENABLED) as file:

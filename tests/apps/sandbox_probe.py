@@ -60,7 +60,9 @@ def report() -> dict[str, Any]:
         "write_tmp": attempt(lambda: write_file("/tmp")),
         "write_state": attempt(lambda: write_file(os.environ.get("STATE_DIRECTORY"))),
         "write_writable": attempt(lambda: write_file(os.environ.get("PROBE_WRITABLE"))),
-        "other_processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid())[:3],
+        # The unit's main process (sockact run --respawn, which forked this one) is the only other one.
+        "other_processes": sorted(int(p) for p in os.listdir("/proc")
+                                  if p.isdigit() and int(p) not in (os.getpid(), os.getppid()))[:3],
         "meminfo": attempt(lambda: open("/proc/meminfo").readline().split()[0]),
     }
 
