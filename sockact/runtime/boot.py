@@ -31,6 +31,7 @@ STATUS_PREFIX = "cannot start: "
 EXIT_CANNOT_START = 3  # sockact.errors.RuntimeFailure.exit_code
 _ready = False
 _ready_fd: int | None = None  # the respawning parent's pipe (sockact.runtime.respawn)
+_forked = False
 engine = ""  # the engine module serving, told to that parent so that it can load it for the next fork
 
 
@@ -100,8 +101,14 @@ def started() -> None:
 
 def report_ready_to(fd: int) -> None:
     """Write "R<engine>" to `fd` at READY=1 (a forked serving process tells its parent)."""
-    global _ready_fd
+    global _ready_fd, _forked
     _ready_fd = fd
+    _forked = True
+
+
+def forked() -> bool:
+    """True in a serving process forked by sockact.runtime.respawn."""
+    return _forked
 
 
 def under_systemd() -> bool:

@@ -71,10 +71,13 @@ class Pulse:
         return self.recycler is not None and self.recycler.due(served)
 
     def stopping(self, in_flight: int) -> None:
-        """Leave the scoreboard (siblings stop deferring to us), then STOPPING=1."""
+        """Leave the scoreboard (siblings stop deferring to us), then STOPPING=1 — unless this serving
+        process recycles under a respawning parent: the unit is not stopping (systemd would take
+        STOPPING=1 for good and ignore the next process's READY=1)."""
         if self.board is not None:
             self.board.close()
             self.board = None
-        self.notifier.stopping()
         why = self.recycler.reason if self.recycler is not None else None
+        if not (why and boot.forked()):
+            self.notifier.stopping()
         self.notifier.status(f"draining: {in_flight} in flight" + (f" ({why})" if why else ""))
