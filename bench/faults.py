@@ -54,12 +54,13 @@ class Timing:
     # Bytes each /log request writes: a request dump or a short traceback. With 60-byte lines the
     # load writes too little in 8 s to fill the journal stream's buffers (about 4 MB here).
     log_bytes: int = 1000
+    shm_watch_s: float = 8.0
     recover_s: float = 15.0  # time a server gets to serve again by itself after the fault
 
     @classmethod
     def quick(cls) -> Timing:
         return cls(lead_s=0.5, tail_s=1.0, crash_count=20, flood_connections=500, flood_hold_s=3.0, hang_s=6.0,
-                   grow_mb=50, grow_watch_s=3.0, journal_stop_s=3.0, recover_s=10.0)
+                   grow_mb=50, grow_watch_s=3.0, journal_stop_s=3.0, shm_watch_s=3.0, recover_s=10.0)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Seen:
     wrk: load.WrkResult | None
     detail: str
     memory: tuple[float, float, float] | None = None  # RSS MiB: before, grown, after the watch
+    undo: Callable[[], None] | None = None  # ends the fault, after the recovery check
 
 
 class Window:
@@ -206,12 +208,42 @@ def frozen_journal(bench: Bench, server: Server, t: Timing) -> Seen:
                             f"the load and the probes GET {path}")
 
 
+SHM_FILL = "/dev/shm/bench-faults-fill"
+SHM_SIZE = "64m"  # the box's /dev/shm, shrunk at boot so filling it is quick
+
+
+def shm_full_kill(bench: Bench, server: Server, t: Timing) -> Seen:
+    """/dev/shm filled to the last byte, then SIGKILL to one worker: does its replacement serve?
+
+    /dev/shm stays full through the recovery check; it is emptied afterwards."""
+    window = Window(bench, server, "/", t.lead_s + t.shm_watch_s + t.tail_s)
+    window.at(t.lead_s)
+
+    def undo() -> None:
+        bench.box.run("rm", "-f", SHM_FILL, check=False)
+
+    try:
+        bench.box.run("dd", "if=/dev/zero", f"of={SHM_FILL}", "bs=1M", check=False, timeout=30)
+        free = bench.box.run("df", "--output=avail", "-k", "/dev/shm").stdout.split()[-1]
+        victim = server.worker_pid(bench)
+        bench.box.run("kill", "-9", str(victim))
+        window.at(t.lead_s + t.shm_watch_s)
+        probe, wrk = window.finish()
+    except BaseException:
+        undo()
+        raise
+    detail = (f"/dev/shm filled ({free} KiB left) at {t.lead_s:g} s, then worker {victim} killed (SIGKILL); "
+              "still full during the recovery check")
+    return Seen(probe, wrk, detail, undo=undo)
+
+
 FAULTS: dict[str, tuple[str, Callable[[Bench, Server, Timing], Seen]]] = {
     "crash": ("crash URL (os._exit / process.exit)", crash),
     "flood": ("fd flood (idle keep-alive connections)", fd_flood),
     "hang": ("hung handlers", hang),
     "memory": ("memory growth", memory),
     "journal": ("frozen journal", frozen_journal),
+    "shm": ("full /dev/shm + kill -9 of a worker", shm_full_kill),
 }
 
 
@@ -260,22 +292,22 @@ def who_acted(bench: Bench, server: Server, t: Timing, seen: Seen) -> str:
             return "nobody (the growth never showed in RSS)"
         if after - before < t.grow_mb / 2:
             return "nobody (memory given back)"
-        took = operator_acts(bench, server)
+        took = operator_acts(bench, server.memory_operator_act)
         serving = serves_again(bench, server, 30)
-        return (f"operator ran `{server.operator}` ({took}; RSS then {server.rss_mb(bench):.0f} MiB)"
+        return (f"operator ran `{server.memory_operator}` ({took}; RSS then {server.rss_mb(bench):.0f} MiB)"
                 + ("" if serving else ": still not serving"))
     if serves_again(bench, server, t.recover_s):
         return "nobody"
-    took = operator_acts(bench, server)
+    took = operator_acts(bench, server.operator_act)
     if serves_again(bench, server, 30):
         return f"operator ran `{server.operator}` ({took})"
     return f"operator ran `{server.operator}` ({took}): still not serving"
 
 
-def operator_acts(bench: Bench, server: Server) -> str:
+def operator_acts(bench: Bench, act: Callable[[Bench], None]) -> str:
     """Run what the operator would, and say how long it took."""
     began = time.monotonic()
-    server.operator_act(bench)
+    act(bench)
     return f"took {time.monotonic() - began:.1f} s"
 
 
@@ -295,7 +327,11 @@ def run_fault(bench: Bench, server: Server, fault: str, t: Timing) -> Row:
             row.load = {"requests": seen.wrk.requests, "errors": seen.wrk.errors.total,
                         "seconds": round(seen.wrk.duration_s, 1)}
         row.detail = seen.detail
-        row.acted = who_acted(bench, server, t, seen)
+        try:
+            row.acted = who_acted(bench, server, t, seen)
+        finally:
+            if seen.undo is not None:
+                seen.undo()
     except (NotAvailable, HarnessError, subprocess.SubprocessError, OSError) as exc:
         row.unavailable = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         log.warning("  %s: %s", server.name, row.unavailable)
@@ -347,7 +383,8 @@ Every server is installed as on a host, under systemd:
 
 ## The faults
 
-- crash URL: {t.crash_count} × GET /crash, one every {t.crash_every_s:g} s; the worker exits (`os._exit(1)`, `process.exit(1)`).
+- crash URL: {t.crash_count} × GET /crash, one every {t.crash_every_s:g} s; the worker exits (`os._exit(1)`,
+  `process.exit(1)`).
 - fd flood: {t.flood_connections} connections from one client (its own RLIMIT_NOFILE raised), each sends
   one complete keep-alive request and then stays idle for {t.flood_hold_s:g} s.
 - hung handlers: {2 * WORKERS} × GET /hang (a blocking `time.sleep` in the ASGI handler, a busy loop in
@@ -355,6 +392,8 @@ Every server is installed as on a host, under systemd:
 - memory growth: one GET /grow?mb={t.grow_mb} keeps {t.grow_mb} MiB in one worker.
 - frozen journal: `kill -STOP` of the box's journald for {t.journal_stop_s:g} s while every request to
   /log writes a {t.log_bytes}-byte line to stderr (PM2 writes app output to its own files, not to the journal).
+- full /dev/shm + kill -9: the box's /dev/shm ({SHM_SIZE}) filled by one file, then SIGKILL to one worker;
+  probes for {t.shm_watch_s:g} s after, and /dev/shm stays full until the recovery check is over.
 
 Versions: {versions}.
 """
@@ -414,6 +453,8 @@ def main(argv: Sequence[str]) -> int:
         bench = Bench(box=box, root=root, repo=HERE.parent, workers=WORKERS, logs=pathlib.Path(logs))
         servers = [s for s in lineup(bench) if not args.only or s.key in args.only]
         meta: dict[str, Any] = {**machine(), "versions": versions(bench)}
+        if "shm" in faults:
+            box.run("mount", "-o", f"remount,size={SHM_SIZE}", "/dev/shm")
         for server in servers:
             try:
                 server.install(bench)

@@ -14,6 +14,8 @@ import subprocess
 import textwrap
 from dataclasses import dataclass, field
 
+from sockact.testing import HarnessError
+
 from .contenders import Bench, NotAvailable
 
 WORKERS = 2
@@ -40,6 +42,7 @@ class Server:
     port: int
     config: str = ""  # how it ran, for the notes under the table
     operator: str = ""  # what a user types when it stays down
+    memory_operator: str = ""  # what a user types to get a grown worker's memory back
     patterns: tuple[str, ...] = ()  # the systemd units its processes run in (regular expressions)
 
     def install(self, bench: Bench) -> None:
@@ -52,6 +55,10 @@ class Server:
         """Do what `operator` says."""
         raise NotImplementedError
 
+    def memory_operator_act(self, bench: Bench) -> None:
+        """Do what `memory_operator` says."""
+        self.operator_act(bench)
+
     def units(self) -> list[str]:
         raise NotImplementedError
 
@@ -61,6 +68,10 @@ class Server:
         bench.box.systemctl("kill", "--signal=SIGKILL", *units, check=False)
         bench.box.systemctl("stop", *units, check=False, timeout=60)
         bench.box.systemctl("reset-failed", *units, check=False)
+
+    def worker_pid(self, bench: Bench) -> int:
+        """One worker process, as numbered inside the box."""
+        raise NotImplementedError
 
     def rss_mb(self, bench: Bench) -> float:
         """Resident memory of every process in the server's units, in MiB."""
@@ -103,6 +114,8 @@ class Sockact(Server):
                        f"systemd); options: {given}" + (f"; not in this sockact: {', '.join(self.skipped)}"
                                                         if self.skipped else ""))
         self.operator = f"sockact start {self.unit}"
+        # `start` leaves running workers alone; the rolling restart replaces them one at a time.
+        self.memory_operator = f"sockact reload {self.unit}"
         self.patterns = (rf"{re.escape(self.unit)}@\d+\.service",)
 
     def units(self) -> list[str]:
@@ -116,6 +129,12 @@ class Sockact(Server):
     def operator_act(self, bench: Bench) -> None:
         bench.box.run(str(bench.venv_bin / "sockact"), "start", self.unit, check=False, timeout=OPERATOR_TIMEOUT_S)
 
+    def memory_operator_act(self, bench: Bench) -> None:
+        bench.box.run(str(bench.venv_bin / "sockact"), "reload", self.unit, check=False, timeout=OPERATOR_TIMEOUT_S)
+
+    def worker_pid(self, bench: Bench) -> int:
+        return _main_pid(bench, f"{self.unit}@1.service")
+
 
 @dataclass
 class Plain(Server):
@@ -123,6 +142,7 @@ class Plain(Server):
 
     body: str = ""  # the [Service] lines after Description
     state_dir: str = ""  # removed after each fault, so the next start is a first one
+    worker_mark: str = ""  # in a worker's command line, when the master has other children too
 
     @property
     def unit(self) -> str:
@@ -132,7 +152,7 @@ class Plain(Server):
         text = f"[Unit]\nDescription={self.name} (fault benchmark)\n\n[Service]\n{self.body}"
         bench.box.write_unit(self.unit, text)
         bench.box.daemon_reload()
-        self.operator = f"systemctl restart {self.unit.removesuffix('.service')}"
+        self.operator = self.memory_operator = f"systemctl restart {self.unit.removesuffix('.service')}"
         self.patterns = (re.escape(self.unit),)
 
     def units(self) -> list[str]:
@@ -145,6 +165,16 @@ class Plain(Server):
     def operator_act(self, bench: Bench) -> None:
         bench.box.systemctl("restart", self.unit, check=False, timeout=OPERATOR_TIMEOUT_S)
 
+    def worker_pid(self, bench: Bench) -> int:
+        """A child of the main process: gunicorn's arbiter, uvicorn's supervisor, the cluster primary and
+        PM2's daemon fork the workers themselves."""
+        master = _main_pid(bench, self.unit)
+        for child in bench.box.path(f"/proc/{master}/task/{master}/children").read_text().split():
+            cmdline = bench.box.path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if self.worker_mark in cmdline:
+                return int(child)
+        raise HarnessError(f"{self.name}: no worker among the children of PID {master}")
+
     def stop(self, bench: Bench) -> None:
         super().stop(bench)
         if self.state_dir:
@@ -152,6 +182,13 @@ class Plain(Server):
 
 
 PM2_HOME = "/run/bench-faults-pm2"
+
+
+def _main_pid(bench: Bench, unit: str) -> int:
+    pid = int(bench.box.show(unit, "MainPID").get("MainPID", "0") or 0)
+    if not pid:
+        raise HarnessError(f"{unit} has no main process")
+    return pid
 
 
 def pm2_config(bench: Bench, port: int) -> str:
@@ -192,7 +229,7 @@ def lineup(bench: Bench) -> list[Server]:
                   ExecStart={venv}/uvicorn {ASGI_APP} --workers {WORKERS} --host 127.0.0.1 --port 8103 \\
                       --app-dir {app_dir} --no-access-log --log-level warning
                   Restart=always
-                  """)),
+                  """), worker_mark="spawn_main"),
         Plain("node", "node cluster", 8106,
               config="Type=exec unit, Restart=always; the primary forks a new worker when one exits",
               body=textwrap.dedent(f"""\
