@@ -31,7 +31,7 @@ from .faults_servers import WORKERS, Server, lineup
 
 log = logging.getLogger("bench.faults")
 HERE = pathlib.Path(__file__).resolve().parent
-CLIENTS = str(HERE / "faults_clients.py")  # moved under the bench root by stage(), where the box can read it
+CLIENTS = str(HERE / "faults_clients.py")  # copied under the bench root by stage(), where the box can read it
 LOAD_CONNECTIONS = 4
 SERVED_AGAIN_IN_A_ROW = 10  # consecutive GETs that count as "new visitors are served again"
 
