@@ -27,9 +27,8 @@ ASGI_APP = "bench.apps.faults_asgi:app"
 # An option this sockact's `generate --help` does not list is left out, and the report says so;
 # append options here as sockact grows them.
 SOCKACT_OPTIONS: list[tuple[str, str, str]] = [
-    ("--watchdog", "5", "hung handlers: a loop blocked 5 s is killed and restarted"),
-    ("--request-timeout", "10", "hung handlers"),
-    ("--max-rss", "200M", "memory growth"),
+    ("--request-timeout", "10", "hung handlers: a WSGI worker whose threads are all stuck this long is replaced"),
+    ("--max-rss", "200", "memory growth: a worker over 200 MiB recycles itself (as pm2's max_memory_restart 200M)"),
 ]
 
 

@@ -19,7 +19,7 @@ from sockact.testing import unavailable_reason
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
-ROW = re.compile(r"^\| crash URL [^|]*\| sockact \| (\d+) of (\d+) \| (\d+\.\d) s \| ([^|]+) \|", re.M)
+ROW = re.compile(r"^\| crash URL [^|]*\| sockact \| (\d+) of (\d+) \| (\d+\.\d) s \| ([^|]+) \|", re.MULTILINE)
 
 
 def test_one_fault_against_sockact(tmp_path: pathlib.Path) -> None:

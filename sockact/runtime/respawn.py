@@ -90,7 +90,7 @@ class Parent:
                              self.replaced)
             self._preload(engine)
 
-    def _in_child(self, ready_w: int, mask: set[signal.Signals]) -> None:
+    def _in_child(self, ready_w: int, mask: set[int | signal.Signals]) -> None:
         """Runs in the forked process and never returns."""
         code = 1
         try:
@@ -98,7 +98,7 @@ class Parent:
             os.environ["WATCHDOG_PID"] = str(os.getpid())  # sd_watchdog_enabled(3) asks for our own pid
             boot.report_ready_to(ready_w)
             code = self.serve()
-        except BaseException:  # noqa: BLE001 - a crash while serving: logged, and the parent forks again
+        except BaseException:
             logger.exception("the serving process failed")
         finally:
             logging.shutdown()  # the queued records, within a deadline
