@@ -30,7 +30,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if path == "/crash":
         os._exit(1)
     if path == "/hang":
-        time.sleep(HANG_S)  # deliberately blocking: the bug under test
+        time.sleep(HANG_S)  # noqa: ASYNC251 - deliberately blocking: the bug under test
     elif path == "/grow":
         grow(scope["query_string"].decode())
     elif path == "/log":
