@@ -103,6 +103,10 @@ class Contender:
         """The worker processes, as numbered inside the box."""
         raise NotImplementedError
 
+    def worker_processes(self, bench: Bench) -> list[list[int]]:
+        """Each worker's processes, for its memory: the worker alone unless it has helpers of its own."""
+        return [[pid] for pid in self.worker_pids(bench)]
+
     def reload(self, bench: Bench) -> None:
         """The zero-downtime reload; returns once every worker was replaced. NotAvailable if none."""
         raise NotAvailable("no built-in zero-downtime reload")
@@ -176,6 +180,10 @@ class Sockact(Contender):
             if state.get("ActiveState") == "active" and state.get("MainPID", "0") != "0":
                 pids.append(int(state["MainPID"]))
         return pids
+
+    def worker_processes(self, bench: Bench) -> list[list[int]]:
+        # The unit's main process (sockact run --respawn) and the serving process it forked.
+        return [[pid, *_children(bench.box, pid)] for pid in self.worker_pids(bench)]
 
     def check(self, bench: Bench) -> None:
         try:
@@ -345,11 +353,19 @@ def _read(path: pathlib.Path) -> str:
         return ""
 
 
-def rss_mb(box: PrivateSystemd, pid: int) -> float | None:
-    for line in _read(box.path(f"/proc/{pid}/status")).splitlines():
-        if line.startswith("VmRSS:"):
+def pss_mb(box: PrivateSystemd, pid: int) -> float | None:
+    """Proportional set size: pages shared with other processes (a master that forked its workers,
+    sockact's per-unit parent) count in shares, so processes of one tree add up to what they use."""
+    for line in _read(box.path(f"/proc/{pid}/smaps_rollup")).splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
     return None
+
+
+def memory_mb(box: PrivateSystemd, pids: list[int]) -> float | None:
+    """The PSS of one worker's processes together, None if one of them could not be read."""
+    sizes = [pss_mb(box, pid) for pid in pids]
+    return None if not sizes or any(size is None for size in sizes) else sum(size for size in sizes if size)
 
 
 def lineup(bench: Bench) -> list[Contender]:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from sockact.testing import HarnessError
 
 from . import load
-from .contenders import Bench, Contender, NotAvailable, rss_mb
+from .contenders import Bench, Contender, NotAvailable, memory_mb
 
 log = logging.getLogger("bench")
 PROBE = str(load.SCRIPTS.parent / "probe.py")
@@ -53,7 +53,7 @@ class Results:
     throughput: dict[str, list[load.WrkResult]] = field(default_factory=dict)  # cell() -> one per round
     fairness: dict[str, list[load.WrkResult]] = field(default_factory=dict)
     cold_start_ms: dict[str, list[float]] = field(default_factory=dict)
-    rss_mb: dict[str, list[float]] = field(default_factory=dict)  # every worker of every round
+    memory_mb: dict[str, list[float]] = field(default_factory=dict)  # PSS, every worker of every round
     deploys: dict[str, dict[str, Deploy]] = field(default_factory=dict)  # key -> "reload"/"restart"
     unavailable: dict[str, str] = field(default_factory=dict)
     imports_ms: dict[str, float] = field(default_factory=dict)
@@ -71,7 +71,7 @@ def results_from_json(data: dict[str, Any]) -> Results:
                                       d["unavailable"]) for scenario, d in per_key.items()}
                for key, per_key in data["deploys"].items()}
     return Results(Settings(**data["settings"]), data["machine"], data["versions"], runs(data["throughput"]),
-                   runs(data["fairness"]), data["cold_start_ms"], data["rss_mb"], deploys, data["unavailable"],
+                   runs(data["fairness"]), data["cold_start_ms"], data["memory_mb"], deploys, data["unavailable"],
                    data["imports_ms"], data.get("background", {}))
 
 
@@ -112,7 +112,7 @@ class Round:
     cold_start_ms: float = 0.0
     throughput: dict[str, load.WrkResult] = field(default_factory=dict)
     fairness: load.WrkResult | None = None
-    rss_mb: list[float] = field(default_factory=list)
+    memory_mb: list[float] = field(default_factory=list)
 
     def add_to(self, results: Results, key: str) -> None:
         results.cold_start_ms.setdefault(key, []).append(self.cold_start_ms)
@@ -120,7 +120,7 @@ class Round:
             results.throughput.setdefault(name, []).append(result)
         if self.fairness is not None:
             results.fairness.setdefault(key, []).append(self.fairness)
-        results.rss_mb.setdefault(key, []).extend(self.rss_mb)
+        results.memory_mb.setdefault(key, []).extend(self.memory_mb)
 
 
 def run_round(bench: Bench, contender: Contender, settings: Settings) -> Round:
@@ -131,8 +131,8 @@ def run_round(bench: Bench, contender: Contender, settings: Settings) -> Round:
         contender.wait_ready(bench)
         contender.check(bench)
         _load_all(bench, contender, settings, figures)
-        rss = [rss_mb(bench.box, pid) for pid in contender.worker_pids(bench)]
-        figures.rss_mb = [mb for mb in rss if mb is not None]
+        sizes = [memory_mb(bench.box, pids) for pids in contender.worker_processes(bench)]
+        figures.memory_mb = [mb for mb in sizes if mb is not None]
         return figures
     finally:
         _stop(bench, contender)

@@ -68,8 +68,8 @@ class Summary:
         total = sum(counts) or 1
         return " / ".join(f"{100 * count / total:.0f}%" for count in counts)
 
-    def rss(self, key: str) -> float:
-        return median(self.results.rss_mb.get(key, []))
+    def memory(self, key: str) -> float:
+        return median(self.results.memory_mb.get(key, []))
 
     def cold_start(self, key: str) -> float:
         return median(self.results.cold_start_ms.get(key, []))
@@ -124,9 +124,9 @@ def workers_table(summary: Summary) -> list[str]:
             rows.append([*head, f"not available: {summary.results.unavailable[c.key]}", "", "", ""])
             continue
         rows.append([*head, summary.shares(c.key), fmt(summary.fairness(c.key), 2),
-                     fmt(summary.cold_start(c.key)), fmt(summary.rss(c.key), 1)])
+                     fmt(summary.cold_start(c.key)), fmt(summary.memory(c.key), 1)])
     return table(["server", "app", "requests per worker (last round)", "max/min (median)", "cold start ms",
-                  "RSS per worker MB"], rows)
+                  "memory per worker MB (PSS)"], rows)
 
 
 def deploys_table(summary: Summary) -> list[str]:
@@ -175,8 +175,8 @@ def targets(summary: Summary) -> list[tuple[str, str, bool | None]]:
         ratio = summary.fairness(key)
         found.append((f"fairness ({key.split('-')[1].upper()}): max/min requests per worker ≤ 1.2",
                       fmt(ratio, 2), None if math.isnan(ratio) else ratio <= 1.2))
-    extra = summary.rss("sockact-asgi") - summary.rss("uvicorn")
-    found.append(("RSS per worker ≤ uvicorn --workers' + 5 MB", _signed(extra, 1, "MB"),
+    extra = summary.memory("sockact-asgi") - summary.memory("uvicorn")
+    found.append(("memory (PSS) per worker ≤ uvicorn --workers' + 5 MB", _signed(extra, 1, "MB"),
                   None if math.isnan(extra) else extra <= 5))
     imports = summary.results.imports_ms
     extra_ms = imports.get("sockact", math.nan) - imports.get("uvicorn", math.nan)
@@ -340,11 +340,11 @@ def overview_table(summary: Summary) -> list[str]:
             fmt(median(r.p99_ms for r in summary.runs(c.key, HELLO, False)), 2),
             fmt(summary.fairness(c.key), 2),
             *(_failed(deploys.get(scenario)) for scenario in ("reload", "restart")),
-            fmt(summary.cold_start(c.key)), fmt(summary.rss(c.key), 1),
+            fmt(summary.cold_start(c.key)), fmt(summary.memory(c.key), 1),
         ])
     return table(["server", "app", "req/s keep-alive", "req/s close", "req/s, await 10 ms", "p99 ms",
                   "max/min per worker", "failed in reload", "failed in stop+start", "cold start ms",
-                  "RSS/worker MB"], rows)
+                  "PSS/worker MB"], rows)
 
 
 def _failed(deploy: Any) -> str:

@@ -67,9 +67,16 @@ def test_a_url_that_crashes_its_worker_100_times_in_30_s_never_closes_the_port(
           f"forked again, {restarts} unit restarts; {seen}; socket states seen {sorted(socket_states)}; "
           f"wrk on /: {stats}")
     assert replaced + restarts >= CRASH_HITS * 0.9  # every hit really killed a serving process
+    box.wait_for(lambda: _status_restarts(box, name) >= replaced + restarts, what="status counting the crashes")
     assert seen.share >= 0.99, seen.failures()
     assert socket_states == {"active"}
     assert box.show(f"{name}.socket", "ActiveState", "Result") == {"ActiveState": "active", "Result": "success"}
+
+
+def _status_restarts(box: PrivateSystemd, name: str) -> int:
+    """RESTARTS of every worker in `sockact status --json`: unit restarts plus serving processes forked again."""
+    out = box.run(sys.executable, "-m", "sockact", "status", name, "--json").stdout
+    return sum(worker["restarts"] for worker in json.loads(out)["workers"])
 
 
 def attempts(box: PrivateSystemd, unit: str) -> list[tuple[float, str]]:

@@ -18,6 +18,7 @@ _STATUS_DRAINING = re.compile(r"draining: (\d+) in flight")
 # ASGI worker's event loop blocked.
 _STATUS_STUCK = re.compile(r"; (\d+) of (\d+) threads stuck for ([0-9.]+) s")
 _STATUS_BLOCKED = re.compile(r"; event loop blocked for ([0-9.]+) s")
+_STATUS_REPLACED = re.compile(r"; serving process replaced (\d+) times")
 
 
 # --- listen backlogs -------------------------------------------------------------------------------
@@ -111,6 +112,7 @@ class Counters(NamedTuple):
     threads: int | None = None
     stuck_seconds: float | None = None  # how long the youngest of those has run
     loop_blocked_seconds: float | None = None  # ASGI: the event loop has not turned for this long
+    replaced: int = 0  # serving processes the unit's main process forked again (crashes, recycles)
 
     @property
     def not_serving(self) -> str | None:
@@ -134,6 +136,9 @@ def parse_status_text(text: str) -> Counters:
                                          stuck_seconds=float(stuck.group(3)))
         if blocked:
             counters = counters._replace(loop_blocked_seconds=float(blocked.group(1)))
+        replaced = _STATUS_REPLACED.search(text)
+        if replaced:
+            counters = counters._replace(replaced=int(replaced.group(1)))
         return counters
     draining = _STATUS_DRAINING.search(text)
     if draining:

@@ -21,7 +21,8 @@
         "active_state": "active", "sub_state": "running",
         "pid": 4242,                              # null when not running
         "uptime_seconds": 73.2,                   # since the current process started; null when not running
-        "restarts": 0,                            # NRestarts: automatic restarts since the unit was loaded
+        "restarts": 0,                            # NRestarts (automatic restarts since the unit was loaded)
+                                                  # + serving processes forked again after a crash or recycle
         "rss_bytes": 31457280, "cpu_percent": 0.4,  # process tree; 100 = one core; null when not running
         "requests": 1204, "in_flight": 0, "requests_per_second": 10.1,  # from STATUS=; null if not published
         "status_text": "serving: 1204 requests, 0 in flight, 10.1 req/s; ready since 2026-01-01 12:00:00",
@@ -197,7 +198,8 @@ def _worker(app: App, index: int, props: Props, usage: Usage | None, last: LastE
         instance=index, unit=app.instance(index), wanted=index in app.wanted,
         state="not serving" if not_serving else state_word(active, sub, props.get("StatusText", "")),
         active_state=active, sub_state=sub, pid=pid, uptime_seconds=_uptime(props),
-        restarts=int(props.get("NRestarts") or 0),
+        # systemd's restarts of the unit, and the serving processes its main process forked again
+        restarts=int(props.get("NRestarts") or 0) + counters.replaced,
         rss_bytes=usage.rss if usage else None, cpu_percent=usage.cpu_percent if usage else None,
         requests=counters.requests, in_flight=counters.in_flight, requests_per_second=counters.per_second,
         status_text=props.get("StatusText", ""), last_exit=last, not_serving=not_serving,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from . import boot
@@ -29,6 +30,8 @@ class Pulse:
         self.recycler = recycler
         self.watchdog = watchdog_interval()
         self.ready_since = ""
+        # How often the unit's main process forked a serving process again (sockact.runtime.respawn).
+        self.replaced = int(os.environ.get("SOCKACT_REPLACED", "0") or 0)
         self.ready_due = False  # READY=1 not delivered yet (EMFILE, a busy manager): sent again on the tick
         self._last_ping = self._last_status = 0.0
         self._last_served = 0
@@ -38,7 +41,9 @@ class Pulse:
         # `sockact status` parses this line (sockact.ops.facts.parse_status_text); `stuck` is
         # "3 of 10 threads stuck for 45 s" or "event loop blocked for 12 s" (sockact.runtime.stuck).
         note = f"; {stuck}" if stuck else ""
-        return f"serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; ready since {self.ready_since}"
+        replaced = f"; serving process replaced {self.replaced} times" if self.replaced else ""
+        return (f"serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; "
+                f"ready since {self.ready_since}{replaced}")
 
     def ready(self) -> None:
         self.ready_since = time.strftime("%Y-%m-%d %H:%M:%S")

@@ -96,6 +96,7 @@ class Parent:
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.environ["WATCHDOG_PID"] = str(os.getpid())  # sd_watchdog_enabled(3) asks for our own pid
+            os.environ["SOCKACT_REPLACED"] = str(self.replaced)  # STATUS= says it, `sockact status` counts it
             boot.report_ready_to(ready_w)
             code = self.serve()
         except BaseException:
