@@ -74,7 +74,7 @@ class Parent:
             ready, engine = self._ready(ready_r)
             code = os.waitstatus_to_exitcode(status)
             if self.stopping or (not ready and code == boot.EXIT_CANNOT_START):
-                return max(code, 0) if not os.WIFSIGNALED(status) else 128 + os.WTERMSIG(status)
+                return self._leave(status)
             if not ready:
                 boot.failed(f"cannot start: the serving process died before it was ready ({describe(status)})",
                             self.notifier)
@@ -89,6 +89,20 @@ class Parent:
                              "(%d replaced so far)", self.child, describe(status), time.monotonic() - started,
                              self.replaced)
             self._preload(engine)
+
+    @staticmethod
+    def _leave(status: int) -> int:
+        """The unit's exit status from the serving process's. Killed by SIGTERM or SIGINT (stopped
+        before its engine took over the signals), this process dies of the same signal, which systemd
+        counts as a clean stop; any other signal becomes 128 + its number."""
+        if not os.WIFSIGNALED(status):
+            return max(os.waitstatus_to_exitcode(status), 0)
+        number = os.WTERMSIG(status)
+        if number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {number})
+            os.kill(os.getpid(), number)
+        return 128 + number
 
     def _in_child(self, ready_w: int, mask: set[int | signal.Signals]) -> None:
         """Runs in the forked process and never returns."""
@@ -125,8 +139,12 @@ class Parent:
     @staticmethod
     def _ready(ready_r: int) -> tuple[bool, str]:
         """Whether the serving process reached READY=1, and which engine module it said it runs."""
+        # Non-blocking: a process the app forked may still hold the write end open.
+        os.set_blocking(ready_r, False)
         try:
             said = os.read(ready_r, 512).decode("ascii", "replace")
+        except BlockingIOError:
+            said = ""
         finally:
             os.close(ready_r)
         return said.startswith("R"), said[1:].strip()
@@ -134,7 +152,10 @@ class Parent:
     def _preload(self, engine: str) -> None:
         if engine and engine != self.engine and engine.startswith("sockact.runtime."):
             self.engine = engine
-            importlib.import_module(engine)
+            try:
+                importlib.import_module(engine)
+            except Exception as exc:  # noqa: BLE001 - only a head start lost: the next process imports it
+                logger.debug("cannot load %s ahead of the next serving process: %s", engine, exc)
 
 
 def supervise(serve: Callable[[], int], notifier: Notifier) -> int:
