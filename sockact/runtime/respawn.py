@@ -9,9 +9,11 @@ that has the server loaded; this does the same inside each worker unit, so syste
 supervisor of the units and this parent only repairs its one serving process:
 
 - the parent adopts the sockets systemd passed, forks the serving process and waits; it serves
-  nothing, starts no event loop and, once a serving process said which engine it runs, imports
-  that engine so that the next fork starts with it loaded (the app itself is imported by each
-  serving process, as gunicorn does without --preload);
+  nothing and starts no event loop. Once it must fork again it first loads the engine the serving
+  process said it runs, so that later forks start with it loaded (about 0.1 s sooner). It does not
+  load it before: while nothing crashes the parent stays small (measured PSS: parent 7.5 MB,
+  serving process 21 MB; 14 and 17 MB with the engine loaded in both, as refcounts unshare the
+  pages). The app itself is imported by each serving process, as gunicorn does without --preload;
 - a serving process that dies after READY=1, or leaves to recycle (exit 4), is forked again at
   once, with one line in the journal; one that dies before READY=1 is a boot failure (the runtime's
   exit 3, spaced out by sockact.runtime.boot), and the unit exits with it for systemd to restart;
@@ -23,6 +25,7 @@ The serving process sends READY=1, WATCHDOG=1 and STATUS= itself: the unit needs
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -64,6 +67,7 @@ class Parent:
         original = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
         while True:
             ready_r, ready_w = os.pipe()
+            gc.freeze()  # what the parent holds stays shared: the child's collector never writes to it
             self.child = os.fork()
             if self.child == 0:
                 os.close(ready_r)
