@@ -76,7 +76,7 @@ def test_targets_are_all_listed(quick_run: pathlib.Path) -> None:
     rows = section((quick_run / "results.md").read_text(), "Targets")
     text = "\n".join(rows)
     for target in ("gunicorn + uvicorn-worker", "uvicorn --workers", "gunicorn sync", "sockact reload",
-                   "systemctl restart", "fairness", "RSS", "imports"):
+                   "systemctl restart", "fairness", "memory (PSS)", "imports"):
         assert target in text, target
 
 

@@ -155,7 +155,8 @@ def test_the_runtime_serves_its_limit_then_exits_4(app: str, engine: str) -> Non
     line = next(line for line in log.splitlines() if "recycling after" in line)
     limit = int(line.rsplit("limit ", 1)[1].rstrip(")"))
     print(f"\n{app} ({engine}): limit {limit}, served {served}, exit {worker.returncode}: {line.split(': ', 1)[1]}")
-    assert 5 <= limit <= 8 and served == limit
+    # waitress may have taken the next connection in before the limit stopped it: one more is served
+    assert 5 <= limit <= 8 and limit <= served <= limit + (engine == "waitress")
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
