@@ -29,7 +29,7 @@ from .quiet import Meter, own_cgroup, wait_until_quiet
 log = logging.getLogger("bench")
 HERE = pathlib.Path(__file__).resolve().parent
 NOISY = 0.05  # others using more than this share of the machine make the numbers suspect
-PYTHON_PACKAGES = ("sockact", "uvicorn", "gunicorn", "uvicorn-worker", "uvloop", "httptools", "waitress", "a2wsgi")
+PYTHON_PACKAGES = ("sockact", "uvicorn", "gunicorn", "uvicorn-worker", "uvloop", "httptools")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:

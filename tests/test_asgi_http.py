@@ -1,4 +1,4 @@
-"""sockact's own HTTP/1.1 protocol for ASGI apps (sockact/runtime/asgi_http.py).
+"""sockact's own HTTP/1.1 protocol for ASGI apps (sockact/runtime/connection.py).
 
 Every test serves a real listening socket with the protocol, on uvloop and on asyncio's own loop,
 and talks to it with raw bytes, so what is checked is what goes over the wire.
@@ -18,8 +18,9 @@ import uvicorn
 import uvloop
 from uvicorn.server import ServerState
 
-from sockact.runtime import asgi_http
-from sockact.runtime.asgi_http import HttpConnection, Site
+from sockact.runtime import connection as asgi_http
+from sockact.runtime.connection import HttpConnection, Site
+from sockact.runtime.http11 import Limits
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
@@ -319,10 +320,10 @@ def test_a_bad_request_gets_its_status_and_the_connection_closes(loop_name: str,
 @both_loops
 def test_idle_and_slow_connections_are_closed_by_the_sweep(loop_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(asgi_http, "SWEEP_EVERY", 1)
-    monkeypatch.setattr(asgi_http, "REQUEST_TIMEOUT", 0.3)
 
     async def scenario(served: Served) -> None:
         served.site.keep_alive_timeout = 0.3
+        served.site.limits = Limits(head_timeout=0.3)
         idle_reader, idle_writer = await served.connect()
         idle_writer.write(GET % b"/a")
         await read_response(idle_reader)

@@ -176,7 +176,7 @@ def test_lintian_reports_no_errors_or_warnings(deb: Path) -> None:
 
 def test_package_metadata_and_contents(deb: Path) -> None:
     fields = {name: _run(["dpkg-deb", "--field", str(deb), name]).stdout.strip() for name in ("Depends", "Recommends")}
-    needed = ("python3-uvicorn", "python3-httptools", "python3-waitress", "python3-jinja2", "python3-systemd",
+    needed = ("python3-uvicorn", "python3-httptools", "python3-jinja2", "python3-systemd",
               "python3-sdnotify")
     for package in (*needed, "python3-psutil"):
         assert package in fields["Depends"], fields

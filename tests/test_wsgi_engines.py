@@ -1,5 +1,4 @@
-"""HTTP/1.1 as the WSGI engines speak it, over real sockets: sockact's own threads engine (the default)
-and waitress (`--wsgi-engine waitress`) must both answer every one of these right."""
+"""HTTP/1.1 as the engine speaks it to WSGI apps (connection.py + wsgi_threads.py), over real sockets."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import pytest
 APPS = Path(__file__).resolve().parent / "apps"
 
 
-@pytest.fixture(params=["threads", "waitress"], scope="module")
+@pytest.fixture(params=["threads"], scope="module")
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
     with serving(request.param) as port:
         yield port, request.param
@@ -41,7 +40,7 @@ def serving(engine: str) -> Iterator[int]:
     env.pop("NOTIFY_SOCKET", None)
     script = f'exec 3>&{listener.fileno()}; LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"'
     proc = subprocess.Popen(["bash", "-c", script, "bash", sys.executable, "-m", "sockact", "run", "wsgi_edge:app",
-                             "--wsgi-engine", engine, "--log-level", "warning"],
+                             "--log-level", "warning"],
                             pass_fds=(listener.fileno(),), env=env, stderr=subprocess.PIPE, text=True)
     listener.close()
     deadline = time.monotonic() + 20
@@ -154,7 +153,7 @@ def test_head_and_no_content_have_no_body(threads_engine: int) -> None:
     answer = raw(threads_engine, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /no-content HTTP/1.1\r\nHost: x\r\n\r\n"
                             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     first, second, third = answer.split(b"HTTP/1.1 ")[1:]
-    assert first.startswith(b"200 OK") and b"Content-Length: 6" in first and first.endswith(b"\r\n\r\n")
+    assert first.startswith(b"200 OK") and b"content-length: 6" in first.lower() and first.endswith(b"\r\n\r\n")
     assert second.startswith(b"204 No Content") and second.endswith(b"\r\n\r\n")
     assert third.endswith(b"\r\n\r\nhello\n")
 
@@ -225,4 +224,8 @@ def test_threads_engine_limits_the_request_head_and_drops_idle_keep_alive(thread
     assert received.endswith(b"hello\n")
     assert 4 < idle < 8, f"an idle keep-alive connection was closed after {idle:.1f} s (expected about 5)"
     with stalled:
-        assert stalled.recv(4096) == b"", "a request head that stopped arriving must not hold its connection"
+        # A head still arriving after --head-timeout (10 s) gets 408 and its connection closes.
+        answer = b""
+        while chunk := stalled.recv(4096):
+            answer += chunk
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer

@@ -37,17 +37,3 @@ def _positional_count(call: Any) -> int | None:
         return None
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return sum(1 for p in params if p.kind in kinds)
-
-
-def as_asgi(app: Any, interface: str, threads: int) -> tuple[Any, str]:
-    """The app and the interface uvicorn should be told; WSGI goes through a2wsgi's thread pool."""
-    chosen = detect(app) if interface == "auto" else interface
-    if chosen != "wsgi":
-        return app, chosen
-    try:
-        from a2wsgi import WSGIMiddleware
-    except ImportError:
-        raise RuntimeFailure(
-            "--wsgi-engine asgi needs the a2wsgi package (pip install a2wsgi); the default engine does not"
-        ) from None
-    return WSGIMiddleware(app, workers=threads), "asgi3"

@@ -331,11 +331,6 @@ def setup(level: int = logging.INFO) -> None:
     # uvicorn adds no handlers of its own (log_config=None): its loggers propagate to the root's queue.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(level)
-    # waitress warns "Task queue depth is N" on every request queued while all threads are busy:
-    # under load that is a journal line per request, costing the worker and journald CPU. The depth
-    # requests waiting for a thread count in STATUS='s "in flight" (`sockact status`) instead;
-    # --log-level debug shows the lines again.
-    logging.getLogger("waitress.queue").setLevel(level if level <= logging.DEBUG else logging.ERROR)
     logging.captureWarnings(True)  # warnings.warn would otherwise write to stderr from the caller
     journal = under_journal()
     for previous in root.handlers:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RuntimeFailure, SockactError
-from . import limits
+from . import http11, limits
 from .notify import Notifier
 
 if TYPE_CHECKING:
@@ -41,13 +41,30 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                              "pings and is restarted; ASGI: a request that blocks the event loop this long is "
                              "logged (0: off; default: 30)")
     parser.add_argument("--threads", type=int, default=10, metavar="N", help="WSGI threads per worker (default: 10)")
-    parser.add_argument("--wsgi-engine", default="threads", choices=("threads", "waitress", "asgi"),
-                        help="WSGI apps: sockact's threads on one epoll set (default), waitress's thread pool, "
-                             "or a2wsgi on the ASGI engine")
     parser.add_argument("--respawn", action="store_true",
                         help="keep a parent that forks the serving process again at once when it crashes "
                              "(sockact's units use it; the unit needs NotifyAccess=all)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    http = parser.add_argument_group(
+        "HTTP limits", "a request past a limit is refused with the status named and its connection closed")
+    default = http11.DEFAULT_LIMITS
+    http.add_argument("--max-body", type=size, default=default.max_body, metavar="BYTES",
+                      help="request body size: 413, from Content-Length before the body is read, or once a chunked "
+                           "body passes it (suffixes K, M, G; 0: no limit; default: 100M)")
+    http.add_argument("--max-headers", type=positive, default=default.max_fields, metavar="N",
+                      help=f"header fields per request: 431 past it (default: {default.max_fields})")
+    http.add_argument("--max-header-size", type=size, default=default.max_field, metavar="BYTES",
+                      help=f"one header field line: 431 past it (default: {default.max_field})")
+    http.add_argument("--max-target", type=size, default=default.max_target, metavar="BYTES",
+                      help=f"the request target (path and query): 414 past it (default: {default.max_target})")
+    http.add_argument("--head-timeout", type=_seconds, default=default.head_timeout, metavar="SECONDS",
+                      help="a request head (or a body) still arriving after this long is dropped with 408 "
+                           f"(default: {default.head_timeout:g})")
+    http.add_argument("--keep-alive", type=_seconds, default=default.keep_alive, metavar="SECONDS",
+                      help=f"an idle keep-alive connection is closed after this long (default: {default.keep_alive:g})")
+    http.add_argument("--send-timeout", type=_seconds, default=default.send_timeout, metavar="SECONDS",
+                      help="a client that takes no byte of its response for this long is dropped "
+                           f"(default: {default.send_timeout:g})")
     recycling = parser.add_argument_group(
         "recycling", "a worker past a limit drains as on SIGTERM and exits with status 4; systemd starts it "
                      "again at once while its siblings serve")
@@ -67,6 +84,32 @@ def count(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
     return int(text)
+
+
+SIZE_SUFFIXES = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+
+
+def size(text: str) -> int:
+    """Bytes: a whole number with an optional K, M or G suffix (powers of 1024)."""
+    number, suffix = text[:-1], text[-1:].upper()
+    if suffix not in SIZE_SUFFIXES or suffix == "":
+        number, suffix = text, ""
+    if not number.isascii() or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes, e.g. 1048576, 512K, 100M or 1G")
+    return int(number) * SIZE_SUFFIXES[suffix]
+
+
+def positive(text: str) -> int:
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def limits_of(args: argparse.Namespace) -> http11.Limits:
+    return http11.Limits(max_target=args.max_target, max_fields=args.max_headers, max_field=args.max_header_size,
+                         max_body=args.max_body, head_timeout=args.head_timeout, keep_alive=args.keep_alive,
+                         send_timeout=args.send_timeout)
 
 
 def recycler_for(args: argparse.Namespace) -> Recycler | None:
@@ -119,14 +162,6 @@ def sockets_for(bind: list[str] | None) -> list[Any]:
         return [bind_address(address) for address in bind]
     raise RuntimeFailure("no sockets: systemd passed none (LISTEN_FDS unset) and no --bind was given; "
                          "start it through its socket unit or add --bind 127.0.0.1:8000")
-
-
-def _has_httptools() -> bool:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def main(argv: Sequence[str]) -> int:
@@ -185,25 +220,12 @@ def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier) -> R
 
     interface = detect(app) if args.interface == "auto" else args.interface
     recycler = recycler_for(args)
-    if interface == "wsgi" and args.wsgi_engine in ("threads", "waitress"):
-        if args.wsgi_engine == "threads" and _has_httptools():
-            from .httpd import run as run_wsgi
-        else:
-            if args.wsgi_engine == "threads":
-                logger.info("httptools is not installed: serving with waitress (pip install httptools, "
-                            "or apt install python3-httptools, for sockact's faster WSGI engine)")
-            from .wsgi import run as run_wsgi
+    from .server import run
 
-        boot.engine = run_wsgi.__module__
-        run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=notifier,
-                 access_log=args.access_log, recycler=recycler, request_timeout=args.request_timeout)
-    else:
-        from .server import run
-
-        boot.engine = run.__module__
-        run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
-            notifier=notifier, interface=interface, threads=args.threads, recycler=recycler,
-            request_timeout=args.request_timeout)
+    boot.engine = run.__module__
+    run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
+        notifier=notifier, interface=interface, threads=args.threads, recycler=recycler,
+        request_timeout=args.request_timeout, limits=limits_of(args))
     return recycler
 
 

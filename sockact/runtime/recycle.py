@@ -15,7 +15,6 @@ import os
 import random
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -120,15 +119,3 @@ class Recycler:
 
     def exit_status(self) -> int:
         return RECYCLE_EXIT if self.reason is not None else 0
-
-
-def counting_asgi(app: Any, recycler: Recycler, requests: Callable[[], int], on_limit: Callable[[], None]) -> Any:
-    """The ASGI app, asking `recycler` as each HTTP request begins (the ASGI protocol counts requests
-    but has no hook of its own); installed only with --max-requests, so it costs nothing otherwise."""
-
-    async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and recycler.served(requests()):
-            on_limit()
-        await app(scope, receive, send)
-
-    return counted

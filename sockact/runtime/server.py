@@ -1,4 +1,5 @@
-"""The ASGI engine: sockact's HTTP protocol (asgi_http.py) in uvicorn's Server on adopted sockets, with our accept loop, notify and drain."""
+"""The serving process: sockact's HTTP engine (connection.py) in uvicorn's Server on adopted sockets, with
+our accept loop, notify, watchdog and drain, for ASGI apps (tasks) and WSGI apps (wsgi_threads.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,22 @@ import inspect
 import logging
 import os
 import socket
+import time
 from typing import Any, Callable
 
 import uvicorn
+from uvicorn.lifespan.off import LifespanOff
 from uvicorn.lifespan.on import LifespanOn
 
 from ..errors import RuntimeFailure
-from . import limits
-from .asgi_http import Site
+from . import http11, limits
 from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
+from .connection import Site
 from .notify import Notifier
 from .pulse import Pulse, drain_budget
-from .recycle import Recycler, counting_asgi
+from .recycle import Recycler
 from .stuck import DEFAULT_REQUEST_TIMEOUT, LoopWatch
+from .wsgi_threads import Pool
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -234,35 +238,51 @@ class WorkerServer(uvicorn.Server):
     """uvicorn's Server with READY=1 after lifespan startup, WATCHDOG=1 from the loop, STATUS=, drain."""
 
     def __init__(self, config: uvicorn.Config, notifier: Notifier, drain_timeout: float,
-                 recycler: Recycler | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+                 recycler: Recycler | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, *,
+                 limits: http11.Limits = http11.DEFAULT_LIMITS, pool: Pool | None = None,
+                 proxies: Any = None) -> None:
         super().__init__(config)
         self.drain_timeout = drain_timeout
         self.request_timeout = request_timeout
+        self.limits = limits
+        self.pool = pool  # a WSGI app's threads; None for an ASGI app
+        self.proxies = proxies
         self.pulse = Pulse(notifier, None, recycler)
         self.loop_watch: LoopWatch | None = None
         self.admission: Admission | None = None
         self.site: Site | None = None
+        self.saturated = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self.lifespan = StrictLifespan(self.config)
-        await self.lifespan.startup()
-        if self.lifespan.should_exit:
-            raise RuntimeFailure(self.lifespan.failure or "application startup failed")
         config = self.config
+        if self.pool is None:
+            self.lifespan = StrictLifespan(config)
+            await self.lifespan.startup()
+            if self.lifespan.should_exit:
+                raise RuntimeFailure(self.lifespan.failure or "application startup failed")
+        else:
+            self.lifespan = LifespanOff(config)  # WSGI has no lifespan
+            self.pool.start()
         board = self.pulse.board = for_this_worker()
         recycler = self.pulse.recycler
+        on_request = None
         if recycler is not None and recycler.request_limit:
-            config.loaded_app = counting_asgi(config.loaded_app, recycler, lambda: self.server_state.total_requests,
-                                              self._stop_taking_work)
-        self.site = Site(config, self.server_state, self.lifespan.state, board, self._reconsider_if_paused)
+            def on_request(requests: int) -> None:
+                if recycler.served(requests):
+                    self._stop_taking_work()
+        self.site = Site(config, self.server_state, getattr(self.lifespan, "state", {}), board,
+                         self._reconsider_if_paused, self.limits, wsgi=self.pool, on_request=on_request,
+                         proxies=self.proxies)
         state = self.server_state
         self.admission = Admission(sockets or [], self.site.protocol, board, lambda: len(state.connections))
         await self.admission.open()
         self.servers = [self.admission]  # type: ignore[list-item]  # uvicorn closes these on shutdown
         self.started = True
         self.pulse.ready()
-        self.watch_loop()
-        logger.info("ready: serving %d socket(s)", len(sockets or []))
+        if self.pool is None:
+            self.watch_loop()
+        logger.info("ready: serving %d socket(s)%s", len(sockets or []),
+                    f" with {self.pool.threads} threads (WSGI)" if self.pool is not None else "")
 
     def watch_loop(self) -> None:
         """A blocked loop stops the pings by itself; the watch names the request blocking it, before
@@ -283,13 +303,35 @@ class WorkerServer(uvicorn.Server):
         state = self.server_state
         if self.loop_watch is not None:
             self.loop_watch.beat()
-        if self.pulse.tick(state.total_requests, len(state.tasks), len(state.connections)):
+        healthy, stuck, in_flight = True, "", len(state.tasks)
+        pool = self.pool
+        if pool is not None:
+            # A WSGI worker whose every thread is stuck in the app serves nothing: no WATCHDOG=1, and
+            # no accepting while every thread is busy with one long call.
+            now = time.monotonic()
+            verdict = pool.calls.check(now)
+            healthy, stuck, in_flight = not verdict.all_stuck, verdict.text, pool.busy()
+            self._hold(pool.calls.saturated(now))
+        if self.pulse.tick(state.total_requests, in_flight, len(state.connections), healthy=healthy, stuck=stuck):
             self.should_exit = True  # recycling: the drain SIGTERM starts
-        if self.admission is not None:
+        if self.admission is not None and not self.saturated:
             self.admission.reconsider()
         if self.site is not None:
             self.site.tick()
         return await super().on_tick(counter)
+
+    def _hold(self, saturated: bool) -> None:
+        if saturated == self.saturated or self.admission is None:
+            return
+        self.saturated = saturated
+        board = self.pulse.board
+        if board is not None:
+            board.accepting(not saturated)
+        if saturated:
+            self.admission._close_servers()
+            logger.warning("every WSGI thread is busy with one long request: not accepting until one is free")
+        else:
+            self.admission.reconsider()
 
     def _stop_taking_work(self) -> None:
         """A request reached --max-requests between ticks: accept nothing more and end keep-alive
@@ -329,6 +371,8 @@ class WorkerServer(uvicorn.Server):
         finally:
             if deadline is not None:
                 deadline.cancel()
+        if self.pool is not None:
+            self.pool.stop()
         # A drain that finished is a clean exit: do not re-raise the captured SIGTERM.
         captured = getattr(self, "_captured_signals", None)  # newer uvicorn only
         if captured is not None:
@@ -337,18 +381,24 @@ class WorkerServer(uvicorn.Server):
 
 def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier,
         interface: str = "auto", threads: int = 10, recycler: Recycler | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
-    from .interface import as_asgi
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT, limits: http11.Limits = http11.DEFAULT_LIMITS,
+        proxies: Any = None) -> None:
+    from .interface import detect
 
-    app, interface = as_asgi(app, interface, threads)
+    interface = detect(app) if interface == "auto" else interface
+    pool = None
+    if interface == "wsgi":
+        pool = Pool(app, threads, limits=limits, request_timeout=request_timeout, proxies=proxies)
     config = uvicorn.Config(
         app,
-        interface=interface,  # type: ignore[arg-type]
-        lifespan="auto",
+        interface="asgi3" if interface == "wsgi" else interface,  # type: ignore[arg-type]  # WSGI: our pool
+        lifespan="off" if interface == "wsgi" else "auto",
         access_log=access_log,
         log_config=None,
         server_header=False,
         proxy_headers=False,
+        timeout_keep_alive=int(limits.keep_alive) or 1,
     )
-    server = WorkerServer(config, notifier, drain_budget(stop_timeout), recycler, request_timeout)
+    server = WorkerServer(config, notifier, drain_budget(stop_timeout), recycler, request_timeout,
+                          limits=limits, pool=pool, proxies=proxies)
     server.run(sockets=sockets)
