@@ -27,13 +27,16 @@ import socket
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote
 
 import httptools
 
 from .balance import Scoreboard
 from .pulse import IDLE_GRACE
+
+if TYPE_CHECKING:
+    from .forwarded import ProxyTrust
 
 logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
@@ -99,6 +102,7 @@ class Site:
         self._defaults = b""
         self._ticks = 0
         self.warned_websocket = False
+        self.forwarded: ProxyTrust | None = None  # --forwarded-allow-ips; None: nothing runs per request
 
     def default_headers(self) -> bytes:
         """uvicorn's Server refreshes default_headers (the date) every second: encoded once per change."""
@@ -461,6 +465,8 @@ class HttpConnection(asyncio.Protocol):
             "path": root + path if root else path, "raw_path": root.encode() + raw_path if root else raw_path,
             "query_string": query, "headers": self.headers, "state": site.app_state.copy(),
         }
+        if site.forwarded is not None:  # hook: --forwarded-allow-ips (forwarded.py) decides client and scheme
+            scope["client"], scope["scheme"] = site.forwarded.resolve(self.client, self.headers)
         exchange = Exchange(self, scope, keep_alive)
         if self.expect and version == "1.1":
             exchange.expect_continue = True
@@ -506,7 +512,8 @@ class HttpConnection(asyncio.Protocol):
             scope = exchange.scope
             query = scope["query_string"]
             target = scope["raw_path"] + (b"?" + query if query else b"")
-            host = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+            client = scope["client"]  # the forwarded client, with --forwarded-allow-ips
+            host = f"{client[0]}:{client[1]}" if client else "-"
             access.info('%s - "%s %s HTTP/%s" %d', host, scope["method"], target.decode("ascii", "replace"),
                         scope["http_version"], exchange.status)
         self.current = None
@@ -592,5 +599,8 @@ class HttpConnection(asyncio.Protocol):
         lines.append(b"\r\n")
         protocol = self.site.ws_protocol()
         protocol.connection_made(self.transport)
+        if self.site.forwarded is not None:  # hook: --forwarded-allow-ips, for the scope uvicorn's protocol makes
+            protocol.client, protocol.scheme = self.site.forwarded.resolve(  # type: ignore[attr-defined]
+                self.client, self.headers, websocket=True)
         protocol.data_received(b"".join(lines))
         self.transport.set_protocol(protocol)

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httptools
 
@@ -40,6 +40,9 @@ from .notify import Notifier
 from .pulse import IDLE_GRACE, Pulse, drain_budget
 from .recycle import Recycler
 from .stuck import DEFAULT_REQUEST_TIMEOUT, Calls
+
+if TYPE_CHECKING:
+    from .forwarded import ProxyTrust
 
 logger = logging.getLogger("sockact.runtime")
 access = logging.getLogger("sockact.access")
@@ -339,6 +342,7 @@ class Engine:
         self.saturated = False  # every thread busy in a long app call: this worker cannot accept
         self.stop_timeout = stop_timeout
         self.access_log = access_log
+        self.forwarded: ProxyTrust | None = None  # --forwarded-allow-ips; None: nothing runs per request
         self.board: Scoreboard | None = for_this_worker()
         self.pulse = Pulse(notifier, self.board, recycler)
         self.epoll = select.epoll()
@@ -588,6 +592,8 @@ class Engine:
         if not listener.unix and conn.peer:
             env["REMOTE_ADDR"] = str(conn.peer[0])
             env["REMOTE_PORT"] = str(conn.peer[1])
+        if self.forwarded is not None:  # hook: --forwarded-allow-ips (forwarded.py) decides client and scheme
+            self.forwarded.apply_to_environ(env, None if listener.unix else conn.peer, request.headers)
         for name, value in request.headers:
             key = environ_key(name)
             text = value.decode("latin-1")
@@ -749,7 +755,9 @@ def _unquote(path: bytes) -> bytes:
 
 def run(app: Any, sockets: list[socket.socket], *, threads: int, stop_timeout: float, notifier: Notifier,
         access_log: bool = False, recycler: Recycler | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
-    Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier, access_log=access_log,
-           recycler=recycler, request_timeout=request_timeout).serve_forever()
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT, forwarded: ProxyTrust | None = None) -> None:
+    engine = Engine(app, sockets, threads=threads, stop_timeout=stop_timeout, notifier=notifier,
+                    access_log=access_log, recycler=recycler, request_timeout=request_timeout)
+    engine.forwarded = forwarded
+    engine.serve_forever()
 

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RuntimeFailure, SockactError
@@ -17,6 +17,7 @@ from . import limits
 from .notify import Notifier
 
 if TYPE_CHECKING:
+    from .forwarded import ProxyTrust
     from .recycle import Recycler
 
 logger = logging.getLogger("sockact.runtime")
@@ -48,6 +49,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                         help="keep a parent that forks the serving process again at once when it crashes "
                              "(sockact's units use it; the unit needs NotifyAccess=all)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--forwarded-allow-ips", type=proxy_trust, metavar="LIST",
+                        help="believe X-Forwarded-For, X-Forwarded-Proto and Forwarded only from these peers: IP "
+                             "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
+                             "a Unix socket, or * for every peer (default: off, the headers change nothing)")
     recycling = parser.add_argument_group(
         "recycling", "a worker past a limit drains as on SIGTERM and exits with status 4; systemd starts it "
                      "again at once while its siblings serve")
@@ -67,6 +72,16 @@ def count(text: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
     return int(text)
+
+
+def proxy_trust(text: str) -> ProxyTrust:
+    """--forwarded-allow-ips; a bad list is a usage error (exit status 2) in one line."""
+    from .forwarded import ProxyTrust
+
+    try:
+        return ProxyTrust(text)
+    except SockactError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def recycler_for(args: argparse.Namespace) -> Recycler | None:
@@ -186,24 +201,33 @@ def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier) -> R
     interface = detect(app) if args.interface == "auto" else args.interface
     recycler = recycler_for(args)
     if interface == "wsgi" and args.wsgi_engine in ("threads", "waitress"):
+        options: dict[str, Any] = {}
+        run_wsgi: Callable[..., None]
         if args.wsgi_engine == "threads" and _has_httptools():
-            from .httpd import run as run_wsgi
+            from .httpd import run as run_httpd
+
+            run_wsgi, options["forwarded"] = run_httpd, args.forwarded_allow_ips
         else:
             if args.wsgi_engine == "threads":
                 logger.info("httptools is not installed: serving with waitress (pip install httptools, "
                             "or apt install python3-httptools, for sockact's faster WSGI engine)")
-            from .wsgi import run as run_wsgi
+            if args.forwarded_allow_ips is not None:
+                logger.warning("--forwarded-allow-ips is not applied by the waitress engine; sockact's own "
+                               "WSGI engine (needs httptools) and --wsgi-engine asgi apply it")
+            from .wsgi import run as run_waitress
+
+            run_wsgi = run_waitress
 
         boot.engine = run_wsgi.__module__
         run_wsgi(app, sockets, threads=args.threads, stop_timeout=args.stop_timeout, notifier=notifier,
-                 access_log=args.access_log, recycler=recycler, request_timeout=args.request_timeout)
+                 access_log=args.access_log, recycler=recycler, request_timeout=args.request_timeout, **options)
     else:
         from .server import run
 
         boot.engine = run.__module__
         run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
             notifier=notifier, interface=interface, threads=args.threads, recycler=recycler,
-            request_timeout=args.request_timeout)
+            request_timeout=args.request_timeout, forwarded=args.forwarded_allow_ips)
     return recycler
 
 

@@ -7,7 +7,7 @@ import inspect
 import logging
 import os
 import socket
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import uvicorn
 from uvicorn.lifespan.on import LifespanOn
@@ -20,6 +20,9 @@ from .notify import Notifier
 from .pulse import Pulse, drain_budget
 from .recycle import Recycler, counting_asgi
 from .stuck import DEFAULT_REQUEST_TIMEOUT, LoopWatch
+
+if TYPE_CHECKING:
+    from .forwarded import ProxyTrust
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -242,6 +245,7 @@ class WorkerServer(uvicorn.Server):
         self.loop_watch: LoopWatch | None = None
         self.admission: Admission | None = None
         self.site: Site | None = None
+        self.forwarded: ProxyTrust | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.lifespan = StrictLifespan(self.config)
@@ -255,6 +259,7 @@ class WorkerServer(uvicorn.Server):
             config.loaded_app = counting_asgi(config.loaded_app, recycler, lambda: self.server_state.total_requests,
                                               self._stop_taking_work)
         self.site = Site(config, self.server_state, self.lifespan.state, board, self._reconsider_if_paused)
+        self.site.forwarded = self.forwarded  # --forwarded-allow-ips, applied where the scope is made
         state = self.server_state
         self.admission = Admission(sockets or [], self.site.protocol, board, lambda: len(state.connections))
         await self.admission.open()
@@ -337,7 +342,7 @@ class WorkerServer(uvicorn.Server):
 
 def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier,
         interface: str = "auto", threads: int = 10, recycler: Recycler | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT, forwarded: ProxyTrust | None = None) -> None:
     from .interface import as_asgi
 
     app, interface = as_asgi(app, interface, threads)
@@ -351,4 +356,5 @@ def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_l
         proxy_headers=False,
     )
     server = WorkerServer(config, notifier, drain_budget(stop_timeout), recycler, request_timeout)
+    server.forwarded = forwarded
     server.run(sockets=sockets)
