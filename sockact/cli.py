@@ -54,6 +54,11 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                         help="TimeoutStopSec= and the drain deadline (default: 30)")
     parser.add_argument("--access-log", action="store_true",
                         help="log every request (off by default: it costs throughput and journald's rate limit)")
+    parser.add_argument("--forwarded-allow-ips", metavar="LIST",
+                        help="behind a proxy: take the client's address and scheme from X-Forwarded-For, "
+                             "X-Forwarded-Proto and Forwarded, but only on connections from these peers: "
+                             "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
+                             "a proxy on a Unix socket, * for every peer (default: off)")
     memory = parser.add_argument_group(
         "memory", "limits per worker; a worker past --max-requests or --max-rss drains like on SIGTERM and "
                   "exits with status 4, and systemd starts it again at once while the others serve")
@@ -99,7 +104,7 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
         allow_jit=args.allow_jit, state_dir=args.state_dir, cache_dir=args.cache_dir, logs_dir=args.logs_dir,
         writable=args.writable, access_log=args.access_log, memory_max=args.memory_max,
         memory_high=args.memory_high, max_requests=args.max_requests, max_requests_jitter=args.max_requests_jitter,
-        max_rss=args.max_rss,
+        max_rss=args.max_rss, forwarded_allow_ips=args.forwarded_allow_ips,
     )
     from .cgroups import memory_note
     from .hardening import unreadable_note

@@ -1,4 +1,5 @@
-"""`sockact generate --explain`: the sandbox and the memory limits of NAME@.service, line by line, in words."""
+"""`sockact generate --explain`: the sandbox, the memory limits and the runtime options of NAME@.service,
+line by line, in words."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def explain(spec: UnitSpec) -> str:
     if not entries:
         out.append(f"None: --no-harden leaves the workers with every right of their user "
                    f"(systemd-analyze security: {SCORE_NO_HARDEN} UNSAFE).")
-        return "\n".join(out) + "\n" + "".join(f"\n{paragraph}\n" for paragraph in _memory(spec))
+        return "\n".join(out) + "\n" + "".join(f"\n{paragraph}\n" for paragraph in _memory(spec) + _proxies(spec))
     out.append(f"systemd-analyze security {spec.name}@1.service scores the default sandbox {SCORE_DEFAULT} "
                "(0 is sealed, 10 is UNSAFE; systemd 252); 'without' is the score with that line alone removed.")
     out.append(_user_paragraph(spec))
@@ -38,6 +39,7 @@ def explain(spec: UnitSpec) -> str:
         out.append(_paragraph(entry))
     out.extend(_opened(spec))
     out.extend(_memory(spec))
+    out.extend(_proxies(spec))
     return "\n\n".join(out) + "\n"
 
 
@@ -94,3 +96,22 @@ def _memory(spec: UnitSpec) -> list[str]:
         add(f"--max-rss {spec.max_rss}", f"A worker whose resident memory passes {spec.max_rss} MiB (checked every "
             f"0.1 s) recycles: {RECYCLES}, before MemoryMax= could kill it mid-request.")
     return said
+
+
+def _proxies(spec: UnitSpec) -> list[str]:
+    """--forwarded-allow-ips: whose forwarding headers the workers believe."""
+    allowed = spec.forwarded_allow_ips
+    if not allowed:
+        return []
+    if allowed == "*":
+        whom = ("from every peer: anyone who can reach the socket chooses the address the app sees, so keep "
+                "it reachable by the proxy alone (a Unix socket, or a firewall); the leftmost "
+                "X-Forwarded-For entry is the client")
+    else:
+        whom = (f"only on connections from {allowed}; read from the right, the first address that is not one "
+                "of these is the client, and from any other peer the headers change nothing")
+    text = (f"The app sees the client address and scheme from X-Forwarded-For, X-Forwarded-Proto and Forwarded "
+            f"{whom}. Where X-Forwarded-For and Forwarded name different clients the client is left unknown: "
+            "make the proxy set one family and clear the other.")
+    return [f"--forwarded-allow-ips {allowed}\n" + textwrap.fill(text, width=100, initial_indent="    ",
+                                                                  subsequent_indent="    ")]

@@ -78,6 +78,8 @@ def exec_start(spec: UnitSpec) -> list[str]:
                           ("--max-rss", spec.max_rss)):
         if value:
             argv += [option, str(value)]
+    if spec.forwarded_allow_ips:
+        argv += ["--forwarded-allow-ips", spec.forwarded_allow_ips]
     return argv
 
 

@@ -94,6 +94,7 @@ class UnitSpec:
     max_requests: int = 0  # sockact run --max-requests (0: off)
     max_requests_jitter: int = 0
     max_rss: int = 0  # sockact run --max-rss, MiB (0: off)
+    forwarded_allow_ips: str | None = None  # sockact run --forwarded-allow-ips, canonical text (None: off)
 
     @property
     def dynamic_user(self) -> bool:
@@ -353,6 +354,17 @@ def request_timeout_sec(value: str | None, builtin_runtime: bool) -> str:
     return seconds_or_off("--request-timeout", value) or "0"
 
 
+def trusted_proxies(value: str, builtin_runtime: bool) -> str:
+    """The proxies whose forwarding headers the workers believe, in the runtime's canonical form."""
+    from .runtime.forwarded import ProxyTrust  # the one parser: the runtime reads this text back
+
+    reject_control("--forwarded-allow-ips", value)
+    if not builtin_runtime:
+        raise UsageError("--forwarded-allow-ips applies to the built-in runtime (--app); "
+                         "a command given with --exec reads forwarding headers its own way")
+    return ProxyTrust(value).text
+
+
 def python(value: str) -> str:
     return executable_path("--python", value)
 
@@ -437,6 +449,7 @@ def build(
     max_requests: str = "0",
     max_requests_jitter: str = "0",
     max_rss: str = "0",
+    forwarded_allow_ips: str | None = None,
 ) -> UnitSpec:
     """Validate every raw option and return the spec; raises UsageError on the first bad value.
 
@@ -477,4 +490,6 @@ def build(
         max_requests=count("--max-requests", max_requests),
         max_requests_jitter=count("--max-requests-jitter", max_requests_jitter),
         max_rss=count("--max-rss", max_rss),
+        forwarded_allow_ips=(trusted_proxies(forwarded_allow_ips, builtin_runtime=app_ref is not None)
+                             if forwarded_allow_ips is not None else None),
     ))

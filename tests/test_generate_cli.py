@@ -123,6 +123,12 @@ BAD_INPUTS = [
     (["myapp", *APP, "--listen", "8000", "--request-timeout", "-3"], "--request-timeout"),
     (["myapp", *APP, "--listen", "8000", "--request-timeout", "1e3"], "--request-timeout"),
     (["myapp", "--exec", "/bin/x", "--listen", "8000", "--request-timeout", "5"], "built-in runtime"),
+    (["myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "10.0.0.1/8"], "network address 10.0.0.0/8"),
+    (["myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "proxy.lan"], "host name"),
+    (["myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "10.0.0.1,,::1"], "empty entry"),
+    (["myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "*,10.0.0.1"], "give it alone"),
+    (["myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "10.0.0.1\nUser=root"], "control character"),
+    (["myapp", "--exec", "/bin/x", "--listen", "8000", "--forwarded-allow-ips", "10.0.0.1"], "built-in runtime"),
     (["myapp", "--exec", "myserver --port 1", "--listen", "8000"], "absolute path"),
     (["myapp", "--exec", "/bin/x 'unclosed", "--listen", "8000"], "quot"),
 ]
@@ -153,3 +159,27 @@ def test_access_log_is_off_unless_asked() -> None:
     logged = sockact("generate", "myapp", *APP, "--listen", "8000", "--access-log", "--only", "service",
                      check=True).stdout
     assert "--stop-timeout 30 --request-timeout 30 --respawn --access-log\n" in logged
+
+
+@pytest.mark.parametrize("given,rendered", [
+    ("127.0.0.1", "127.0.0.1"),
+    (" 10.0.0.0/8 , ::1 ,UNIX", "10.0.0.0/8,::1,unix"),
+    ("::ffff:10.1.2.3", "10.1.2.3"),
+    ("*", "*"),
+])
+def test_forwarded_allow_ips_reaches_exec_start_in_canonical_form(given: str, rendered: str) -> None:
+    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", given, "--only", "service",
+                   check=True).stdout
+    assert f"--respawn --forwarded-allow-ips {rendered}\n" in text
+    plain = sockact("generate", "myapp", *APP, "--listen", "8000", "--only", "service", check=True).stdout
+    assert "--forwarded-allow-ips" not in plain  # off unless asked
+
+
+def test_forwarded_allow_ips_is_explained() -> None:
+    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "10.0.0.0/8",
+                   "--explain", check=True).stdout
+    assert "--forwarded-allow-ips 10.0.0.0/8\n" in text and "only on connections from 10.0.0.0/8" in text
+    everyone = sockact("generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "*", "--explain",
+                       check=True).stdout
+    assert "from every peer" in everyone
+    assert "forwarded" not in sockact("generate", "myapp", *APP, "--listen", "8000", "--explain", check=True).stdout

@@ -68,6 +68,7 @@ FIELDS: dict[str, Callable[[str], dict[str, Any]]] = {
     "logs_dir": lambda v: {"logs_dir": v},
     "writable": lambda v: {"writable": ["/" + v]},
     "systemd_version": lambda v: {"systemd_version": v},
+    "forwarded_allow_ips": lambda v: {"forwarded_allow_ips": v},
 }
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

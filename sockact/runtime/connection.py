@@ -119,10 +119,11 @@ class Site:
 class BaseExchange:
     """One request and its response, whatever runs the app; the connection sees only this much."""
 
-    __slots__ = ("complete", "connection", "disconnected", "head", "keep_alive", "status")
+    __slots__ = ("client", "complete", "connection", "disconnected", "head", "keep_alive", "status")
 
     def __init__(self, connection: HttpConnection, head: Head, keep_alive: bool) -> None:
         self.connection = connection
+        self.client: tuple[str, int] | None = connection.client  # as the app sees it (--forwarded-allow-ips)
         self.head = head
         self.keep_alive = keep_alive
         self.disconnected = False
@@ -158,6 +159,7 @@ class Exchange(BaseExchange):
     def __init__(self, connection: HttpConnection, head: Head, keep_alive: bool, scope: dict[str, Any]) -> None:
         super().__init__(connection, head, keep_alive)
         self.scope = scope
+        self.client = scope["client"]
         self.body: list[bytes] = []
         self.body_size = 0
         self.body_done = head.content_length == 0  # the whole request body has arrived
@@ -325,7 +327,7 @@ def asgi_scope(connection: HttpConnection, head: Head) -> dict[str, Any]:
     root = site.root_path
     client, scheme = connection.client, "http"
     if site.proxies is not None:
-        client, scheme = site.proxies.resolve(connection.client, head.headers, scheme)
+        client, scheme = site.proxies.resolve(connection.client, head.headers)
     return {
         "type": "http", "asgi": site.asgi, "http_version": head.version, "server": connection.server,
         "client": client, "scheme": scheme, "method": head.method, "root_path": root,
@@ -567,7 +569,8 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
 
     def _log(self, exchange: BaseExchange) -> None:
         head = exchange.head
-        host = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+        client = exchange.client  # the forwarded client, with --forwarded-allow-ips
+        host = f"{client[0]}:{client[1]}" if client else "-"
         access.info('%s - "%s %s HTTP/%s" %d', host, head.method, head.target.decode("ascii", "replace"),
                     head.version, exchange.status)
 
@@ -645,6 +648,9 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         protocol = self.site.ws_protocol()
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
+        if self.site.proxies is not None:  # --forwarded-allow-ips, for the scope uvicorn's protocol makes
+            protocol.client, protocol.scheme = self.site.proxies.resolve(  # type: ignore[attr-defined]
+                self.client, head.headers, websocket=True)
         protocol.data_received(b"".join(lines) + rest)
         if self.reading_paused:
             self.reading_paused = False

@@ -17,6 +17,7 @@ from . import http11, limits
 from .notify import Notifier
 
 if TYPE_CHECKING:
+    from .forwarded import ProxyTrust
     from .recycle import Recycler
 
 logger = logging.getLogger("sockact.runtime")
@@ -45,6 +46,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                         help="keep a parent that forks the serving process again at once when it crashes "
                              "(sockact's units use it; the unit needs NotifyAccess=all)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--forwarded-allow-ips", type=proxy_trust, metavar="LIST",
+                        help="believe X-Forwarded-For, X-Forwarded-Proto and Forwarded only from these peers: IP "
+                             "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
+                             "a Unix socket, or * for every peer (default: off, the headers change nothing)")
     http = parser.add_argument_group(
         "HTTP limits", "a request past a limit is refused with the status named and its connection closed")
     default = http11.DEFAULT_LIMITS
@@ -110,6 +115,16 @@ def limits_of(args: argparse.Namespace) -> http11.Limits:
     return http11.Limits(max_target=args.max_target, max_fields=args.max_headers, max_field=args.max_header_size,
                          max_body=args.max_body, head_timeout=args.head_timeout, keep_alive=args.keep_alive,
                          send_timeout=args.send_timeout)
+
+
+def proxy_trust(text: str) -> ProxyTrust:
+    """--forwarded-allow-ips; a bad list is a usage error (exit status 2) in one line."""
+    from .forwarded import ProxyTrust
+
+    try:
+        return ProxyTrust(text)
+    except SockactError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def recycler_for(args: argparse.Namespace) -> Recycler | None:
@@ -225,7 +240,7 @@ def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier) -> R
     boot.engine = run.__module__
     run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
         notifier=notifier, interface=interface, threads=args.threads, recycler=recycler,
-        request_timeout=args.request_timeout, limits=limits_of(args))
+        request_timeout=args.request_timeout, limits=limits_of(args), proxies=args.forwarded_allow_ips)
     return recycler
 
 

@@ -250,14 +250,12 @@ class WsgiExchange(BaseExchange):
         server = connection.server
         env["SERVER_NAME"], env["SERVER_PORT"] = (server[0], str(server[1])) if server else ("localhost", "80")
         client = connection.client
-        if pool.proxies is not None:
-            client, scheme = pool.proxies.resolve(client, head.headers, "http")
-            env["wsgi.url_scheme"] = scheme
-            if scheme == "https":
-                env["HTTPS"] = "on"
         if client:
             env["REMOTE_ADDR"] = client[0]
             env["REMOTE_PORT"] = str(client[1])
+        if pool.proxies is not None:  # --forwarded-allow-ips: REMOTE_ADDR, REMOTE_PORT, wsgi.url_scheme, HTTPS
+            pool.proxies.apply_to_environ(env, client, head.headers)
+            self.client = (env["REMOTE_ADDR"], int(env.get("REMOTE_PORT") or 0)) if "REMOTE_ADDR" in env else None
         for name, value in head.headers:
             key = environ_key(name)
             if key is None:
