@@ -257,7 +257,11 @@ class RequestReader:
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        if self.limits.max_body and self._body_bytes > self.limits.max_body:
+        limit = self.limits.max_body
+        if limit and self._body_bytes > limit:
+            within = limit - (self._body_bytes - len(body))  # the same bytes reach the app however they arrive
+            if within > 0:
+                self.request_body(body[:within])
             raise Refused(413, "Content Too Large")
         self.request_body(body)
 
