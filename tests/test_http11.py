@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from sockact.runtime.http11 import Head, Limits, RequestReader, ResponseError, ResponseHead, wsgi_status
+from sockact.runtime.http11 import DEFAULT_LIMITS, Head, Limits, RequestReader, ResponseError, ResponseHead, wsgi_status
 
 
 class Recorder(RequestReader):
-    def __init__(self, limits: Limits = Limits(), upgrades: tuple[bytes, ...] = (b"websocket",)) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, upgrades: tuple[bytes, ...] = (b"websocket",)) -> None:
         super().__init__(limits)
         self.events: list[Any] = []
         self.upgrades = upgrades
