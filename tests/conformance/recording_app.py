@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any, Callable
 
 
 def _answer(record: dict[str, Any]) -> tuple[bytes, list[tuple[bytes, bytes]]]:

@@ -12,10 +12,9 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import gunicorn_corpus
 import peers
+import pytest
 from gunicorn_expected import expected_mismatches
 
 HERE = Path(__file__).parent

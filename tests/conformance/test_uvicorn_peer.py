@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ElementTree
 from collections import Counter
 from pathlib import Path
+from xml.etree import ElementTree
 
 import peers
 from uvicorn_expected import EXPECTED_FAILURES
@@ -38,7 +38,7 @@ def test_uvicorn_http_protocol_suite(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "pytest", str(root / "tests" / "protocols" / "test_http.py"),
                "-c", str(ini), "--rootdir", str(root), "-p", "uvicorn_peer_plugin", "-p", "no:cacheprovider",
                "-q", "--tb=line", "-rN", f"--junitxml={junit}"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert junit.exists(), f"uvicorn's suite did not run:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     results = outcomes(junit)
     counts = Counter(results.values())
