@@ -1,0 +1,102 @@
+"""Reviewed classification of every gunicorn 23.0.0 request-corpus case that sockact does not serve as the
+corpus expects, per interface (the ASGI engine, the WSGI engine).
+
+The suite asserts that the set of mismatching cases is exactly the set listed here: a new mismatch fails
+the suite, and so does a listed case that starts matching (remove it then).
+
+Categories:
+- "defect": sockact is wrong; the entry goes when the engine is fixed.
+- "stricter": sockact refuses (400) a request gunicorn accepts, and may: the refusal is llhttp's (the
+  parser under both engines today) and is within what RFC 9112 allows a server, or safer.
+- "by-design": sockact differs on purpose.
+- "not-applicable": the expectation holds only under a non-default gunicorn option (proxy_protocol,
+  permit_obsolete_folding, limit_request_*, header_map, ...), or the corpus file is not a complete
+  request on a socket (gunicorn's parser tests end at the end of the data).
+"""
+
+from __future__ import annotations
+
+DEFECT = "defect"
+STRICTER = "stricter"
+BY_DESIGN = "by-design"
+NOT_APPLICABLE = "not-applicable"
+
+_INCOMPLETE = (NOT_APPLICABLE, ("the file ends the chunked body without the CRLF after the last chunk (gunicorn's "
+                                "parser test accepts the end of data there); on a socket the request is incomplete, "
+                                "so the server waits for the rest"))
+
+BOTH: dict[str, tuple[str, str]] = {
+    "valid/009": (STRICTER, ("Transfer-Encoding with Content-Length is refused (RFC 9112 §6.1 allows it: the "
+                             "classic request-smuggling shape)")),
+    "valid/012": (DEFECT, ("the chunked body's trailer fields (Vary, Content-Type) are added to the request "
+                           "headers the app sees: a trailer can supply or override header fields")),
+    "valid/027": (STRICTER, ("a raw non-ASCII byte in the request target is refused (RFC 9112's request-target "
+                             "is ASCII)")),
+    "valid/028": (NOT_APPLICABLE, ("valid only under gunicorn's strip_header_spaces: 'Content-Length : 3' must be "
+                                   "refused (RFC 9112 §5.1), as sockact does")),
+    "valid/029": _INCOMPLETE,
+    "valid/030": _INCOMPLETE,
+    "valid/031": (STRICTER, "method '-BLARGH' (a valid token) is refused: llhttp accepts registered methods only"),
+    "valid/031compat": (NOT_APPLICABLE, "gunicorn's permit_unconventional_http_method and casefold_http_method"),
+    "valid/031compat2": (NOT_APPLICABLE, "gunicorn's permit_unconventional_http_method"),
+    "valid/099": (NOT_APPLICABLE, ("the file holds 8599 body bytes under Content-Length: 17914 (gunicorn's parser "
+                                   "test ends at the end of data); on a socket the body is incomplete")),
+    "valid/compat_obs_fold": (NOT_APPLICABLE, ("gunicorn's permit_obsolete_folding; refusing obs-fold with 400 is "
+                                               "what RFC 9112 §5.2 asks by default")),
+    "valid/compat_obs_fold_huge": (NOT_APPLICABLE, "gunicorn's permit_obsolete_folding (see compat_obs_fold)"),
+    "valid/padding_01": (DEFECT, ("trailing whitespace of a header value reaches the app ('value \\t '): RFC 9112 "
+                                  "§5 excludes OWS around a field value")),
+    "valid/pp_01": (NOT_APPLICABLE, "gunicorn's proxy_protocol (a PROXY v1 line before the request)"),
+    "valid/pp_02": (NOT_APPLICABLE, "gunicorn's proxy_protocol (a PROXY v1 line before the request)"),
+    "invalid/006": (BY_DESIGN, ("gunicorn limits the request line to 4094 bytes; sockact limits the whole head "
+                                "to 64 KiB")),
+    "invalid/007": (BY_DESIGN, ("gunicorn limits one header line to 8190 bytes; sockact limits the whole head "
+                                "to 64 KiB")),
+    "invalid/008": (BY_DESIGN, ("gunicorn limits one header line to 8190 bytes; sockact limits the whole head "
+                                "to 64 KiB")),
+    "invalid/009": (BY_DESIGN, ("gunicorn limits a request to 100 header fields; sockact limits the whole head "
+                                "to 64 KiB")),
+    "invalid/010": (NOT_APPLICABLE, "invalid only under gunicorn's limit_request_field_size=10"),
+    "invalid/011": (NOT_APPLICABLE, "invalid only under gunicorn's limit_request_fields=2"),
+    "invalid/012": (NOT_APPLICABLE, "invalid only under gunicorn's limit_request_field_size=98"),
+    "invalid/017": (BY_DESIGN, ("gunicorn limits one header line to 8190 bytes; sockact limits the whole head "
+                                "to 64 KiB")),
+    "invalid/019": (NOT_APPLICABLE, ("invalid only under gunicorn's forwarded_allow_ips='*' (conflicting "
+                                     "X-Forwarded-Proto / X-Forwarded-Ssl); sockact reads no forwarding headers")),
+    "invalid/040": (NOT_APPLICABLE, ("invalid only under gunicorn's header_map='refuse' (an underscore in a "
+                                     "header name)")),
+    "invalid/chunked_05": (DEFECT, ("Transfer-Encoding: chunked in an HTTP/1.0 request is served: RFC 9112 §6.1 "
+                                    "says to treat the framing as faulty")),
+    "invalid/chunked_07": (NOT_APPLICABLE, ("invalid only under gunicorn's header_map='refuse' (Transfer_Encoding "
+                                            "beside Transfer-Encoding)")),
+    "invalid/version_02": (DEFECT, ("'HTTP/2.0' on an HTTP/1 connection is served as http_version 2.0 instead "
+                                    "of 505 (HTTP Version Not Supported)")),
+}
+
+ASGI: dict[str, tuple[str, str]] = {
+    "valid/013": (DEFECT, ("chunk extensions with whitespace ('5; some') fail llhttp's parse (RFC 9112 §7.1.1 "
+                           "allows BWS there) after the app has started reading the body, and then the app is "
+                           "never told (no http.disconnect) and the client gets neither an answer nor a close: "
+                           "the exchange hangs until the client leaves")),
+    "valid/040": (DEFECT, ("header names with an underscore (Transfer_Encoding, Content_Length) reach the app; "
+                           "frameworks that map names to CGI keys (Django's ASGI handler, a2wsgi) then mix them "
+                           "with Transfer-Encoding / Content-Length; the WSGI engine, gunicorn, nginx and Apache "
+                           "drop them")),
+}
+
+WSGI: dict[str, tuple[str, str]] = {
+    **{f"valid/{name}": (BY_DESIGN, ("the WSGI engine reads a chunked body whole and sets CONTENT_LENGTH to its "
+                                     "size (as waitress does), so an app that reads CONTENT_LENGTH bytes works"))
+       for name in ("010", "011", "023", "025", "025_line")},
+    "valid/013": (STRICTER, ("chunk extensions with whitespace ('5; some') are refused with 400 (llhttp; RFC 9112 "
+                             "§7.1.1 allows BWS there)")),
+    "valid/040_compat": (NOT_APPLICABLE, ("gunicorn's header_map='dangerous' (underscore header names kept); the "
+                                          "WSGI engine drops them, as gunicorn does by default")),
+    "invalid/016": (DEFECT, ("request target 's://]ufd/:' (neither origin-form nor a valid absolute-form) reaches "
+                             "the app as PATH_INFO 's://]ufd/:' (the ASGI engine refuses it)")),
+}
+
+
+def expected_mismatches(interface: str) -> dict[str, tuple[str, str]]:
+    """Every listed case for the ASGI or the WSGI engine, with its category and reason."""
+    return {**BOTH, **(ASGI if interface == "asgi" else WSGI)}
