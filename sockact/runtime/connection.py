@@ -373,6 +373,9 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
                 pass
             if self.server is not None:
                 self.tcp = sock
+        else:  # a transport without a socket object (a test's): its names, if it has them
+            self.server = address(transport.get_extra_info("sockname"))
+            self.client = address(transport.get_extra_info("peername"))
 
     def cork(self) -> None:
         """Hold back what is written next until the connection closes (TCP_CORK), so that the end of
@@ -571,7 +574,9 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         head = exchange.head
         client = exchange.client  # the forwarded client, with --forwarded-allow-ips
         host = f"{client[0]}:{client[1]}" if client else "-"
-        access.info('%s - "%s %s HTTP/%s" %d', host, head.method, head.target.decode("ascii", "replace"),
+        # The core let no control byte or space into a target; a quote would end the logged field.
+        target = head.target.replace(b'"', b"%22").decode("ascii", "backslashreplace")
+        access.info('%s - "%s %s HTTP/%s" %d', host, head.method, target,
                     head.version, exchange.status)
 
     def fail(self, status: int, reason: str | None = None) -> None:

@@ -67,6 +67,9 @@ _FORBIDDEN_TRAILERS = frozenset({
 })
 
 
+_DROPPED = (b"", b"")  # a field counted against the limits, then left out of the head
+
+
 def reason_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -241,6 +244,11 @@ class RequestReader:
             raise Refused(431, "Request Header Fields Too Large")
         if len(name) + len(value) + 2 > self.limits.max_field:
             raise Refused(431, "Request Header Fields Too Large")
+        if b"_" in name:
+            # X_Forwarded_For or Transfer_Encoding would become the same CGI-style key (HTTP_X_FORWARDED_FOR)
+            # as the real header in Django, a2wsgi and every WSGI environ: dropped, as gunicorn and nginx do.
+            fields.append(_DROPPED)
+            return
         if value[-1:] in (b" ", b"\t"):
             value = value.rstrip(b" \t")  # RFC 9110 §5.5: OWS around a value is not part of it
         fields.append((name.lower(), value))
@@ -335,7 +343,10 @@ class RequestReader:
             upgrade_token = None
         if method == "CONNECT":
             raise Refused(501, "Not Implemented: CONNECT is not served")
-        return Head(method, url, path, query, version, self._fields, not close, content_length,
+        fields = self._fields
+        if _DROPPED in fields:
+            fields = [field for field in fields if field is not _DROPPED]
+        return Head(method, url, path, query, version, fields, not close, content_length,
                     expect and version == "1.1", upgrade_token)
 
 

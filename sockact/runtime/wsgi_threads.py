@@ -266,10 +266,9 @@ class WsgiExchange(BaseExchange):
             else:
                 env[key] = text
         if self.body_done and not self.continue_due:
+            # A chunked body gets no CONTENT_LENGTH (as from gunicorn): wsgi.input_terminated says to read to its end.
             data = b"".join(self.body)
             self.body = []
-            if head.content_length < 0:
-                env["CONTENT_LENGTH"] = str(len(data))  # a chunked body, decoded
             env["wsgi.input"] = io.BytesIO(data)
         else:
             env["wsgi.input"] = Input(self)

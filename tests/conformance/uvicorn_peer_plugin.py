@@ -20,7 +20,7 @@ from uvicorn.config import LOGGING_CONFIG, Config
 from uvicorn.importer import import_from_string
 from uvicorn.server import ServerState
 
-from sockact.runtime.asgi_http import Exchange, HttpConnection, Site
+from sockact.runtime.connection import Exchange, HttpConnection, Site
 
 # As uvicorn's conftest does: caplog sees only loggers that propagate.
 LOGGING_CONFIG["loggers"]["uvicorn"]["propagate"] = True
