@@ -43,10 +43,20 @@ class Server:
     def log(self) -> str:
         return (self.workdir / "server.log").read_text(errors="replace")
 
-    def records(self, port: int | None = None) -> list[dict[str, Any]]:
-        """Every line the app wrote so far, or only those of the connection from this client port."""
+    def mark(self) -> int:
+        """Where the record file ends now: records(since=mark) leaves out every older line, whose client
+        port may since have been reused."""
         try:
-            lines = self.record_file.read_text(encoding="utf-8").splitlines()
+            return self.record_file.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def records(self, port: int | None = None, since: int = 0) -> list[dict[str, Any]]:
+        """Every line the app wrote (after byte offset since), or only those from this client port."""
+        try:
+            with open(self.record_file, "rb") as file:
+                file.seek(since)
+                lines = file.read().decode("utf-8").splitlines()
         except FileNotFoundError:
             return []
         parsed = [json.loads(line) for line in lines if line.strip()]
