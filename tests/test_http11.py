@@ -186,7 +186,9 @@ def test_upgrades_taken_stop_parsing_and_others_close_after_the_response() -> No
     assert parse(ws + b"\x81\x00")[-1] == ("upgrade", b"websocket", b"/ws")
     h2c = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n"
     events = parse(h2c + GET)
-    assert len(heads(events)) == 1 and heads(events)[0][6] is False  # served as HTTP/1.1, then closed
+    assert [head[2] for head in heads(events)] == [b"/", b"/p"]  # served as HTTP/1.1, and the next one too
+    smuggled = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 4\r\n\r\n"
+    assert errors(parse(smuggled + b"abcd" + GET)) == [400]  # llhttp would not read that body
 
 
 def response(status: int, headers: list[tuple[bytes, bytes]], method: str = "GET", version: str = "1.1",

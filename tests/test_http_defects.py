@@ -78,8 +78,9 @@ def test_unread_huge_body_is_answered_promptly_without_spooling(server: Server) 
     with serving(server.interface) as fresh:
         with fresh.connect() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
-            sock.sendall(b"POST /__401 HTTP/1.1\r\nHost: x\r\nContent-Length: 536870912\r\n\r\n")
-            # Up to 8 MiB of the announced 512: enough to pass any in-memory buffer and show a spool.
+            # 96 MiB: under the default --max-body (100M), so the app is called and answers without reading.
+            sock.sendall(b"POST /__401 HTTP/1.1\r\nHost: x\r\nContent-Length: 100663296\r\n\r\n")
+            # Up to 8 MiB of the announced 96: enough to pass any in-memory buffer and show a spool.
             sent = send_for(sock, b"a" * (8 << 20), 2.0)
             started = time.monotonic()
             answer = read_until_close(sock, 5.0, idle=3.0)
@@ -89,6 +90,21 @@ def test_unread_huge_body_is_answered_promptly_without_spooling(server: Server) 
               f"temporary files {spooled} bytes")
         assert parse_responses(answer).statuses[:1] == [401], answer[:300]
         assert spooled <= 256 * 1024
+
+
+def test_a_body_over_the_limit_is_refused_from_its_content_length(server: Server) -> None:
+    mark = server.mark()
+    with server.connect() as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(b"POST /__401 HTTP/1.1\r\nHost: x\r\nContent-Length: 536870912\r\n\r\n")
+        sent = send_for(sock, b"a" * (4 << 20), 2.0)
+        started = time.monotonic()
+        answer = read_until_close(sock, 5.0, idle=3.0)
+        waited = time.monotonic() - started
+    print(f"{server.interface}: 512 MiB announced, {sent} sent, answer after {waited:.2f} s: {answer[:40]!r}")
+    assert parse_responses(answer).statuses[:1] == [413], answer[:300]
+    server.barrier()
+    assert not server.records(port, since=mark), "a request whose body is over --max-body must not reach the app"
 
 
 def send_for(sock: socket.socket, data: bytes, timeout: float) -> int:

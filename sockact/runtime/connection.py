@@ -650,13 +650,22 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         for name, value in head.headers:
             lines += [name, b": ", value, b"\r\n"]
         lines.append(b"\r\n")
+        if rest:
+            # RFC 6455 §4.1: a client sends nothing after its handshake request before the 101; what it
+            # sent anyway is neither frames nor a request of this connection (dropped, as uvicorn does).
+            logger.debug("dropped %d bytes sent after a WebSocket handshake request", len(rest))
         protocol = self.site.ws_protocol()
         self.transport.set_protocol(protocol)
-        protocol.connection_made(self.transport)
-        if self.site.proxies is not None:  # --forwarded-allow-ips, for the scope uvicorn's protocol makes
-            protocol.client, protocol.scheme = self.site.proxies.resolve(  # type: ignore[attr-defined]
-                self.client, head.headers, websocket=True)
-        protocol.data_received(b"".join(lines) + rest)
+        try:
+            protocol.connection_made(self.transport)
+            if self.site.proxies is not None:  # --forwarded-allow-ips, for the scope uvicorn's protocol makes
+                protocol.client, protocol.scheme = self.site.proxies.resolve(  # type: ignore[attr-defined]
+                    self.client, head.headers, websocket=True)
+            protocol.data_received(b"".join(lines))
+        except Exception:  # the WebSocket protocol's own failure: this connection ends, nothing else
+            logger.exception("the WebSocket protocol failed on a handshake")
+            self.transport.abort()
+            protocol.connection_lost(None)
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()

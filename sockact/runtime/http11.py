@@ -194,9 +194,12 @@ class RequestReader:
                 offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
                 self.request_upgrade(head, data[offset:])
             elif not self._failed:
-                # An upgrade (or CONNECT) not taken: its head was served as plain HTTP with keep-alive
-                # off, so nothing after it on this connection is read.
-                self._failed = True
+                # An upgrade not taken (a bodiless request, served as plain HTTP): llhttp stops at its
+                # end, so a new parser reads what follows, as the next request of the connection.
+                self._parser = httptools.HttpRequestParser(self)
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                if offset < len(data):
+                    self.feed(data[offset:])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, Refused):
@@ -283,6 +286,8 @@ class RequestReader:
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
+            if version == "0.9":  # llhttp's reading of a request line without a version: not HTTP/1
+                raise Refused(400, "Bad Request: no HTTP version in the request line")
             raise Refused(505, "HTTP Version Not Supported")
         method = parser.get_method().decode("ascii")
         url = self._url
@@ -336,8 +341,8 @@ class RequestReader:
         if not (upgrade_option and upgrade_token):
             upgrade_token = None
         elif upgrade_token is not None and not (method == "GET" and self.wants_upgrade(upgrade_token)):
-            # Served as plain HTTP, but llhttp stops at the end of this head: the connection ends with it.
-            close = True
+            # Served as plain HTTP. llhttp reads no body after an upgrade request's head: one would be
+            # read as the next request (smuggled), so a body here is refused.
             if content_length:
                 raise Refused(400, "Bad Request: a body on an upgrade request")
             upgrade_token = None
