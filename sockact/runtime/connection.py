@@ -448,7 +448,7 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         self.parsing = None
         try:
             self.transport.write_eof()
-        except (NotImplementedError, OSError, RuntimeError):
+        except (AttributeError, NotImplementedError, OSError, RuntimeError):  # a transport that cannot half-close
             self.transport.close()
             return
         self.resume_reading()
@@ -580,11 +580,15 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
                     head.version, exchange.status)
 
     def fail(self, status: int, reason: str | None = None) -> None:
-        """Answer with `status` and close: a refused request, or an app that failed before responding."""
+        """Answer with `status` and close: a refused request, or an app that failed before responding.
+        A client that may still be sending gets the lingering close (a refused request, an unread body)."""
         if not self.transport.is_closing():
             if self.drained is None:
                 self.transport.write(http11.error_response(status, _public(status, reason)))
-            self.linger()
+            if self.failed or self.parsing is not None or self.receiving_head:
+                self.linger()
+            else:
+                self.transport.close()
 
     def pause_reading(self) -> None:
         if not self.reading_paused:
@@ -655,17 +659,14 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
             # sent anyway is neither frames nor a request of this connection (dropped, as uvicorn does).
             logger.debug("dropped %d bytes sent after a WebSocket handshake request", len(rest))
         protocol = self.site.ws_protocol()
+        # The transport first: should the WebSocket protocol fail on the head, the loop closes the
+        # transport and tells that protocol (connection_lost), which leaves the connection set.
         self.transport.set_protocol(protocol)
-        try:
-            protocol.connection_made(self.transport)
-            if self.site.proxies is not None:  # --forwarded-allow-ips, for the scope uvicorn's protocol makes
-                protocol.client, protocol.scheme = self.site.proxies.resolve(  # type: ignore[attr-defined]
-                    self.client, head.headers, websocket=True)
-            protocol.data_received(b"".join(lines))
-        except Exception:  # the WebSocket protocol's own failure: this connection ends, nothing else
-            logger.exception("the WebSocket protocol failed on a handshake")
-            self.transport.abort()
-            protocol.connection_lost(None)
+        protocol.connection_made(self.transport)
+        if self.site.proxies is not None:  # --forwarded-allow-ips, for the scope uvicorn's protocol makes
+            protocol.client, protocol.scheme = self.site.proxies.resolve(  # type: ignore[attr-defined]
+                self.client, head.headers, websocket=True)
+        protocol.data_received(b"".join(lines))
         if self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()

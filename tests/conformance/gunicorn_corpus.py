@@ -10,6 +10,7 @@ expectation that holds only under a non-default gunicorn option is reported with
 from __future__ import annotations
 
 import base64
+import re
 import json
 import socket
 import sys
@@ -337,3 +338,23 @@ def check(case: Case, port: int, interface: str) -> list[str]:
         if response.recorded is None and not 400 <= response.status < 600:
             problems.append(f"answered {response.status} instead of 4xx/5xx")
     return problems
+
+
+# --- the cases sockact refuses for a missing Host, checked again with one ------------------------------------
+ADDED_HOST = ("Host", "corpus.invalid")
+_REQUEST_LINE = re.compile(rb"(?m)^([!-~]+ [!-~]+ HTTP/1\.[01]\r\n)")
+
+
+def with_host(case: Case) -> Case:
+    """The case with `Host: corpus.invalid` first in every expected HTTP/1.1 head that has none, and the
+    same field in its expectation: what the rest of the request must then do is still gunicorn's to say."""
+    lines = list(_REQUEST_LINE.finditer(case.data))[:len(case.expect)]  # not the bytes after a `close`
+    if len(lines) != len(case.expect):
+        raise ValueError(f"{case.id}: {len(lines)} request lines for {len(case.expect)} requests")
+    data, expect, start = b"", [], 0
+    for line, expected in zip(lines, case.expect):
+        lacking = expected["version"] == (1, 1) and not any(name.lower() == "host" for name, _ in expected["headers"])
+        data += case.data[start:line.end()] + (b"Host: corpus.invalid\r\n" if lacking else b"")
+        expect.append({**expected, "headers": [ADDED_HOST, *expected["headers"]]} if lacking else expected)
+        start = line.end()
+    return Case(case.kind, case.name, data + case.data[start:], expect, case.error, case.options)

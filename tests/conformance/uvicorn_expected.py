@@ -1,5 +1,5 @@
 """Reviewed classification of every uvicorn 0.55.0 tests/protocols/test_http.py test that does not pass
-with sockact's ASGI protocol (sockact.runtime.asgi_http).
+with sockact's HTTP engine (sockact.runtime.connection).
 
 The suite asserts that the set of tests not passing is exactly the set listed here: a test that starts
 failing fails the suite, and so does a listed test that starts passing (remove it from the list then).
@@ -23,17 +23,11 @@ _BAD_NAME_CHARS = ("space", "null", "open_paren", "close_paren", "less_than", "g
 _INVALID_REQUESTS = ("invalid-method", "invalid-path", "invalid-http-version", "non-ascii-path", "non-ascii-query")
 
 EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
-    "test_header_value_strips_surrounding_whitespace[asyncio-sockact]": (
-        DEFECT, ("trailing whitespace of a request header value reaches the app (b'hello \\t '): RFC 9112 §5 "
-                 "excludes OWS around a field value")),
     **{f"test_invalid_header_name[asyncio-sockact-reject_{name}]": (
-        DEFECT, ("a response header name that is not an RFC 9110 token is written to the wire as the app gave "
-                 "it (a ':' in it forges a different header); after the fix sockact may still answer 500 "
-                 "where uvicorn closes without one (see test_response_header_splitting)"))
+        BY_DESIGN, ("a response header name that is not an RFC 9110 token is refused before anything is "
+                    "written, so the client gets a 500 where uvicorn closes without an answer; the name never "
+                    "reaches the wire (the test's other assertion, checked in tests/test_http_defects.py)"))
        for name in _BAD_NAME_CHARS},
-    "test_request_logging_escapes_quotes[asyncio-sockact]": (
-        DEFECT, ("the access log writes the request target's '\"' unescaped: a client can forge fields of "
-                 "the log line")),
     "test_keepalive_timeout[asyncio-sockact]": (
         BY_DESIGN, ("idle keep-alive connections are closed by a once-a-second sweep from the server's tick "
                     "(Site.tick), not by a loop.call_later timer per connection, so uvicorn's MockLoop never "
@@ -44,11 +38,10 @@ EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
         NOT_APPLICABLE, "reads uvicorn's timeout_keep_alive_task attribute; sockact has no per-connection timer"),
     "test_keepalive_timeout_with_pipelined_websocket_upgrade[asyncio-sockact-websockets-sansio]": (
         NOT_APPLICABLE, "reads uvicorn's timeout_keep_alive_task attribute; sockact has no per-connection timer"),
-    "test_websocket_upgrade_failure_cleans_up_connection[asyncio-sockact]": (
-        DEFECT, ("the upgrade feeds the request head to the WebSocket protocol before transport.set_protocol(): "
-                 "when that raises, the transport still points at the HTTP connection, which already left "
-                 "server_state.connections, and the WebSocket protocol's connection_lost never runs (it stays "
-                 "in the connection set)")),
+    "test_duplicate_start_message[asyncio-sockact]": (
+        BY_DESIGN, ("a second http.response.start is the app's error before any byte was written (the head "
+                    "leaves with the first body part), so the client gets a 500 where uvicorn closes without "
+                    "an answer")),
     "test_response_header_splitting[asyncio-sockact]": (
         BY_DESIGN, ("a response start with CR/LF in a header is refused before anything is written: the client "
                     "gets a 500 and the connection closes (uvicorn closes without an answer); the smuggled "
@@ -83,12 +76,6 @@ EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
         NOT_APPLICABLE, ("answered 400 and closed as expected; the body text is sockact's ('Bad Request'), not "
                          "uvicorn's 'Invalid HTTP request received.'"))
        for case in _INVALID_REQUESTS},
-    "test_connection_close_tokens[asyncio-sockact-response-deduplicated]": (
-        DEFECT, ("the app's own 'Connection: Close' is kept and sockact adds 'connection: close': two "
-                 "Connection headers in one response")),
-    "test_connection_close_tokens[asyncio-sockact-response-multiple-tokens]": (
-        DEFECT, ("the app's 'Connection: keep-alive, Close' is compared as a whole value, not as tokens: the "
-                 "close is missed, the connection stays open and a second Connection header is not added")),
     "test_header_upgrade_is_not_websocket_depend_installed[asyncio-sockact]": (
         NOT_APPLICABLE, ("expects uvicorn's 'Unsupported upgrade request.' warning; sockact serves an upgrade it "
                          "does not speak as plain HTTP without logging")),
