@@ -59,6 +59,7 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                              "X-Forwarded-Proto and Forwarded, but only on connections from these peers: "
                              "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
                              "a proxy on a Unix socket, * for every peer (default: off)")
+    add_http_limits(parser)
     memory = parser.add_argument_group(
         "memory", "limits per worker; a worker past --max-requests or --max-rss drains like on SIGTERM and "
                   "exits with status 4, and systemd starts it again at once while the others serve")
@@ -90,6 +91,26 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                          help="no sandbox at all: the workers run as root unless --user is given (score 9.6)")
 
 
+def add_http_limits(parser: argparse.ArgumentParser) -> None:
+    """`sockact run`'s HTTP limits; left out, the unit keeps the runtime's defaults (given in each help)."""
+    http = parser.add_argument_group(
+        "HTTP limits", "built-in runtime (--app) only: a request past a limit is refused with the status named "
+                       "and its connection closed")
+    http.add_argument("--max-body", metavar="BYTES",
+                      help="request body size: 413 past it (suffixes K, M, G, 1024-based; 0: no limit; default: 100M)")
+    http.add_argument("--max-headers", metavar="N", help="header fields per request: 431 past it (default: 100)")
+    http.add_argument("--max-header-size", metavar="BYTES", help="one header field line: 431 past it (default: 8190)")
+    http.add_argument("--max-target", metavar="BYTES",
+                      help="the request target (path and query): 414 past it (default: 8190)")
+    http.add_argument("--head-timeout", metavar="SECONDS",
+                      help="a request head, or a body that stops arriving, taking longer is dropped with 408 "
+                           "(default: 10)")
+    http.add_argument("--keep-alive", metavar="SECONDS",
+                      help="an idle keep-alive connection is closed after this long (default: 5)")
+    http.add_argument("--send-timeout", metavar="SECONDS",
+                      help="a client that takes no byte of its response for this long is dropped (default: 30)")
+
+
 def spec_from(args: argparse.Namespace) -> UnitSpec:
     from . import spec, systemd_versions
 
@@ -104,7 +125,9 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
         allow_jit=args.allow_jit, state_dir=args.state_dir, cache_dir=args.cache_dir, logs_dir=args.logs_dir,
         writable=args.writable, access_log=args.access_log, memory_max=args.memory_max,
         memory_high=args.memory_high, max_requests=args.max_requests, max_requests_jitter=args.max_requests_jitter,
-        max_rss=args.max_rss, forwarded_allow_ips=args.forwarded_allow_ips,
+        max_rss=args.max_rss, forwarded_allow_ips=args.forwarded_allow_ips, max_body=args.max_body,
+        max_headers=args.max_headers, max_header_size=args.max_header_size, max_target=args.max_target,
+        head_timeout=args.head_timeout, keep_alive=args.keep_alive, send_timeout=args.send_timeout,
     )
     from .cgroups import memory_note
     from .hardening import unreadable_note

@@ -31,7 +31,8 @@ def explain(spec: UnitSpec) -> str:
     if not entries:
         out.append(f"None: --no-harden leaves the workers with every right of their user "
                    f"(systemd-analyze security: {SCORE_NO_HARDEN} UNSAFE).")
-        return "\n".join(out) + "\n" + "".join(f"\n{paragraph}\n" for paragraph in _memory(spec) + _proxies(spec))
+        runtime = _memory(spec) + _proxies(spec) + _http_limits(spec)
+        return "\n".join(out) + "\n" + "".join(f"\n{paragraph}\n" for paragraph in runtime)
     out.append(f"systemd-analyze security {spec.name}@1.service scores the default sandbox {SCORE_DEFAULT} "
                "(0 is sealed, 10 is UNSAFE; systemd 252); 'without' is the score with that line alone removed.")
     out.append(_user_paragraph(spec))
@@ -40,6 +41,7 @@ def explain(spec: UnitSpec) -> str:
     out.extend(_opened(spec))
     out.extend(_memory(spec))
     out.extend(_proxies(spec))
+    out.extend(_http_limits(spec))
     return "\n\n".join(out) + "\n"
 
 
@@ -115,3 +117,37 @@ def _proxies(spec: UnitSpec) -> list[str]:
             "make the proxy set one family and clear the other.")
     return [f"--forwarded-allow-ips {allowed}\n" + textwrap.fill(text, width=100, initial_indent="    ",
                                                                   subsequent_indent="    ")]
+
+
+# What each HTTP limit does when a request reaches it; {} is the value set.
+_HTTP_LIMIT_WORDS = {
+    "--max-body": "A request body above {} is refused with 413: from its Content-Length before the body is read, "
+                  "or once a chunked body passes it.",
+    "--max-headers": "A request with more than {} header fields is refused with 431.",
+    "--max-header-size": "A request with a header field line above {} is refused with 431.",
+    "--max-target": "A request target (path and query) above {} is refused with 414.",
+    "--head-timeout": "A request head still arriving after {} s, or a body that stops arriving for that long, "
+                      "is answered 408 and its connection closed.",
+    "--keep-alive": "An idle keep-alive connection is closed after {} s.",
+    "--send-timeout": "A client that takes no byte of its response for {} s is dropped.",
+}
+_SIZES = ("--max-body", "--max-header-size", "--max-target")  # a bare number of these is said with "bytes"
+
+
+def _http_limits(spec: UnitSpec) -> list[str]:
+    """The HTTP limits this spec sets apart from the runtime's defaults, and what each does."""
+    from .runtime.http11 import DEFAULT_LIMITS
+    from .runtime.sizes import canonical
+    from .spec import HTTP_LIMITS
+
+    said = []
+    for option, value in spec.http_limits:
+        default = getattr(DEFAULT_LIMITS, HTTP_LIMITS[option])
+        shown = canonical(default) if isinstance(default, int) else f"{default:g}"
+        in_words = f"{value} bytes" if option in _SIZES and value.isdigit() else value
+        text = (("Request bodies have no size limit: the app reads whatever a client sends." if value == "0"
+                 and option == "--max-body" else _HTTP_LIMIT_WORDS[option].format(in_words))
+                + f" Default of sockact run: {shown}.")
+        said.append(f"{option} {value}\n" + textwrap.fill(text, width=100, initial_indent="    ",
+                                                            subsequent_indent="    "))
+    return said

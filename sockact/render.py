@@ -80,6 +80,8 @@ def exec_start(spec: UnitSpec) -> list[str]:
             argv += [option, str(value)]
     if spec.forwarded_allow_ips:
         argv += ["--forwarded-allow-ips", spec.forwarded_allow_ips]
+    for limit, text in spec.http_limits:  # only those that differ from the runtime's defaults
+        argv += [limit, text]
     return argv
 
 

@@ -95,6 +95,8 @@ class UnitSpec:
     max_requests_jitter: int = 0
     max_rss: int = 0  # sockact run --max-rss, MiB (0: off)
     forwarded_allow_ips: str | None = None  # sockact run --forwarded-allow-ips, canonical text (None: off)
+    # sockact run's HTTP limits that differ from its defaults: (option, canonical value), in HTTP_LIMITS order
+    http_limits: tuple[tuple[str, str], ...] = ()
 
     @property
     def dynamic_user(self) -> bool:
@@ -365,6 +367,74 @@ def trusted_proxies(value: str, builtin_runtime: bool) -> str:
     return ProxyTrust(value).text
 
 
+# `sockact run`'s HTTP limit options, each with the field of runtime.http11.Limits holding its default:
+# only a value that differs from it is rendered, so units keep the runtime's defaults unless asked.
+HTTP_LIMITS = {"--max-body": "max_body", "--max-headers": "max_fields", "--max-header-size": "max_field",
+               "--max-target": "max_target", "--head-timeout": "head_timeout", "--keep-alive": "keep_alive",
+               "--send-timeout": "send_timeout"}
+_BODY_MAX = 1 << 40  # 1024G; above it, 0 (no limit) says the same more plainly
+_SHORTEST_FIELD = 4  # "a:" and CRLF: the fewest bytes a header field line takes
+
+
+def http_limits(given: dict[str, str | None], builtin_runtime: bool) -> tuple[tuple[str, str], ...]:
+    """(option, canonical value) of each HTTP limit given whose value differs from `sockact run`'s default."""
+    if all(value is None for value in given.values()):
+        return ()  # the runtime's defaults: its HTTP core is not imported for nothing
+    from .runtime.http11 import DEFAULT_LIMITS  # the runtime's own defaults, not a copy that could drift
+
+    chosen = []
+    for option, value in given.items():
+        if value is None:
+            continue
+        reject_control(option, value)
+        if not builtin_runtime:
+            raise UsageError(f"{option} applies to the built-in runtime (--app); "
+                             "a command given with --exec sets its own HTTP limits")
+        text, number = _http_limit(option, value, DEFAULT_LIMITS.max_head)
+        if number != getattr(DEFAULT_LIMITS, HTTP_LIMITS[option]):
+            chosen.append((option, text))
+    return tuple(chosen)
+
+
+def _http_limit(option: str, value: str, max_head: int) -> tuple[str, float]:
+    """One HTTP limit: its canonical text and the number `sockact run` reads from that text."""
+    if option == "--max-body":
+        return _request_size(option, value, (0, _BODY_MAX), "or 0 for no limit", "1G")
+    if option in ("--max-header-size", "--max-target"):
+        # Every byte of a request head counts against Limits.max_head: a larger limit would never be reached.
+        return _request_size(option, value, (1, max_head), "the most a whole request head may take", "16K")
+    if option == "--max-headers":
+        most = max_head // _SHORTEST_FIELD
+        if not is_number(value) or not 1 <= int(value) <= most:
+            raise UsageError(f"{option} {value!r}: give a whole number of header fields from 1 to {most}, "
+                             f"e.g. {option} 200")
+        return str(int(value)), int(value)
+    text = canonical_seconds(seconds(option, value))
+    return text, float(text)
+
+
+def _request_size(option: str, value: str, bounds: tuple[int, int], why: str, example: str) -> tuple[str, float]:
+    from .runtime import sizes  # the parser `sockact run` reads the rendered value with
+
+    least, most = bounds
+    hint = f"from {sizes.canonical(least)} to {sizes.canonical(most)} ({why})"
+    try:
+        size = sizes.parse(value)
+    except ValueError:
+        raise UsageError(f"{option} {value!r} is not a size; give bytes with an optional K, M or G suffix "
+                         f"(1024-based) {hint}, e.g. {option} {example}") from None
+    if not least <= size <= most:
+        raise UsageError(f"{option} {value!r} is out of range; give a size {hint}")
+    return sizes.canonical(size), size
+
+
+def canonical_seconds(text: str) -> str:
+    """Validated seconds without padding zeros: "015.50" -> "15.5", "20.0" -> "20"."""
+    whole, _, fraction = text.partition(".")
+    whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+    return f"{whole}.{fraction}" if fraction else whole
+
+
 def python(value: str) -> str:
     return executable_path("--python", value)
 
@@ -450,11 +520,19 @@ def build(
     max_requests_jitter: str = "0",
     max_rss: str = "0",
     forwarded_allow_ips: str | None = None,
+    max_body: str | None = None,
+    max_headers: str | None = None,
+    max_header_size: str | None = None,
+    max_target: str | None = None,
+    head_timeout: str | None = None,
+    keep_alive: str | None = None,
+    send_timeout: str | None = None,
 ) -> UnitSpec:
     """Validate every raw option and return the spec; raises UsageError on the first bad value.
 
     ``systemd_version`` is the major version the units are rendered for (default: Debian 12's 252).
     ``watchdog`` None gives the built-in runtime DEFAULT_WATCHDOG; "0" turns the watchdog off.
+    The HTTP limits (``max_body`` to ``send_timeout``) left None keep `sockact run`'s defaults.
     """
     if (app_ref is None) == (exec_cmd is None):
         raise UsageError("give exactly one of --app MODULE:ATTR (the built-in runtime) or --exec CMD")
@@ -492,4 +570,7 @@ def build(
         max_rss=count("--max-rss", max_rss),
         forwarded_allow_ips=(trusted_proxies(forwarded_allow_ips, builtin_runtime=app_ref is not None)
                              if forwarded_allow_ips is not None else None),
+        http_limits=http_limits(dict(zip(HTTP_LIMITS, (max_body, max_headers, max_header_size, max_target,
+                                                       head_timeout, keep_alive, send_timeout))),
+                                builtin_runtime=app_ref is not None),
     ))

@@ -129,6 +129,28 @@ BAD_INPUTS = [
     (["myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "*,10.0.0.1"], "give it alone"),
     (["myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "10.0.0.1\nUser=root"], "control character"),
     (["myapp", "--exec", "/bin/x", "--listen", "8000", "--forwarded-allow-ips", "10.0.0.1"], "built-in runtime"),
+    (["myapp", *APP, "--listen", "8000", "--max-body", "1.5M"], "--max-body '1.5M' is not a size"),
+    (["myapp", *APP, "--listen", "8000", "--max-body", "-1"], "--max-body '-1' is not a size"),
+    (["myapp", *APP, "--listen", "8000", "--max-body", "nan"], "--max-body 'nan' is not a size"),
+    (["myapp", *APP, "--listen", "8000", "--max-body", "10T"], "--max-body '10T' is not a size"),
+    (["myapp", *APP, "--listen", "8000", "--max-body", "2048G"], "from 0 to 1024G"),
+    (["myapp", *APP, "--listen", "8000", "--max-body", "1G\nUser=root"], "control character"),
+    (["myapp", *APP, "--listen", "8000", "--max-headers", "0"], "--max-headers '0': give a whole number"),
+    (["myapp", *APP, "--listen", "8000", "--max-headers", "2e2"], "--max-headers '2e2': give a whole number"),
+    (["myapp", *APP, "--listen", "8000", "--max-headers", "16385"], "from 1 to 16384"),
+    (["myapp", *APP, "--listen", "8000", "--max-header-size", "0"], "from 1 to 64K"),
+    (["myapp", *APP, "--listen", "8000", "--max-header-size", "65537"], "from 1 to 64K"),
+    (["myapp", *APP, "--listen", "8000", "--max-header-size", "16KB"], "--max-header-size '16KB' is not a size"),
+    (["myapp", *APP, "--listen", "8000", "--max-target", "1M"], "from 1 to 64K"),
+    (["myapp", *APP, "--listen", "8000", "--max-target", "²"], "--max-target '²' is not a size"),
+    (["myapp", *APP, "--listen", "8000", "--head-timeout", "0"], "--head-timeout '0': give a number of seconds above 0"),
+    (["myapp", *APP, "--listen", "8000", "--head-timeout", "nan"], "--head-timeout 'nan'"),
+    (["myapp", *APP, "--listen", "8000", "--keep-alive", "-5"], "--keep-alive '-5'"),
+    (["myapp", *APP, "--listen", "8000", "--keep-alive", "inf"], "--keep-alive 'inf'"),
+    (["myapp", *APP, "--listen", "8000", "--send-timeout", "1e3"], "--send-timeout '1e3'"),
+    (["myapp", *APP, "--listen", "8000", "--send-timeout", "86401"], "at most 86400"),
+    (["myapp", "--exec", "/bin/x", "--listen", "8000", "--max-body", "1G"], "--max-body applies to the built-in runtime"),
+    (["myapp", "--exec", "/bin/x", "--listen", "8000", "--keep-alive", "15"], "--keep-alive applies to the built-in"),
     (["myapp", "--exec", "myserver --port 1", "--listen", "8000"], "absolute path"),
     (["myapp", "--exec", "/bin/x 'unclosed", "--listen", "8000"], "quot"),
 ]
@@ -183,3 +205,106 @@ def test_forwarded_allow_ips_is_explained() -> None:
                        check=True).stdout
     assert "from every peer" in everyone
     assert "forwarded" not in sockact("generate", "myapp", *APP, "--listen", "8000", "--explain", check=True).stdout
+
+
+LIMITS = ["--max-body", "1G", "--head-timeout", "20", "--keep-alive", "15", "--send-timeout", "60",
+          "--max-headers", "200", "--max-header-size", "16K", "--max-target", "16K"]
+
+
+def exec_start_args(*options: str) -> list[str]:
+    """The arguments after `sockact run` in the rendered ExecStart=, split as systemd splits plain words."""
+    import shlex
+
+    text = sockact("generate", "myapp", *APP, "--listen", "8000", *options, "--only", "service", check=True).stdout
+    line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert not set("%$\\\"'") & set(line)  # plain words only: shlex splits them as systemd does
+    argv = shlex.split(line.removeprefix("ExecStart="))
+    return argv[argv.index("run") + 1:]
+
+
+def test_http_limits_reach_exec_start_in_order() -> None:
+    assert exec_start_args(*LIMITS)[-14:] == [
+        "--max-body", "1G", "--max-headers", "200", "--max-header-size", "16K", "--max-target", "16K",
+        "--head-timeout", "20", "--keep-alive", "15", "--send-timeout", "60"]
+
+
+@pytest.mark.parametrize("option,given,rendered", [
+    ("--max-body", "1073741824", "1G"),
+    ("--max-body", "1024m", "1G"),
+    ("--max-body", "0", "0"),
+    ("--max-body", "1536K", "1536K"),
+    ("--max-body", "000100001", "100001"),
+    ("--max-headers", "0200", "200"),
+    ("--max-header-size", "16384", "16K"),
+    ("--max-target", "64k", "64K"),
+    ("--head-timeout", "020.50", "20.5"),
+    ("--keep-alive", "15.000", "15"),
+    ("--send-timeout", "0.25", "0.25"),
+])
+def test_http_limits_are_rendered_in_canonical_form(option: str, given: str, rendered: str) -> None:
+    assert exec_start_args(option, given)[-2:] == [option, rendered]
+
+
+def test_http_limits_equal_to_the_runtime_defaults_are_not_rendered() -> None:
+    """Golden units stay as they are: a value that changes nothing is left out, however it is written."""
+    plain = exec_start_args()
+    assert plain == ["myproj.asgi:application", "--stop-timeout", "30", "--request-timeout", "30", "--respawn"]
+    assert exec_start_args("--max-body", "100M", "--max-headers", "100", "--max-header-size", "8190",
+                           "--max-target", "8190", "--head-timeout", "10.0", "--keep-alive", "05",
+                           "--send-timeout", "30") == plain
+    assert exec_start_args("--max-body", "104857600", "--keep-alive", "6")[-2:] == ["--keep-alive", "6"]
+
+
+def test_rendered_http_limits_read_back_by_sockact_run_as_given() -> None:
+    """ExecStart= parsed by `sockact run`'s own parser: a drift between the two sides fails here."""
+    from sockact.runtime import http11
+    from sockact.runtime.main import limits_of, parse
+
+    assert limits_of(parse(exec_start_args())) == http11.DEFAULT_LIMITS
+    limits = limits_of(parse(exec_start_args(*LIMITS)))
+    assert limits == http11.Limits(max_body=1 << 30, head_timeout=20.0, keep_alive=15.0, send_timeout=60.0,
+                                   max_fields=200, max_field=16 << 10, max_target=16 << 10)
+    assert limits_of(parse(exec_start_args("--max-body", "0", "--keep-alive", "0.5"))) == http11.Limits(
+        max_body=0, keep_alive=0.5)
+
+
+def test_http_limits_leave_the_stop_timeout_alone() -> None:
+    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--stop-timeout", "12", *LIMITS, "--only", "service",
+                   check=True).stdout
+    assert "TimeoutStopSec=12\n" in text
+    assert "--stop-timeout 12 --request-timeout 30 --respawn --max-body 1G" in text
+
+
+def test_generate_help_states_the_runtime_defaults() -> None:
+    """The generator's help names the defaults without importing the runtime's HTTP core; they must agree."""
+    import argparse
+
+    from sockact.cli import add_http_limits
+    from sockact.runtime import http11, sizes
+    from sockact.spec import HTTP_LIMITS
+
+    parser = argparse.ArgumentParser()
+    add_http_limits(parser)
+    helps = {action.option_strings[0]: action.help or "" for action in parser._actions if action.option_strings}
+    for option, field in HTTP_LIMITS.items():
+        default = getattr(http11.DEFAULT_LIMITS, field)
+        shown = sizes.canonical(default) if isinstance(default, int) and option != "--max-headers" else f"{default:g}"
+        assert helps[option].endswith(f"default: {shown})"), (option, helps[option])
+
+
+def test_http_limits_are_explained_when_set() -> None:
+    text = sockact("generate", "myapp", *APP, "--listen", "8000", *LIMITS, "--explain", check=True).stdout
+    flat = " ".join(text.split())
+    for said in ("--max-body 1G A request body above 1G is refused with 413",
+                 "--max-headers 200 A request with more than 200 header fields is refused with 431",
+                 "--max-header-size 16K A request with a header field line above 16K is refused with 431",
+                 "--max-target 16K A request target (path and query) above 16K is refused with 414",
+                 "--head-timeout 20 A request head still arriving after 20 s",
+                 "--keep-alive 15 An idle keep-alive connection is closed after 15 s. Default of sockact run: 5.",
+                 "--send-timeout 60 A client that takes no byte of its response for 60 s is dropped"):
+        assert said in flat, said
+    unlimited = sockact("generate", "myapp", *APP, "--listen", "8000", "--max-body", "0", "--explain",
+                        check=True).stdout
+    assert "Request bodies have no size limit" in unlimited
+    plain = sockact("generate", "myapp", *APP, "--listen", "8000", "--explain", check=True).stdout
+    assert not any(option in plain for option in ("--max-body", "--max-headers", "--keep-alive", "--send-timeout"))

@@ -318,7 +318,9 @@ def test_field_reaches_systemd_byte_for_byte(private_systemd: PrivateSystemd, la
 
 @pytest.mark.parametrize("option", ["--listen", "--app", "--exec", "--env", "--chdir", "--user", "--python", "--env-file",
                                     "--state-dir", "--writable", "--workers", "--watchdog", "--request-timeout",
-                                    "--systemd-version", "--forwarded-allow-ips"])
+                                    "--systemd-version", "--forwarded-allow-ips", "--max-body", "--max-headers",
+                                    "--max-header-size", "--max-target", "--head-timeout", "--keep-alive",
+                                    "--send-timeout"])
 def test_a_lone_double_dash_value_is_one_line_exit_2(option: str, tmp_path: Path) -> None:
     """argparse hands "--opt=--" over as [] rather than "--"; that must be a usage error, not a traceback."""
     options = {"--listen": "8000", "--app": "a:app"}

@@ -69,6 +69,13 @@ FIELDS: dict[str, Callable[[str], dict[str, Any]]] = {
     "writable": lambda v: {"writable": ["/" + v]},
     "systemd_version": lambda v: {"systemd_version": v},
     "forwarded_allow_ips": lambda v: {"forwarded_allow_ips": v},
+    "max_body": lambda v: {"max_body": v},
+    "max_headers": lambda v: {"max_headers": v},
+    "max_header_size": lambda v: {"max_header_size": v},
+    "max_target": lambda v: {"max_target": v},
+    "head_timeout": lambda v: {"head_timeout": v},
+    "keep_alive": lambda v: {"keep_alive": v},
+    "send_timeout": lambda v: {"send_timeout": v},
 }
 
 fast = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,3 +113,36 @@ def test_quoted_round_trips_through_c_unescaping(value: str) -> None:
     assert "%" not in body
     unescaped = body.replace("\x00", "%").encode().decode("unicode_escape").encode("latin-1").decode("utf-8")
     assert unescaped == value
+
+
+sizes_text = st.tuples(st.integers(0, 1 << 41), st.sampled_from(["", "k", "K", "M", "G"])).map(lambda t: f"{t[0]}{t[1]}")
+seconds_text = st.from_regex(r"0{0,2}[0-9]{1,5}(\.[0-9]{1,6})?", fullmatch=True)
+LIMIT_VALUES = {"max_body": sizes_text, "max_header_size": sizes_text, "max_target": sizes_text,
+                "max_headers": st.integers(0, 20000).map(str), "head_timeout": seconds_text,
+                "keep_alive": seconds_text, "send_timeout": seconds_text}
+# What `sockact run` must read back from the rendered option: the value as the user meant it.
+READ_AS: dict[str, Callable[[str], float]] = {
+    "max_body": lambda v: int(v.rstrip("kKMG")) * {"k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(v[-1], 1),
+    "max_headers": int, "head_timeout": float, "keep_alive": float, "send_timeout": float}
+READ_AS["max_header_size"] = READ_AS["max_target"] = READ_AS["max_body"]
+RUN_FIELD = {"max_body": "max_body", "max_headers": "max_fields", "max_header_size": "max_field",
+             "max_target": "max_target", "head_timeout": "head_timeout", "keep_alive": "keep_alive",
+             "send_timeout": "send_timeout"}
+
+
+@fast
+@given(data=st.data(), field=st.sampled_from(sorted(LIMIT_VALUES)))
+def test_http_limits_render_what_sockact_run_reads_back(data: st.DataObject, field: str) -> None:
+    """Any accepted HTTP limit, rendered and parsed by `sockact run`'s parser, is the value the user gave."""
+    from sockact.render import exec_start
+    from sockact.runtime.main import limits_of, parse
+
+    value = data.draw(LIMIT_VALUES[field])
+    try:
+        spec = build(**{**BASE, field: value})
+    except UsageError as exc:
+        assert "\n" not in str(exc)
+        return
+    argv = exec_start(spec)
+    limits = limits_of(parse(argv[argv.index("run") + 1:]))
+    assert getattr(limits, RUN_FIELD[field]) == READ_AS[field](value)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RuntimeFailure, SockactError
-from . import http11, limits
+from . import http11, limits, sizes
 from .notify import Notifier
 
 if TYPE_CHECKING:
@@ -91,17 +91,12 @@ def count(text: str) -> int:
     return int(text)
 
 
-SIZE_SUFFIXES = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
-
-
 def size(text: str) -> int:
-    """Bytes: a whole number with an optional K, M or G suffix (powers of 1024)."""
-    number, suffix = text[:-1], text[-1:].upper()
-    if suffix not in SIZE_SUFFIXES or suffix == "":
-        number, suffix = text, ""
-    if not number.isascii() or not number.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size in bytes, e.g. 1048576, 512K, 100M or 1G")
-    return int(number) * SIZE_SUFFIXES[suffix]
+    """Bytes: a whole number with an optional K, M or G suffix (powers of 1024); see runtime/sizes.py."""
+    try:
+        return sizes.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive(text: str) -> int:
