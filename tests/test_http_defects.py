@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from httpwire import INTERFACES, Server, closed_within, parse_responses, read_until_close, serving
 
 

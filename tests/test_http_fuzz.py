@@ -22,10 +22,9 @@ from typing import Any
 
 import h11
 import pytest
+from httpwire import INTERFACES, Server, parse_responses, read_until_close, serving
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-
-from httpwire import INTERFACES, Server, parse_responses, read_until_close, serving
 
 EXAMPLES = 300  # per engine; the whole file runs in well under 60 s when the engines answer promptly
 # Kinds of disagreement (substrings, "|"-separated) to count rather than fail on, to look past a known one:
@@ -332,9 +331,9 @@ def check_agreement(interface: str, view: H11View, calls: list[AppCall], respons
         stats["accepted by both"] += 1
         compare(interface, seen, call)
         nxt = index + 1
-        if seen.version == "1.1" and seen.keep_alive and nxt < len(view.requests) and view.requests[nxt].complete:
-            if len(calls) <= nxt and responses <= nxt:
-                raise disagree("sockact closed (the next request got no answer) where h11 keeps the connection alive",
+        if (seen.version == "1.1" and seen.keep_alive and nxt < len(view.requests) and view.requests[nxt].complete
+                and len(calls) <= nxt and responses <= nxt):
+            raise disagree("sockact closed (the next request got no answer) where h11 keeps the connection alive",
                                f"request {index} {seen.headers}")
 
 
@@ -352,9 +351,9 @@ def compare(interface: str, seen: Seen, call: AppCall) -> None:
             got["target"], want["target"] = head["target"], path + ("?" + query if query else "")
         # absolute-form and "*": ASGI has no field for the whole target; not compared.
         got["headers"], want["headers"] = comparable(head["headers"]), comparable(seen.headers)
-    for key in want:
-        if key in got and got[key] != want[key]:
-            raise disagree(f"{key} differs", f"h11: {want[key]!r}, the app: {got[key]!r}")
+    for key, wanted in want.items():
+        if key in got and got[key] != wanted:
+            raise disagree(f"{key} differs", f"h11: {wanted!r}, the app: {got[key]!r}")
 
 
 def comparable(headers: list[tuple[str, str]] | list[list[str]]) -> list[tuple[str, str]]:

@@ -10,8 +10,8 @@ expectation that holds only under a non-default gunicorn option is reported with
 from __future__ import annotations
 
 import base64
-import re
 import json
+import re
 import socket
 import sys
 import time
