@@ -22,14 +22,15 @@ from collections.abc import Sequence
 from sockact.testing import HarnessError, PrivateSystemd, unavailable_reason
 
 from . import report
-from .contenders import Bench, Contender, NotAvailable, lineup
+from .contenders import Bench, Contender, NotAvailable, deploys_not_measured, lineup
 from .measure import Results, Settings, import_times, results_from_json, run_deploys, run_round
 from .quiet import Meter, own_cgroup, wait_until_quiet
 
 log = logging.getLogger("bench")
 HERE = pathlib.Path(__file__).resolve().parent
 NOISY = 0.05  # others using more than this share of the machine make the numbers suspect
-PYTHON_PACKAGES = ("sockact", "uvicorn", "gunicorn", "uvicorn-worker", "uvloop", "httptools")
+PYTHON_PACKAGES = ("sockact", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "uwsgi", "uvloop", "httptools",
+                   "fastapi", "pydantic", "flask")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -134,8 +135,7 @@ def _one_round(bench: Bench, contender: Contender, settings: Settings, results: 
 
 def run_all_deploys(bench: Bench, contenders: list[Contender], settings: Settings, results: Results) -> None:
     for contender in contenders:
-        # The WSGI units run the same runtime and drain as the ASGI ones; once is enough.
-        if contender.key in results.unavailable or contender.key == "sockact-wsgi":
+        if contender.key in results.unavailable or deploys_not_measured(contender):
             continue
         log.info("deploys: %s (%s)", contender.server, contender.app)
         try:

@@ -2,8 +2,8 @@
 
 Every contender runs inside the same private systemd, so all of them share one network namespace
 and wrk reaches each over the same loopback. sockact runs as generated units under that systemd;
-the others are started the way their docs say, as plain processes (gunicorn, uvicorn, node) or
-under PM2's own daemon.
+the others are started the way their docs say, as plain processes (gunicorn, uvicorn, granian,
+uWSGI, node) or under PM2's own daemon.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Callable
 from sockact.testing import HarnessError, PrivateSystemd
 
 from .apps.asgi import BODY
+from .apps.payload import FASTAPI_BODY, FLASK_BODY
 
 HELLO = "/"
 SLEEP = "/sleep"
@@ -60,17 +61,17 @@ class Bench:
     def node_app(self) -> str:
         return str(self.root / "apps" / "bench" / "apps" / "hello.js")
 
-    def get(self, port: int, path: str = HELLO) -> str | None:
+    def get(self, port: int, path: str = HELLO, body: bytes = BODY) -> str | None:
         """None when GET answers 200 with the expected body, else what came back instead."""
         done = self.box.run("curl", "-s", "-m", "5", "-o", "/dev/stdout", "-w", "\n%{http_code}",
                             f"http://127.0.0.1:{port}{path}", check=False)
-        body, _, code = done.stdout.rpartition("\n")
-        if code == "200" and body.encode() == BODY:
+        answer, _, code = done.stdout.rpartition("\n")
+        if code == "200" and answer.encode() == body:
             return None
-        return f"HTTP {code or 'no answer'} ({body[:80]!r})" if code != "000" else "no answer"
+        return f"HTTP {code or 'no answer'} ({answer[:80]!r})" if code != "000" else "no answer"
 
-    def wait_serving(self, port: int, timeout: float = START_TIMEOUT_S) -> None:
-        self.box.wait_for(lambda: self.get(port) is None, timeout=timeout, interval=0.05,
+    def wait_serving(self, port: int, body: bytes = BODY, timeout: float = START_TIMEOUT_S) -> None:
+        self.box.wait_for(lambda: self.get(port, body=body) is None, timeout=timeout, interval=0.05,
                           what=f"a 200 on port {port}")
 
 
@@ -80,11 +81,12 @@ class Contender:
 
     key: str
     server: str
-    app: str  # "ASGI", "WSGI" or "Node"
+    app: str  # "ASGI", "WSGI", "Node", or a framework app: "FastAPI" (ASGI), "Flask" (WSGI)
     port: int
     paths: tuple[str, ...] = (HELLO,)
     reload_how: str = ""  # the tool's own zero-downtime reload, as a user would type it
     restart_how: str = ""  # a full stop/start
+    body: bytes = BODY  # what GET / answers
 
     def prepare(self, bench: Bench) -> None:
         """One-time setup that is not part of a start (and so not of the cold-start time)."""
@@ -117,7 +119,7 @@ class Contender:
 
     def check(self, bench: Bench) -> None:
         """Raise NotAvailable when the contender starts but does not serve the app correctly."""
-        problem = bench.get(self.port)
+        problem = bench.get(self.port, body=self.body)
         if problem is not None:
             raise NotAvailable(f"{self.server} answered GET / with {problem}")
 
@@ -168,7 +170,7 @@ class Sockact(Contender):
         # Type=notify: an instance turns active only once its runtime sent READY=1.
         for instance in self.instances(bench):
             bench.box.wait_active(instance, timeout=START_TIMEOUT_S)
-        bench.wait_serving(self.port)
+        bench.wait_serving(self.port, self.body)
 
     def stop(self, bench: Bench) -> None:
         bench.box.systemctl("stop", f"{self.unit}.target", f"{self.unit}.socket", timeout=90)
@@ -207,7 +209,7 @@ class Sockact(Contender):
         old = set(self.worker_pids(bench))
         bench.box.systemctl("restart", f"{self.unit}.target", timeout=120)
         wait_replaced(bench, self, old)
-        bench.wait_serving(self.port)
+        bench.wait_serving(self.port, self.body)
 
 
 @dataclass
@@ -246,7 +248,7 @@ class Process(Contender):
             return len(self.worker_pids(bench)) == bench.workers
 
         bench.box.wait_for(workers_up, timeout=START_TIMEOUT_S, what=f"{bench.workers} {self.server} workers")
-        bench.wait_serving(self.port)
+        bench.wait_serving(self.port, self.body)
 
     def worker_pids(self, bench: Bench) -> list[int]:
         return [pid for pid in _children(bench.box, self.master_pid(bench)) if self.is_worker(_cmdline(bench.box, pid))]
@@ -270,7 +272,7 @@ class Process(Contender):
         old = set(self.worker_pids(bench))
         self.signal(bench, self.reload_signal)
         wait_replaced(bench, self, old)
-        bench.wait_serving(self.port)
+        bench.wait_serving(self.port, self.body)
 
     def restart(self, bench: Bench) -> None:
         self.stop(bench)
@@ -296,7 +298,7 @@ class Pm2(Contender):
     def wait_ready(self, bench: Bench) -> None:
         bench.box.wait_for(lambda: len(self.worker_pids(bench)) == bench.workers, timeout=START_TIMEOUT_S,
                            what=f"{bench.workers} pm2 workers online")
-        bench.wait_serving(self.port)
+        bench.wait_serving(self.port, self.body)
 
     def stop(self, bench: Bench) -> None:
         # Every start is a cold one, daemon included, as after a boot.
@@ -311,13 +313,13 @@ class Pm2(Contender):
         old = set(self.worker_pids(bench))
         self.run_pm2(bench, "reload", self.name)
         wait_replaced(bench, self, old)
-        bench.wait_serving(self.port)
+        bench.wait_serving(self.port, self.body)
 
     def restart(self, bench: Bench) -> None:
         old = set(self.worker_pids(bench))
         self.run_pm2(bench, "restart", self.name)
         wait_replaced(bench, self, old)
-        bench.wait_serving(self.port)
+        bench.wait_serving(self.port, self.body)
 
 
 def in_scope(argv: list[str]) -> list[str]:
@@ -370,35 +372,112 @@ def memory_mb(box: PrivateSystemd, pids: list[int]) -> float | None:
 
 def lineup(bench: Bench) -> list[Contender]:
     """Every contender, on ports of their own so a slow stop never blocks the next start."""
-    n = str(bench.workers)
-    venv = bench.venv_bin
-    quiet = ["--log-level", "warning"]
+    return [*hello_lineup(bench), *framework_lineup(bench)]
+
+
+def hello_lineup(bench: Bench) -> list[Contender]:
+    """The servers on the hello apps (and Node's for reference); their deploys are measured too."""
     return [
         Sockact("sockact-asgi", "sockact", "ASGI", 8001, (HELLO, SLEEP), "sockact reload NAME",
                 "systemctl restart NAME.target", app_ref="bench.apps.asgi:app"),
-        Process("gunicorn-uvicorn", "gunicorn + uvicorn-worker", "ASGI", 8002, (HELLO, SLEEP), "kill -HUP MASTER",
-                "kill -TERM MASTER; start",
-                argv_for=lambda b, c: [str(venv / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker", "-w", n,
-                                       "-b", f"127.0.0.1:{c.port}", "--chdir", b.app_dir, *quiet,
-                                       "bench.apps.asgi:app"],
-                reload_signal=signal.SIGHUP),
-        Process("uvicorn", "uvicorn --workers", "ASGI", 8003, (HELLO, SLEEP), "kill -HUP MASTER",
-                "kill -TERM MASTER; start",
-                argv_for=lambda b, c: [str(venv / "uvicorn"), "bench.apps.asgi:app", "--workers", n,
-                                       "--host", "127.0.0.1", "--port", str(c.port), "--app-dir", b.app_dir,
-                                       "--no-access-log", *quiet],
-                # multiprocessing's spawned children; its resource tracker, if any, is no worker.
-                is_worker=lambda cmdline: "spawn_main" in cmdline,
-                reload_signal=signal.SIGHUP),
+        granian("granian-asgi", "ASGI", 8008, "bench.apps.asgi:app", (HELLO, SLEEP)),
+        gunicorn_uvicorn("gunicorn-uvicorn", "ASGI", 8002, "bench.apps.asgi:app", (HELLO, SLEEP)),
+        uvicorn_workers("uvicorn", "ASGI", 8003, "bench.apps.asgi:app", (HELLO, SLEEP)),
         Sockact("sockact-wsgi", "sockact", "WSGI", 8004, (HELLO,), "sockact reload NAME",
                 "systemctl restart NAME.target", app_ref="bench.apps.wsgi:app"),
-        Process("gunicorn-sync", "gunicorn sync", "WSGI", 8005, (HELLO,), "kill -HUP MASTER",
-                "kill -TERM MASTER; start",
-                argv_for=lambda b, c: [str(venv / "gunicorn"), "-w", n, "-b", f"127.0.0.1:{c.port}",
-                                       "--chdir", b.app_dir, *quiet, "bench.apps.wsgi:app"],
-                reload_signal=signal.SIGHUP),
+        granian("granian-wsgi", "WSGI", 8009, "bench.apps.wsgi:app"),
+        uwsgi("uwsgi", "WSGI", 8010, "bench.apps.wsgi:app"),
+        gunicorn_sync("gunicorn-sync", "WSGI", 8005, "bench.apps.wsgi:app"),
         Process("node-cluster", "node cluster", "Node", 8006, (HELLO, SLEEP), "", "kill -TERM PRIMARY; start",
                 argv_for=lambda b, c: ["node", b.node_app],
-                env_for=lambda b, c: {"BENCH_WORKERS": n, "BENCH_PORT": str(c.port)}),
+                env_for=lambda b, c: {"BENCH_WORKERS": str(b.workers), "BENCH_PORT": str(c.port)}),
         Pm2("pm2", "pm2", "Node", 8007, (HELLO, SLEEP), "pm2 reload NAME", "pm2 restart NAME"),
     ]
+
+
+def framework_lineup(bench: Bench) -> list[Contender]:
+    """The FastAPI and Flask apps, each under every server of its interface (uWSGI has no ASGI);
+    their deploys are the hello rows' own."""
+    fastapi_ref, flask_ref = "bench.apps.fastapi_app:app", "bench.apps.flask_app:app"
+    found: list[Contender] = [
+        Sockact("sockact-fastapi", "sockact", "FastAPI", 8011, (HELLO,), "sockact reload NAME",
+                "systemctl restart NAME.target", app_ref=fastapi_ref),
+        granian("granian-fastapi", "FastAPI", 8012, fastapi_ref),
+        gunicorn_uvicorn("gunicorn-uvicorn-fastapi", "FastAPI", 8013, fastapi_ref),
+        uvicorn_workers("uvicorn-fastapi", "FastAPI", 8014, fastapi_ref),
+        Sockact("sockact-flask", "sockact", "Flask", 8015, (HELLO,), "sockact reload NAME",
+                "systemctl restart NAME.target", app_ref=flask_ref),
+        granian("granian-flask", "Flask", 8016, flask_ref),
+        uwsgi("uwsgi-flask", "Flask", 8018, flask_ref),
+        gunicorn_sync("gunicorn-sync-flask", "Flask", 8017, flask_ref),
+    ]
+    for contender in found:
+        contender.body = FASTAPI_BODY if contender.app == "FastAPI" else FLASK_BODY
+    return found
+
+
+QUIET = ["--log-level", "warning"]
+
+
+def deploys_not_measured(contender: Contender) -> str:
+    """Why a contender's reload and restart are left out ("" when they are measured): they would
+    repeat what another row already shows."""
+    if contender.app in ("FastAPI", "Flask"):
+        return "same server as its hello-app row; not repeated"
+    if contender.key == "sockact-wsgi":
+        return "same runtime as the ASGI row; not repeated"
+    return ""
+
+
+def granian(key: str, app: str, port: int, app_ref: str, paths: tuple[str, ...] = (HELLO,)) -> Process:
+    """`granian --interface asgi|wsgi --workers N`: a Rust HTTP core; the master forks the workers,
+    which share one listening socket. Its other settings are its defaults, as most users run it."""
+    interface = "wsgi" if app in ("WSGI", "Flask") else "asgi"
+    return Process(key, "granian", app, port, paths, "kill -HUP MASTER", "kill -TERM MASTER; start",
+                   argv_for=lambda b, c: [str(b.venv_bin / "granian"), "--interface", interface,
+                                          "--workers", str(b.workers), "--host", "127.0.0.1", "--port", str(c.port),
+                                          "--working-dir", b.app_dir, "--no-access-log", *QUIET, app_ref],
+                   reload_signal=signal.SIGHUP)
+
+
+def uwsgi(key: str, app: str, port: int, app_ref: str) -> Process:
+    """uWSGI serving HTTP itself, the fastest way measured here: the master preforks N processes on one
+    --http-socket (--http would put a router process in front of them). One thread each: with these apps
+    threads only add GIL contention (2 processes: about 11,000 req/s on the hello app; 2 x 2 or 2 x 4
+    threads: 7,000-10,000). The native HTTP socket keeps no connection alive for a preforked process (a
+    kept connection would pin it), so every response closes its connection, and "Connection: close" says
+    so (without it wrk counts each close as a read error, as clients would retry). --listen 1024 as
+    granian's default backlog (uWSGI's own is 100); --die-on-term makes SIGTERM a stop, not uWSGI 2.0's
+    brutal reload."""
+    return Process(key, "uWSGI", app, port, (HELLO,), "kill -HUP MASTER", "kill -TERM MASTER; start",
+                   argv_for=lambda b, c: [str(b.venv_bin / "uwsgi"), "--http-socket", f"127.0.0.1:{c.port}",
+                                          "--master", "--processes", str(b.workers), "--listen", "1024",
+                                          "--add-header", "Connection: close", "--chdir", b.app_dir,
+                                          "--pythonpath", b.app_dir, "--module", app_ref, "--need-app",
+                                          "--die-on-term", "--disable-logging"],
+                   reload_signal=signal.SIGHUP)
+
+
+def gunicorn_uvicorn(key: str, app: str, port: int, app_ref: str, paths: tuple[str, ...] = (HELLO,)) -> Process:
+    return Process(key, "gunicorn + uvicorn-worker", app, port, paths, "kill -HUP MASTER", "kill -TERM MASTER; start",
+                   argv_for=lambda b, c: [str(b.venv_bin / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker",
+                                          "-w", str(b.workers), "-b", f"127.0.0.1:{c.port}", "--chdir", b.app_dir,
+                                          *QUIET, app_ref],
+                   reload_signal=signal.SIGHUP)
+
+
+def uvicorn_workers(key: str, app: str, port: int, app_ref: str, paths: tuple[str, ...] = (HELLO,)) -> Process:
+    return Process(key, "uvicorn --workers", app, port, paths, "kill -HUP MASTER", "kill -TERM MASTER; start",
+                   argv_for=lambda b, c: [str(b.venv_bin / "uvicorn"), app_ref, "--workers", str(b.workers),
+                                          "--host", "127.0.0.1", "--port", str(c.port), "--app-dir", b.app_dir,
+                                          "--no-access-log", *QUIET],
+                   # multiprocessing's spawned children; its resource tracker, if any, is no worker.
+                   is_worker=lambda cmdline: "spawn_main" in cmdline,
+                   reload_signal=signal.SIGHUP)
+
+
+def gunicorn_sync(key: str, app: str, port: int, app_ref: str) -> Process:
+    return Process(key, "gunicorn sync", app, port, (HELLO,), "kill -HUP MASTER", "kill -TERM MASTER; start",
+                   argv_for=lambda b, c: [str(b.venv_bin / "gunicorn"), "-w", str(b.workers),
+                                          "-b", f"127.0.0.1:{c.port}", "--chdir", b.app_dir, *QUIET, app_ref],
+                   reload_signal=signal.SIGHUP)

@@ -11,17 +11,29 @@ from dataclasses import asdict
 from typing import Any
 
 from . import load
-from .contenders import HELLO, SLEEP, Contender
+from .contenders import HELLO, SLEEP, Contender, deploys_not_measured
 from .measure import MODES, Results, cell
 
 HANDLERS = {HELLO: "hello", SLEEP: "await 10 ms"}
+FRAMEWORK_INTERFACE = {"FastAPI": "ASGI", "Flask": "WSGI"}
 NOT_RUN = "—"
 # (app, path, Connection: close?) in the order of the table and the chart; Node rows join the ASGI ones.
-GROUPS = [(app, path, close) for app, path in (("ASGI", HELLO), ("ASGI", SLEEP), ("WSGI", HELLO)) for close in MODES]
+GROUPS = [(app, path, close)
+          for app, path in (("ASGI", HELLO), ("ASGI", SLEEP), ("WSGI", HELLO), ("FastAPI", HELLO), ("Flask", HELLO))
+          for close in MODES]
 
 
 def serves(contender: Contender, app: str, path: str) -> bool:
-    return path in contender.paths and (contender.app == "WSGI") == (app == "WSGI")
+    group = "ASGI" if contender.app == "Node" else contender.app
+    return path in contender.paths and group == app
+
+
+def handler(app: str, path: str) -> str:
+    return "JSON" if app in FRAMEWORK_INTERFACE else HANDLERS[path]
+
+
+def app_label(app: str) -> str:
+    return f"{app} ({FRAMEWORK_INTERFACE[app]})" if app in FRAMEWORK_INTERFACE else app
 
 
 def median(values: Iterable[float]) -> float:
@@ -50,6 +62,10 @@ class Summary:
 
     def rps(self, key: str, path: str, close: bool) -> float:
         return median(run.rps for run in self.runs(key, path, close))
+
+    def latency(self, key: str, path: str, close: bool, percentile: str) -> float:
+        """Median over rounds of one percentile ("p50_ms", "p99_ms")."""
+        return median(getattr(run, percentile) for run in self.runs(key, path, close))
 
     def best_rps(self, key: str, path: str, close: bool) -> float:
         runs = self.runs(key, path, close)
@@ -106,14 +122,60 @@ def throughput_table(summary: Summary) -> list[str]:
 
 
 def _throughput_row(summary: Summary, c: Contender, app: str, path: str, close: bool, mode: str) -> list[str]:
-    label = app if c.app != "Node" else "Node (same app)"
-    head = [label, HANDLERS[path], mode, f"**{c.server}**" if c.server == "sockact" else c.server]
+    label = app_label(app) if c.app != "Node" else "Node (same app)"
+    head = [label, handler(app, path), mode, f"**{c.server}**" if c.server == "sockact" else c.server]
     if c.key in summary.results.unavailable:
         return [*head, f"not available: {summary.results.unavailable[c.key]}", "", "", "", ""]
     runs = summary.runs(c.key, path, close)
     return [*head, fmt(summary.rps(c.key, path, close)), fmt(summary.best_rps(c.key, path, close)),
             fmt(median(r.p50_ms for r in runs), 2), fmt(median(r.p99_ms for r in runs), 2),
             str(sum(r.errors.total for r in runs)) if runs else NOT_RUN]
+
+
+def peer_column(contender: Contender) -> str:
+    """gunicorn's ASGI (uvicorn-worker) and WSGI (sync) rows share a column: one per interface."""
+    return "gunicorn" if contender.server.startswith("gunicorn") else contender.server
+
+
+def versus_table(summary: Summary) -> list[str]:
+    """sockact against every Python peer per cell, and against the fastest of them (by median req/s)."""
+    peers = [c for c in summary.lineup if c.server != "sockact" and c.app != "Node"]
+    columns = list(dict.fromkeys(peer_column(c) for c in peers))
+    rows = []
+    for app, path, close in GROUPS:
+        ours = next((c for c in summary.lineup if c.server == "sockact" and serves(c, app, path)), None)
+        if ours is None:
+            continue
+        theirs = {peer_column(c): c for c in peers if serves(c, app, path)}
+        row = [app_label(app), handler(app, path), MODES[close], _figures(summary, ours, path, close)]
+        row += [_versus(summary, ours, theirs[column], path, close) if column in theirs else NOT_RUN
+                for column in columns]
+        fastest = _fastest(summary, list(theirs.values()), path, close)
+        row.append(f"{fastest.server}: {_versus(summary, ours, fastest, path, close)}" if fastest else NOT_RUN)
+        rows.append(row)
+    names = [f"{column} (uvicorn-worker / sync)" if column == "gunicorn" else column for column in columns]
+    return table(["app", "handler", "connections", "sockact req/s · p50 · p99", *names, "vs fastest peer"], rows)
+
+
+def _figures(summary: Summary, c: Contender, path: str, close: bool) -> str:
+    return (f"{fmt(summary.rps(c.key, path, close))} · {fmt(summary.latency(c.key, path, close, 'p50_ms'), 2)} ms"
+            f" · {fmt(summary.latency(c.key, path, close, 'p99_ms'), 2)} ms")
+
+
+def _versus(summary: Summary, ours: Contender, peer: Contender, path: str, close: bool) -> str:
+    """sockact ÷ peer of median req/s, p50 and p99: above 1 is faster for req/s, slower for latency."""
+    ratios = [summary.rps(ours.key, path, close) / summary.rps(peer.key, path, close)]
+    ratios += [summary.latency(ours.key, path, close, p) / summary.latency(peer.key, path, close, p)
+               for p in ("p50_ms", "p99_ms")]
+    if all(math.isnan(ratio) for ratio in ratios):
+        return f"not available: {summary.results.unavailable[peer.key]}" if peer.key in summary.results.unavailable \
+            else NOT_RUN
+    return " · ".join(fmt(ratio, 2, "×") for ratio in ratios)
+
+
+def _fastest(summary: Summary, peers: list[Contender], path: str, close: bool) -> Contender | None:
+    measured = [c for c in peers if not math.isnan(summary.rps(c.key, path, close))]
+    return max(measured, key=lambda c: summary.rps(c.key, path, close)) if measured else None
 
 
 def workers_table(summary: Summary) -> list[str]:
@@ -134,7 +196,7 @@ def deploys_table(summary: Summary) -> list[str]:
     for c in summary.lineup:
         deploys = summary.results.deploys.get(c.key)
         if deploys is None:
-            reason = summary.results.unavailable.get(c.key, "same runtime as the ASGI row; not repeated")
+            reason = summary.results.unavailable.get(c.key, deploys_not_measured(c) or "did not complete")
             rows.append([c.server, c.app, f"not run: {reason}", "", "", ""])
             continue
         cells = [c.server, c.app]
@@ -223,6 +285,15 @@ def markdown(results: Results, lineup: list[Contender], command: str) -> str:
         "",
         *overview_table(summary),
         "",
+        "## sockact against each peer",
+        "",
+        ("Each peer cell is sockact ÷ that peer for median req/s · p50 · p99 over the rounds: above 1× sockact "
+         "serves more requests, below 1× its latency is lower. The fastest peer is the one with the most req/s in "
+         "that cell. — : the server does not serve that app (uWSGI has no ASGI). Node is left out: it serves "
+         "its own app."),
+        "",
+        *versus_table(summary),
+        "",
         "## Requests per second and latency",
         "",
         *throughput_table(summary),
@@ -284,7 +355,7 @@ def chart(results: Results, lineup: list[Contender], path: pathlib.Path) -> None
     from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
     summary = Summary(results, lineup)
-    fig, (rps_axis, p99_axis) = plt.subplots(2, 1, figsize=(11, 8), constrained_layout=True)
+    fig, (rps_axis, p99_axis) = plt.subplots(2, 1, figsize=(16, 8), constrained_layout=True)
     servers = list(dict.fromkeys(c.server for c in lineup))  # sockact's ASGI and WSGI rows share a colour
     colours = {server: plt.get_cmap("tab10")(index) for index, server in enumerate(servers)}
     labelled: set[str] = set()
@@ -301,7 +372,7 @@ def chart(results: Results, lineup: list[Contender], path: pathlib.Path) -> None
             p99 = median(r.p99_ms for r in summary.runs(c.key, p, close))
             p99_axis.bar(x, p99, width, color=colours[c.server])
             lowest_p99 = min(lowest_p99, p99)
-    names = [f"{'ASGI / Node' if app == 'ASGI' else app}\n{HANDLERS[p]}\n{MODES[close]}" for app, p, close in GROUPS]
+    names = [f"{'ASGI / Node' if app == 'ASGI' else app}\n{handler(app, p)}\n{MODES[close]}" for app, p, close in GROUPS]
     for axis, title in ((rps_axis, "requests/s (bar: median, tick: best)"), (p99_axis, "p99 latency, ms (median)")):
         axis.set_xticks(range(len(GROUPS)), names)
         axis.set_title(title)
@@ -330,19 +401,20 @@ def overview_table(summary: Summary) -> list[str]:
     rows = []
     for c in summary.lineup:
         if c.key in summary.results.unavailable:
-            rows.append([c.server, c.app, f"not available: {summary.results.unavailable[c.key]}", *[""] * 8])
+            rows.append([c.server, c.app, f"not available: {summary.results.unavailable[c.key]}", *[""] * 9])
             continue
         deploys = summary.results.deploys.get(c.key, {})
         rows.append([
             f"**{c.server}**" if c.server == "sockact" else c.server, c.app,
             fmt(summary.rps(c.key, HELLO, False)), fmt(summary.rps(c.key, HELLO, True)),
             fmt(summary.rps(c.key, SLEEP, False)) if SLEEP in c.paths else NOT_RUN,
-            fmt(median(r.p99_ms for r in summary.runs(c.key, HELLO, False)), 2),
+            fmt(summary.latency(c.key, HELLO, False, "p50_ms"), 2),
+            fmt(summary.latency(c.key, HELLO, False, "p99_ms"), 2),
             fmt(summary.fairness(c.key), 2),
             *(_failed(deploys.get(scenario)) for scenario in ("reload", "restart")),
             fmt(summary.cold_start(c.key)), fmt(summary.memory(c.key), 1),
         ])
-    return table(["server", "app", "req/s keep-alive", "req/s close", "req/s, await 10 ms", "p99 ms",
+    return table(["server", "app", "req/s keep-alive", "req/s close", "req/s, await 10 ms", "p50 ms", "p99 ms",
                   "max/min per worker", "failed in reload", "failed in stop+start", "cold start ms",
                   "PSS/worker MB"], rows)
 
@@ -366,6 +438,10 @@ def readme_block(results: Results, lineup: list[Contender]) -> str:
          "[bench/results.md](bench/results.md)."),
         "",
         *overview_table(Summary(results, lineup)),
+        "",
+        "sockact ÷ each peer (median req/s · p50 · p99; above 1× more requests, below 1× lower latency):",
+        "",
+        *versus_table(Summary(results, lineup)),
         "",
         "![requests per second and p99 latency](bench/results.png)",
         README_END,

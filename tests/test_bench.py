@@ -6,17 +6,27 @@ measured says why. The numbers themselves are the benchmark's business, not the 
 
 from __future__ import annotations
 
+import http.server
 import json
+import math
 import os
 import pathlib
 import subprocess
+import threading
+from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 
-from sockact.testing import unavailable_reason
+from sockact.testing import HarnessError, unavailable_reason
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SERVERS = ("sockact", "gunicorn + uvicorn-worker", "uvicorn --workers", "gunicorn sync", "node cluster", "pm2")
+SERVERS = ("sockact", "granian", "gunicorn + uvicorn-worker", "uvicorn --workers", "uWSGI", "gunicorn sync",
+           "node cluster", "pm2")
+# The peers and apps added beside the hello apps: each must start and answer in every mode.
+NEW_CONTENDERS = ("granian-asgi", "granian-wsgi", "uwsgi", "sockact-fastapi", "granian-fastapi",
+                  "gunicorn-uvicorn-fastapi", "uvicorn-fastapi", "sockact-flask", "granian-flask", "uwsgi-flask",
+                  "gunicorn-sync-flask")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
 
 
@@ -51,9 +61,9 @@ def test_writes_markdown_chart_and_raw_numbers(quick_run: pathlib.Path) -> None:
 
 def test_every_contender_has_its_throughput_rows(quick_run: pathlib.Path) -> None:
     rows = section((quick_run / "results.md").read_text(), "Requests per second and latency")
-    # ASGI-like servers: 2 handlers x 2 connection modes; WSGI servers: 1 handler x 2 modes.
-    expected = {"sockact": 6, "gunicorn + uvicorn-worker": 4, "uvicorn --workers": 4, "gunicorn sync": 2,
-                "node cluster": 4, "pm2": 4}
+    # 2 connection modes each: ASGI hello and await 10 ms, WSGI hello, FastAPI JSON (ASGI), Flask JSON (WSGI).
+    expected = {"sockact": 10, "granian": 10, "gunicorn + uvicorn-worker": 6, "uvicorn --workers": 6,
+                "uWSGI": 4, "gunicorn sync": 4, "node cluster": 4, "pm2": 4}
     for server, count in expected.items():
         mine = [row for row in rows if row.split(" | ")[3].strip("* ") == server]
         assert len(mine) == count, f"{server}: {len(mine)} rows, expected {count}"
@@ -87,3 +97,117 @@ def test_in_ci_every_contender_runs(quick_run: pathlib.Path) -> None:
     for key, deploys in results["deploys"].items():
         for scenario, deploy in deploys.items():
             assert deploy["result"] is not None or deploy["unavailable"], (key, scenario)
+
+
+def test_new_contenders_and_framework_apps_start_and_answer(quick_run: pathlib.Path) -> None:
+    results = json.loads((quick_run / "results.json").read_text())
+    for key in NEW_CONTENDERS:
+        # They come from pip with the bench's requirements: missing here means missing everywhere.
+        assert key not in results["unavailable"], (key, results["unavailable"].get(key))
+        for mode in ("keep-alive", "close"):
+            runs = results["throughput"][f"{key} / {mode}"]
+            assert runs and runs[0]["requests"] > 0, (key, mode, runs)
+            assert sum(runs[0]["errors"].values()) == 0, (key, mode, runs[0]["errors"])
+
+
+def test_every_run_has_its_latency_percentiles(quick_run: pathlib.Path) -> None:
+    results = json.loads((quick_run / "results.json").read_text())
+    for name, runs in results["throughput"].items():
+        for run in runs:
+            ordered = [run["p50_ms"], run["p75_ms"], run["p90_ms"], run["p99_ms"], run["max_ms"]]
+            assert not any(math.isnan(value) for value in ordered), (name, run)
+            assert 0 < ordered[0] and ordered == sorted(ordered), (name, ordered)
+
+
+def test_sockact_against_each_peer(quick_run: pathlib.Path) -> None:
+    markdown = (quick_run / "results.md").read_text()
+    header = next(line for line in markdown.split("## sockact against each peer\n", 1)[1].splitlines()
+                  if line.startswith("| app |"))
+    columns = [cell.strip() for cell in header.strip("| ").split(" | ")]
+    assert columns[4:] == ["granian", "gunicorn (uvicorn-worker / sync)", "uvicorn --workers", "uWSGI",
+                           "vs fastest peer"], columns
+    rows = [[cell.strip() for cell in row.strip("| ").split(" | ")]
+            for row in section(markdown, "sockact against each peer")]
+    # ASGI hello, ASGI await 10 ms, WSGI hello, FastAPI, Flask; keep-alive and close each.
+    assert len(rows) == 10, rows
+    for row in rows:
+        cells = dict(zip(columns, row))
+        wsgi = cells["app"] in ("WSGI", "Flask (WSGI)")
+        assert cells["sockact req/s · p50 · p99"].count(" ms") == 2, row
+        assert cells["granian"].count("×") == 3, row
+        assert (cells["uWSGI"].count("×") == 3) if wsgi else cells["uWSGI"] == "—", row
+        assert (cells["uvicorn --workers"] == "—") if wsgi else cells["uvicorn --workers"].count("×") == 3, row
+        fastest, _, ratios = cells["vs fastest peer"].partition(": ")
+        assert fastest in SERVERS and ratios.count("×") == 3, row
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as wrk expects
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "6")
+        self.end_headers()
+        self.wfile.write(b"hello\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: one line per request would flood the test's output."""
+
+
+@pytest.fixture
+def bench_load(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench.load, importable from the checkout (bench/ is not part of the installed package)."""
+    monkeypatch.syspath_prepend(str(REPO))
+    import bench.load
+
+    return bench.load
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """wrk resets its connections when it stops; that is no error of the test's."""
+
+
+@pytest.fixture
+def hello_server() -> Iterator[int]:
+    server = _Server(("127.0.0.1", 0), _Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _real_wrk_run(bench_load: ModuleType, port: int) -> str:
+    argv = bench_load.Load(f"http://127.0.0.1:{port}/", connections=8).argv(2)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+def test_wrk_latency_distribution_is_read_from_a_real_run(bench_load: ModuleType, hello_server: int) -> None:
+    out = _real_wrk_run(bench_load, hello_server)
+    result = bench_load.parse(out)
+    print(f"\nwrk against a threaded Python server: {result.rps:.0f} req/s, p50 {result.p50_ms:.3f} ms, "
+          f"p75 {result.p75_ms:.3f}, p90 {result.p90_ms:.3f}, p99 {result.p99_ms:.3f}, max {result.max_ms:.3f}")
+    assert result.requests > 0 and result.errors.total == 0, out
+    assert 0 < result.p50_ms <= result.p75_ms <= result.p90_ms <= result.p99_ms <= result.max_ms, out
+    printed = bench_load.latency_distribution(out)
+    assert sorted(printed) == [50.0, 75.0, 90.0, 99.0], out
+    # What parse() kept is what wrk printed, in milliseconds whatever unit wrk chose.
+    for percent, value in ((75.0, result.p75_ms), (90.0, result.p90_ms)):
+        line = next(line for line in out.splitlines() if line.strip().startswith(f"{percent:g}%"))
+        number, unit = line.split()[1].rstrip("usmh"), line.split()[1].lstrip("0123456789.")
+        assert value == pytest.approx(float(number) * bench_load.UNIT_MS[unit]), line
+
+
+def test_wrk_latency_that_disagrees_with_the_lua_summary_is_refused(bench_load: ModuleType,
+                                                                     hello_server: int) -> None:
+    out = _real_wrk_run(bench_load, hello_server)
+    line = next(line for line in out.splitlines() if line.strip().startswith("99%"))
+    # A p99 a thousand times off, as a unit read wrongly would make it.
+    tampered = out.replace(line, line.replace("us", "ms") if "us" in line else line.replace("ms", "s"))
+    with pytest.raises(HarnessError, match="p99"):
+        bench_load.parse(tampered)
