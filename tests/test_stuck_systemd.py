@@ -57,25 +57,66 @@ pacer.join()
 print(json.dumps(results), flush=True)
 """
 
-# Sends GET /hang?worker=W on new connections, one at a time; an answer within a second means a
-# sibling took it, no answer means it hangs in worker W. Prints the time of each hang, and stops
-# after each count given on the command line until a line arrives on stdin. Keeps its sockets open.
+# Hangs requests in worker W on keep-alive connections it opened beforehand. New connections would not
+# do: the workers balance connections, so a worker holding hung ones stops accepting while a sibling
+# has fewer, and a hang sent on a new connection lands on the sibling. So it opens connections at
+# once (both workers take their share), learns each one's worker from a GET /, keeps every one of
+# them alive with a GET / every 2 s (they would close after 5 s idle), and sends each hang on one
+# of worker W's: the counts stay level, so nothing moves. Prints the time of each hang, and stops
+# after each count given on the command line until a line arrives on stdin.
 HANGER = """
-import socket, sys, time
+import socket, sys, threading, time
 port, worker, stops = int(sys.argv[1]), sys.argv[2], [int(n) for n in sys.argv[3:]]
+lock = threading.Lock()
+
+def ask(conn):
+    conn.sendall(b"GET / HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
+    data = b""
+    while b"\\n" not in data.split(b"\\r\\n\\r\\n", 1)[-1] or b"\\r\\n\\r\\n" not in data:
+        piece = conn.recv(4096)
+        if not piece:
+            raise OSError("closed")
+        data += piece
+    return data.split(b"\\r\\n\\r\\n", 1)[1].split()[1].decode()
+
+mine, others = [], []
+while len(mine) < stops[-1] + 2:
+    batch = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2 * stops[-1])]
+    for conn in batch:
+        try:
+            (mine if ask(conn) == worker else others).append(conn)
+        except OSError:  # closed (a worker moving a connection to a less busy sibling): not used
+            conn.close()
+
+def keep():
+    while True:
+        time.sleep(2)
+        with lock:
+            for group in (mine, others):
+                for conn in list(group):
+                    try:
+                        ask(conn)
+                    except OSError:  # closed by the server: not used for a hang
+                        group.remove(conn)
+
+threading.Thread(target=keep, daemon=True).start()
 held = []
 while stops:
-    conn = socket.create_connection(("127.0.0.1", port))
+    with lock:
+        conn = mine.pop()
     sent = time.monotonic()
-    conn.sendall(f"GET /hang?worker={worker} HTTP/1.1\\r\\nHost: t\\r\\nConnection: close\\r\\n\\r\\n".encode())
+    conn.sendall(f"GET /hang?worker={worker} HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n".encode())
     conn.settimeout(1.0)
     try:
         answered = conn.recv(4096)
+        if not answered:
+            continue  # closed meanwhile: another one
     except TimeoutError:
         answered = b""
-    if answered:
-        conn.close()
+    except OSError:
         continue
+    if answered:
+        raise SystemExit(f"the hang was answered: {answered[:80]!r}")
     held.append(conn)
     print(f"hung {len(held)} {sent:.6f}", flush=True)
     if len(held) == stops[0]:
@@ -109,7 +150,8 @@ def read_line(proc: subprocess.Popen[str], prefix: str) -> str:
 
 
 def hung_until(hanger: subprocess.Popen[str], count: int) -> float:
-    """The CLOCK_MONOTONIC time (shared with the box) at which hang number `count` was sent."""
+    """The CLOCK_MONOTONIC time (shared with the box) at which hang number `count` was sent (the
+    script ends, failing the read, should a hang be answered)."""
     while True:
         _, number, sent = read_line(hanger, "hung ").split()
         if int(number) == count:

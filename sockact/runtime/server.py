@@ -55,6 +55,7 @@ class Admission:
         self.check_due = False
         self.looking = False  # a _look_again is scheduled
         self.closed = False
+        self.held = False  # the engine cannot take more work now (see hold())
         # Looking at the siblings on every accept costs measurably: the gate looks only near its threshold.
         self.gate = AcceptGate(board)
 
@@ -70,7 +71,7 @@ class Admission:
             for server in servers:
                 server.close()
             raise
-        if self.closed:
+        if self.closed or self.held:
             for server in servers:
                 server.close()
         else:
@@ -118,9 +119,24 @@ class Admission:
         if self.looking:
             self.loop.call_later(PAUSED_LOOK, self._look_again)
 
+    def hold(self, held: bool) -> None:
+        """Stop accepting while the engine cannot take more work (every WSGI thread busy, requests
+        waiting); the siblings are told, so none of them defers to this worker meanwhile."""
+        if held == self.held:
+            return
+        self.held = held
+        if self.board is not None:
+            self.board.accepting(not held)
+        if held:
+            self._close_servers()
+        else:
+            self.reconsider()
+
     def reconsider(self) -> None:
         """Look at the siblings again (they come, go and change their counts), and accept again once
         this worker is no longer ahead. Called on the tick, and when a connection ends while paused."""
+        if self.held:
+            return
         if self.full:
             if self.connections() >= limits.resume_below(self.ceiling):
                 return
@@ -251,7 +267,6 @@ class WorkerServer(uvicorn.Server):
         self.loop_watch: LoopWatch | None = None
         self.admission: Admission | None = None
         self.site: Site | None = None
-        self.saturated = False
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         config = self.config
@@ -262,6 +277,8 @@ class WorkerServer(uvicorn.Server):
                 raise RuntimeFailure(self.lifespan.failure or "application startup failed")
         else:
             self.lifespan = LifespanOff(config)  # WSGI has no lifespan
+            self.pool.on_saturated = lambda: self.admission.hold(True) if self.admission else None
+            self.pool.on_free = lambda: self.admission.hold(False) if self.admission else None
             self.pool.start()
         board = self.pulse.board = for_this_worker()
         recycler = self.pulse.recycler
@@ -311,27 +328,13 @@ class WorkerServer(uvicorn.Server):
             now = time.monotonic()
             verdict = pool.calls.check(now)
             healthy, stuck, in_flight = not verdict.all_stuck, verdict.text, pool.busy()
-            self._hold(pool.calls.saturated(now))
         if self.pulse.tick(state.total_requests, in_flight, len(state.connections), healthy=healthy, stuck=stuck):
             self.should_exit = True  # recycling: the drain SIGTERM starts
-        if self.admission is not None and not self.saturated:
+        if self.admission is not None:
             self.admission.reconsider()
         if self.site is not None:
             self.site.tick()
         return await super().on_tick(counter)
-
-    def _hold(self, saturated: bool) -> None:
-        if saturated == self.saturated or self.admission is None:
-            return
-        self.saturated = saturated
-        board = self.pulse.board
-        if board is not None:
-            board.accepting(not saturated)
-        if saturated:
-            self.admission._close_servers()
-            logger.warning("every WSGI thread is busy with one long request: not accepting until one is free")
-        else:
-            self.admission.reconsider()
 
     def _stop_taking_work(self) -> None:
         """A request reached --max-requests between ticks: accept nothing more and end keep-alive

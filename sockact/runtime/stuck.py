@@ -21,9 +21,11 @@ from typing import Any
 logger = logging.getLogger("sockact.runtime")
 
 DEFAULT_REQUEST_TIMEOUT = 30.0  # gunicorn's --timeout; nginx gives up on an upstream at 60 s
-# A worker whose every thread has been in one call this long takes no new connection (it cannot
-# accept): it tells its siblings it does not accept, so none of them defers to it.
-SATURATED_AFTER = 0.5
+# A WSGI worker whose every thread has been in one call this long, with requests waiting for a thread,
+# stops accepting (its siblings take new connections, and none of them defers to it) until a thread is
+# free: short enough that few connections queue behind threads that hang, long enough that a worker
+# answering quick requests under full load never stops.
+SATURATED_AFTER = 0.02
 PATH_SHOWN = 200  # characters of a request path written to the journal
 
 
@@ -101,7 +103,7 @@ class Calls:
         self.running.pop(threading.get_ident(), None)
 
     def saturated(self, now: float) -> bool:
-        """Every thread has been in one call for SATURATED_AFTER: nobody here accepts."""
+        """Every thread has been in one call for SATURATED_AFTER."""
         calls = list(self.running.values())
         return len(calls) >= self.threads and all(now - call.since >= SATURATED_AFTER for call in calls)
 

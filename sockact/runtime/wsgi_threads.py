@@ -25,7 +25,7 @@ from urllib.parse import unquote_to_bytes
 from . import http11
 from .connection import HIGH_WATER, BaseExchange
 from .http11 import CONTINUE, LAST_CHUNK, Head, Limits, ResponseError, ResponseHead
-from .stuck import Calls
+from .stuck import SATURATED_AFTER, Calls
 
 if TYPE_CHECKING:
     from .connection import HttpConnection
@@ -83,10 +83,33 @@ class Pool:
         }
         self._workers = [threading.Thread(target=self._work, name=f"sockact-wsgi-{i}", daemon=True)
                          for i in range(self.threads)]
+        # Accepting stops while every thread is held by a call and requests wait (stuck.SATURATED_AFTER),
+        # and starts again as soon as a thread is free: the engine sets these.
+        self.on_saturated: Callable[[], None] = lambda: None
+        self.on_free: Callable[[], None] = lambda: None
+        self.loop: Any = None
+        self.held = False
+        self._check_due = False
 
     def start(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.get_running_loop()
         for thread in self._workers:
             thread.start()
+
+    def submit(self, exchange: WsgiExchange) -> None:
+        """From the loop: queue a request; when every thread is busy, look again in SATURATED_AFTER."""
+        self.jobs.put(exchange)
+        if not self.held and not self._check_due and len(self.calls.running) >= self.threads:
+            self._check_due = True
+            self.loop.call_later(SATURATED_AFTER, self._check)
+
+    def _check(self) -> None:
+        self._check_due = False
+        if not self.held and self.jobs.qsize() and self.calls.saturated(time.monotonic()):
+            self.held = True
+            self.on_saturated()
 
     def stop(self) -> None:
         """Threads still in the app at the drain deadline are daemons: they end with the process."""
@@ -112,6 +135,9 @@ class Pool:
                 exchange.run()
             except BaseException:  # a bug must cost one request, never the thread
                 logger.exception("unexpected error serving a WSGI request")
+            if self.held:  # this thread is free: accept again (a flag read per request, a call only then)
+                self.held = False
+                self.loop.call_soon_threadsafe(self.on_free)
 
 
 def _lock_of(connection: HttpConnection) -> threading.Condition:
@@ -153,7 +179,7 @@ class WsgiExchange(BaseExchange):
 
     # the loop's side ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self.pool.jobs.put(self)
+        self.pool.submit(self)
 
     def body_part(self, data: bytes) -> None:
         if self.complete:
