@@ -119,13 +119,15 @@ class Site:
 class BaseExchange:
     """One request and its response, whatever runs the app; the connection sees only this much."""
 
-    __slots__ = ("client", "complete", "connection", "disconnected", "head", "keep_alive", "status")
+    __slots__ = ("client", "complete", "connection", "disconnected", "head", "head_keep_alive", "keep_alive",
+                 "status")
 
     def __init__(self, connection: HttpConnection, head: Head, keep_alive: bool) -> None:
         self.connection = connection
         self.client: tuple[str, int] | None = connection.client  # as the app sees it (--forwarded-allow-ips)
         self.head = head
-        self.keep_alive = keep_alive
+        self.keep_alive = keep_alive  # may still turn False (a drain) until the response head is made
+        self.head_keep_alive = False  # what the response head said
         self.disconnected = False
         self.complete = False
         self.status = 0
@@ -293,7 +295,7 @@ class Exchange(BaseExchange):
             if self.disconnected:
                 return
         if data:
-            if not more and not self.keep_alive:
+            if not more and not self.head_keep_alive:
                 connection.cork()  # the last part and the FIN leave in one segment
             connection.transport.write(data)
         if not more:
@@ -310,7 +312,7 @@ class Exchange(BaseExchange):
         except ResponseError as exc:
             raise RuntimeError(str(exc)) from None  # the app's error: a 500 replaces the response
         self.status = framing.status
-        self.keep_alive = framing.keep_alive
+        self.keep_alive = self.head_keep_alive = framing.keep_alive
         self.skip_body = framing.skip_body
         self.chunked = framing.chunked
         self.expected = framing.length
@@ -548,7 +550,9 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         if not exchange.body_done and not exchange.disconnected:
             self.linger()
             return
-        if not exchange.keep_alive or exchange.disconnected:
+        # What the response told the client decides, not what changed since: a drain (or a recycle)
+        # that began after the head left keep-alive open must not close under the client's next request.
+        if not exchange.head_keep_alive or exchange.disconnected:
             self.transport.close()
             return
         if self.pipeline:
@@ -563,12 +567,13 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         if self.upgrading is not None:
             self._hand_to_websocket(*self.upgrading)
             return
-        if self.draining:
-            self.transport.close()
-            return
         self.last_seen = site.clock
         if self.reading_paused:
             self.resume_reading()
+        if self.draining:
+            # As for a connection idle when the drain began: a request already on the wire gets
+            # IDLE_GRACE to arrive, and is answered with Connection: close.
+            self.loop.call_later(IDLE_GRACE, self._close_if_idle)
 
     def _log(self, exchange: BaseExchange) -> None:
         head = exchange.head

@@ -208,7 +208,7 @@ class WsgiExchange(BaseExchange):
     def _deliver(self, data: bytes, last: bool) -> None:
         connection = self.connection
         if not self.disconnected and not connection.transport.is_closing():
-            if last and not self.keep_alive:
+            if last and not self.head_keep_alive:
                 connection.cork()
             connection.transport.write(data)
         with self.cond:
@@ -333,7 +333,7 @@ class WsgiExchange(BaseExchange):
         framing = ResponseHead(self.status, headers, request_method=self.head.method,
                                request_version=self.head.version, keep_alive=self.keep_alive,
                                extra=self.connection.site.default_headers(), status_line=self.status_line)
-        self.keep_alive = framing.keep_alive
+        self.keep_alive = self.head_keep_alive = framing.keep_alive
         self.skip_body, self.chunked, self.expected = framing.skip_body, framing.chunked, framing.length
         self.framing = framing
         return framing.data
@@ -376,7 +376,7 @@ class WsgiExchange(BaseExchange):
             if self.keep_alive or self.sent <= expected:
                 logger.error("the app sent more than its Content-Length of %d for %s %s: cut there",
                              expected, self.head.method, self.head.target.decode("latin-1")[:200])
-            self.keep_alive = False
+            self.keep_alive = self.head_keep_alive = False  # cut: the connection must close after it
             body = body[:max(0, expected - self.sent)]
         self.sent += len(body)
         return body

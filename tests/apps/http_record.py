@@ -92,11 +92,14 @@ async def respond(send: Any, status: int, body: bytes) -> None:
 
 async def send_split(send: Any, where: str) -> None:
     """Headers carrying CR/LF: a server that writes them as given lets the app inject a header."""
+    status: Any = 200
     if where == "name":
         header = (b"x-a\r\nx-injected: 1\r\nx-b", b"v")
+    elif where == "status":  # not an int: a server that formats it as given writes the line
+        status, header = "200 OK\r\nX-Injected: 1\r\nX-B:", (b"x-a", b"v")
     else:
         header = (b"x-a", b"v\r\nx-injected: 1")
-    await send({"type": "http.response.start", "status": 200, "headers": [header, (b"content-length", b"2")]})
+    await send({"type": "http.response.start", "status": status, "headers": [header, (b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 
 
