@@ -30,6 +30,8 @@ EXAMPLES = 300  # per engine; the whole file runs in well under 60 s when the en
 # Kinds of disagreement (substrings, "|"-separated) to count rather than fail on, to look past a known one:
 #   SOCKACT_FUZZ_KNOWN="Missing mandatory Host|differs" scripts/test tests/test_http_fuzz.py -s
 KNOWN = [kind for kind in os.environ.get("SOCKACT_FUZZ_KNOWN", "").split("|") if kind]
+# SOCKACT_FUZZ_SHOW=1 prints each request h11 accepts and sockact refuses (or never reads: everything
+# after a refused request on the same connection), for reviewing what "stricter" covers.
 PROBE = b"GET /__probe HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n"  # shows whether the connection went on
 
 
@@ -323,6 +325,8 @@ def check_agreement(interface: str, view: H11View, calls: list[AppCall], respons
             break
         if index >= len(calls):
             stats["h11 accepted, sockact rejected (allowed)"] += 1
+            if os.environ.get("SOCKACT_FUZZ_SHOW"):
+                print(f"stricter: {seen.method} {seen.target!r} HTTP/{seen.version} {seen.headers!r}")
             continue
         call = calls[index]
         if not call.complete:
