@@ -1,5 +1,4 @@
-"""Operator sub-commands (install, uninstall, list, status, scale, reload, logs, exec): arguments in, one ops call
-out."""
+"""Operator sub-commands, install to exec: arguments in, one ops call out."""
 
 from __future__ import annotations
 

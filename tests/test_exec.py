@@ -105,6 +105,7 @@ def test_dollars_reach_the_command_as_typed() -> None:
 # --- under a real systemd ------------------------------------------------------------------------------
 
 NAME, PORT, STATE = "execapp", 8351, "execapp-state"
+TRICKY = 'TRICKY=50% "quoted" $NOT_A_VARIABLE \\ %i'  # each character some layer could take for syntax
 PROBE = textwrap.dedent("""
     import json, os, sqlite3, sys
     path = os.path.join(os.environ["STATE_DIRECTORY"], "db.sqlite3")
@@ -117,13 +118,14 @@ PROBE = textwrap.dedent("""
         cwd_write = "ok"
     except OSError as exc:
         cwd_write = exc.strerror
-    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))  # NoNewPrivs, Seccomp, CapEff
     print(json.dumps({
         "uid": os.getuid(), "cwd": os.getcwd(), "notes": notes, "executable": sys.executable,
-        "env": {key: os.environ.get(key) for key in ("EXEC_PROBE", "SOCKACT_APP", "SOCKACT_WORKER", "PATH")},
+        "env": {key: os.environ.get(key) for key in ("EXEC_PROBE", "TRICKY", "SOCKACT_APP", "SOCKACT_WORKER", "PATH")},
         "db_owner": os.stat(path).st_uid, "db_mode": oct(os.stat(path).st_mode & 0o777), "cwd_write": cwd_write,
         "no_new_privs": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
-        "cap_eff": status["CapEff"].strip(), "pid1_visible": os.path.exists("/proc/1/status"),
+        "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(),
+        "pid1_visible": os.path.exists("/proc/1/status"),
     }))
 """)
 PTY = textwrap.dedent("""
@@ -159,7 +161,7 @@ def box(private_systemd: PrivateSystemd, shared_apps: Path) -> Iterator[PrivateS
     remove_state()
     sockact_in(private_systemd, "install", NAME, "--app", "state_db:application", "--listen", f"127.0.0.1:{PORT}",
                "--workers", "1", "--python", sys.executable, "--chdir", str(shared_apps), "--state-dir", STATE,
-               "--env", "EXEC_PROBE=seen by exec", "--unit-dir", UNIT_DIR, "--now")
+               "--env", "EXEC_PROBE=seen by exec", "--env", TRICKY, "--unit-dir", UNIT_DIR, "--now")
     try:
         yield private_systemd
     finally:
@@ -194,17 +196,18 @@ def test_exec_runs_as_the_workers_and_its_database_is_theirs(box: PrivateSystemd
     assert get(box)["notes"] == ["exec", "worker", "exec"]
     env = again["env"]
     assert isinstance(env, dict)
+    assert env["TRICKY"] == TRICKY.partition("=")[2]
     assert env["EXEC_PROBE"] == "seen by exec" and env["SOCKACT_APP"] == NAME and env["SOCKACT_WORKER"] == "exec"
     assert env["PATH"].startswith(VENV_BIN + ":") and again["executable"] == os.path.join(VENV_BIN, "python3")
     assert again["cwd"] == str(shared_apps)
     # the workers' sandbox: read-only code, no privileges, seccomp, other processes hidden
     assert again["cwd_write"] == "Read-only file system"
-    assert (again["no_new_privs"], again["seccomp"], again["cap_eff"]) == ("1", "2", "0000000000000000")
+    assert (again["no_new_privs"], again["seccomp"]) == ("1", "2")
+    assert again["cap_eff"] == again["cap_bnd"] == "0000000000000000"  # CapabilityBoundingSet= (empty)
     assert again["pid1_visible"] is False
-    # nothing left behind: the transient unit is collected, the workers' runtime directory kept
+    # nothing left behind: the transient unit is collected
     leftover = box.systemctl("list-units", "--all", "--no-legend", f"{NAME}-exec-*").stdout
     assert leftover.strip() == ""
-    assert box.path(f"/run/{NAME}").is_dir()
     owner = os.stat(Path("/var/lib/private") / STATE / "db.sqlite3").st_uid
     assert stat.S_IMODE(os.stat(Path("/var/lib/private") / STATE / "db.sqlite3").st_mode) == 0o600
     assert owner == worker["uid"]
@@ -243,3 +246,17 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(box: PrivateSystemd) -> None:
         assert result.returncode == code and text in result.stderr, (argv, result.returncode, result.stderr)
         assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
 
+
+
+def test_drop_ins_count_and_the_workers_runtime_directory_survives(box: PrivateSystemd) -> None:
+    # A drop-in saying RuntimeDirectoryPreserve=no would have the one-off remove, when it ends, the
+    # directory the running workers keep their boot-failure counters in.
+    box.write_unit(f"{NAME}@.service.d/50-local.conf", "[Service]\nRuntimeDirectoryPreserve=no\n"
+                   "Environment=FROM_DROP_IN=yes\n")
+    box.daemon_reload()
+    get(box)
+    assert box.path(f"/run/{NAME}").is_dir()
+    seen = sockact_in(box, "exec", NAME, "--", "python3", "-c", "import os; print(os.environ['FROM_DROP_IN'])")
+    assert seen.stdout == "yes\n"
+    assert box.path(f"/run/{NAME}").is_dir()
+    assert "notes" in get(box)
