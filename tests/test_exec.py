@@ -48,8 +48,10 @@ def test_properties_are_the_workers_minus_what_only_a_server_needs() -> None:
                      "RuntimeDirectory=web", "Environment=PATH=/opt/venv/bin:/usr/bin"):
         assert expected in props
     # whatever the unit says, the one-off never removes the directory the running workers share
-    assert keys.index("RuntimeDirectoryPreserve") > keys.index("RuntimeDirectory")
-    assert props[keys.index("RuntimeDirectoryPreserve", keys.index("RuntimeDirectory") + 1)].endswith("=yes")
+    drop_in = oneoff.Setting("RuntimeDirectoryPreserve", "no", "50-local.conf")
+    props = oneoff.one_off_properties([*settings, drop_in], "web", None)
+    preserve = [prop for prop in props if prop.startswith("RuntimeDirectoryPreserve=")]
+    assert preserve[-1] == "RuntimeDirectoryPreserve=yes"
 
 
 def test_drop_in_syntax_comments_continuations_and_sections() -> None:
@@ -224,10 +226,11 @@ def test_exit_status_stdin_and_arguments_pass_through(box: PrivateSystemd) -> No
 
 
 def test_on_a_terminal_the_command_gets_one(box: PrivateSystemd) -> None:
-    probe = "import os, sys; print('tty', os.isatty(0), os.isatty(1)); sys.exit(3)"
+    # Its own controlling terminal (not just a terminal's descriptors): prompts, Ctrl-C and shells work.
+    probe = "import os, sys; os.close(os.open('/dev/tty', os.O_RDWR)); print('tty', os.isatty(0)); sys.exit(3)"
     out = box.run(sys.executable, "-c", PTY, "exec", NAME, "--", "python3", "-c", probe, timeout=60).stdout
     text, status = out.rsplit(" ", 1)
-    assert "tty True True" in text and status.strip() == "3", out
+    assert "tty True" in text and status.strip() == "3", out
 
 
 def test_bad_input_is_one_line_and_a_non_zero_exit(box: PrivateSystemd) -> None:
@@ -260,3 +263,23 @@ def test_drop_ins_count_and_the_workers_runtime_directory_survives(box: PrivateS
     assert seen.stdout == "yes\n"
     assert box.path(f"/run/{NAME}").is_dir()
     assert "notes" in get(box)
+
+
+def test_a_sandbox_systemd_cannot_set_up_is_named_in_one_line(box: PrivateSystemd) -> None:
+    drop_in = box.unit_dir() / f"{NAME}@.service.d" / "60-broken.conf"
+    drop_in.parent.mkdir(exist_ok=True)
+    drop_in.write_text("[Service]\nReadWritePaths=/no-such-dir-for-exec\n")
+    box.daemon_reload()
+    try:
+        result = sockact_in(box, "exec", NAME, "--", "true", check=False)
+    finally:
+        drop_in.unlink()
+        box.daemon_reload()
+    print(f"\n{result.stderr.strip()}")
+    assert result.returncode == 226  # systemd's NAMESPACE status, passed on
+    assert result.stderr.startswith("sockact: systemd could not start the command as the workers run "
+                                    "(exit 226/NAMESPACE)")
+    assert "/no-such-dir-for-exec: No such file or directory" in result.stderr and len(result.stderr.splitlines()) == 1
+    # a command's own exit status in systemd's range is passed on without that line
+    own = sockact_in(box, "exec", NAME, "--", "sh", "-c", "exit 203", check=False)
+    assert (own.returncode, own.stderr) == (203, "")
