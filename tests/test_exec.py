@@ -8,7 +8,9 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,9 +150,9 @@ PTY = textwrap.dedent("""
 """)
 
 
-def remove_state() -> None:
+def remove_state(state: str = STATE) -> None:
     """The box's /var is the host's: start from no state directory and leave none behind."""
-    for leftover in (Path("/var/lib") / STATE, Path("/var/lib/private") / STATE):
+    for leftover in (Path("/var/lib") / state, Path("/var/lib/private") / state):
         if leftover.is_symlink():
             leftover.unlink()
         elif leftover.exists():
@@ -283,3 +285,54 @@ def test_a_sandbox_systemd_cannot_set_up_is_named_in_one_line(box: PrivateSystem
     # a command's own exit status in systemd's range is passed on without that line
     own = sockact_in(box, "exec", NAME, "--", "sh", "-c", "exit 203", check=False)
     assert (own.returncode, own.stderr) == (203, "")
+
+
+# --- Django's first deploy: migrate and createsuperuser as the workers, then log into the admin ------------
+
+DJANGO, DJANGO_PORT, DJANGO_STATE = "execdj", 8352, "execdj-state"
+# The one settings change the deploy needs: the database lives in the state directory, the code stays read-only.
+DJANGO_SETTINGS = ('\nimport os\n'
+                   'DATABASES["default"]["NAME"] = os.path.join(os.environ["STATE_DIRECTORY"], "db.sqlite3")\n')
+ADMIN_LOGIN = textwrap.dedent("""
+    import http.cookiejar, re, sys, urllib.parse, urllib.request
+    base = sys.argv[1]
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = opener.open(base + "/admin/login/?next=/admin/", timeout=20).read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form).group(1)
+    fields = {"csrfmiddlewaretoken": token, "username": "admin", "password": sys.argv[2], "next": "/admin/"}
+    answer = opener.open(base + "/admin/login/?next=/admin/", urllib.parse.urlencode(fields).encode(), timeout=20)
+    page = answer.read().decode()
+    print(answer.geturl(), "Site administration" in page, "Log out" in page)
+""")
+
+
+def test_django_migrate_and_createsuperuser_then_the_admin_login_works(box: PrivateSystemd) -> None:
+    project = Path(tempfile.mkdtemp(prefix="sockact-test-django-", dir="/opt"))
+    try:
+        subprocess.run([sys.executable, "-m", "django", "startproject", "myproj", str(project)], check=True,
+                       capture_output=True, timeout=60)
+        with open(project / "myproj" / "settings.py", "a") as settings:
+            settings.write(DJANGO_SETTINGS)
+        for path in [project, *project.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        remove_state(DJANGO_STATE)
+        sockact_in(box, "install", DJANGO, "--app", "myproj.wsgi:application", "--listen", f"127.0.0.1:{DJANGO_PORT}",
+                   "--workers", "1", "--python", sys.executable, "--chdir", str(project), "--state-dir", DJANGO_STATE,
+                   "--env", "DJANGO_SETTINGS_MODULE=myproj.settings", "--unit-dir", UNIT_DIR, "--now")
+        migrate = sockact_in(box, "exec", DJANGO, "--", "python3", "manage.py", "migrate", "--noinput", check=False)
+        assert migrate.returncode == 0 and "Applying auth.0001_initial... OK" in migrate.stdout, migrate.stderr
+        superuser = sockact_in(box, "exec", DJANGO, "--", "env", "DJANGO_SUPERUSER_PASSWORD=s3cret-pass",
+                               "python3", "manage.py", "createsuperuser", "--noinput", "--username", "admin",
+                               "--email", "admin@example.com", check=False)
+        assert superuser.returncode == 0, superuser.stderr
+        login = box.run(sys.executable, "-c", ADMIN_LOGIN, f"http://127.0.0.1:{DJANGO_PORT}", "s3cret-pass",
+                        timeout=60).stdout.split()
+        print(f"\nadmin login: ended on {login[0]}, site administration {login[1]}, log out link {login[2]}")
+        assert login == [f"http://127.0.0.1:{DJANGO_PORT}/admin/", "True", "True"]
+        # the database migrate made belongs to the workers' dynamic user: no chown after a deploy
+        worker_pid = box.show(f"{DJANGO}@1.service", "MainPID")["MainPID"]
+        worker_uid = int(box.run("stat", "-c", "%u", f"/proc/{worker_pid}").stdout)
+        assert (Path("/var/lib/private") / DJANGO_STATE / "db.sqlite3").stat().st_uid == worker_uid != 0
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+        remove_state(DJANGO_STATE)
