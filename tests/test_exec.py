@@ -246,10 +246,15 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(box: PrivateSystemd) -> None:
         ("exec", NAME, "--"): (2, "give the command to run after --"),
         ("exec", NAME, "--", "no-such-command"): (2, "'no-such-command' is not a command in the workers' PATH"),
     }
+    nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
     for argv, (code, text) in cases.items():
         result = sockact_in(box, *argv, check=False)
         assert result.returncode == code and text in result.stderr, (argv, result.returncode, result.stderr)
         assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    as_user = sockact_in(box, "exec", NAME, "--", "true", check=False, as_user=nobody)
+    assert as_user.returncode == 1 and as_user.stderr == (
+        "sockact: exec starts the command as a systemd unit with the workers' user and sandbox, which needs root: "
+        f"run `sudo sockact exec {NAME} -- true`\n")
 
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import SystemdError, UsageError
-from .app import require_ours, require_root, resolve
+from ..errors import PermissionNeeded, SystemdError, UsageError
+from .app import require_ours, resolve
 from .systemctl import journal_records, message, show_by_id, systemctl, try_systemctl
 
 INSTANCE = "exec"  # what %i stands for in the one-off's settings: SOCKACT_WORKER=exec tells code it is not a worker
@@ -271,7 +271,9 @@ def exec_command(name: str, command: Sequence[str], err: TextIO = sys.stderr) ->
     if not command:
         raise UsageError(f"give the command to run after --, "
                          f"e.g. `sudo sockact exec {name} -- python3 manage.py migrate`")
-    require_root("exec")
+    if os.geteuid() != 0:
+        raise PermissionNeeded(f"exec starts the command as a systemd unit with the workers' user and sandbox, "
+                               f"which needs root: run `sudo sockact exec {name} -- {shlex.join(command)}`")
     resolve(name)
     settings = template_of(name).settings()
     seen_path, added_path = command_path(settings, name, manager_path())
