@@ -1,4 +1,4 @@
-"""Operator sub-commands (install, uninstall, list, status, scale, reload, logs): arguments in, one ops call out."""
+"""Operator sub-commands, install to exec: arguments in, one ops call out."""
 
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ examples:
   sockact logs myapp -f
   sockact logs myapp -n 100 --worker 2 --priority warning
   sockact logs myapp --since '10 min ago' --json
+"""
+EXEC_EXAMPLE = """\
+examples (as the workers run: their user, environment, directory, state directory and sandbox):
+  sudo sockact exec myapp -- python3 manage.py migrate
+  sudo sockact exec myapp -- python3 manage.py createsuperuser
+  sudo sockact exec myapp -- python3 manage.py collectstatic --noinput
+  sudo sockact exec myapp -- python3      # a shell; `python3` is the workers' interpreter
 """
 PRIORITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 
@@ -127,6 +134,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return show_logs(query)
 
 
+def cmd_exec(args: argparse.Namespace) -> int:
+    from .ops.oneoff import exec_command
+
+    return exec_command(args.name, args.command)
+
+
 def register(sub: Sub) -> None:
     """Add the operator commands to the CLI; each lives in sockact.ops."""
     from .cli import add_unit_options
@@ -187,4 +200,12 @@ def register(sub: Sub) -> None:
     logs.add_argument("--since", metavar="TIME", help="journalctl --since, e.g. '10 min ago' or '2026-01-01 12:00'")
     logs.add_argument("--json", action="store_true", help="print the journal's JSON records as they are")
     logs.set_defaults(func=cmd_logs)
+
+    run_once = _add(sub, "exec", "run a command once as the workers run (migrate, createsuperuser, a shell); "
+                    "exits with its status", EXEC_EXAMPLE)
+    run_once.add_argument("name", help="the app name")
+    run_once.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...",
+                          help="the command and its arguments; a bare name is looked up in the workers' PATH, "
+                               "where the directory of the workers' interpreter comes first")
+    run_once.set_defaults(func=cmd_exec)
 

@@ -1,4 +1,4 @@
-"""Operator commands on installed apps: install, uninstall, list, status, scale, reload, logs.
+"""Operator commands on installed apps: install, uninstall, list, status, scale, reload, logs, exec.
 
 Every fact comes from systemd (``systemctl show``, the journal), the kernel (/proc) or psutil;
 every action goes through ``systemctl``. Nothing here keeps state of its own.
