@@ -146,7 +146,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         sys.stdout.write(explain(spec_from(args)))
         return 0
-    units = render(spec_from(args))
+    built = spec_from(args)
+    units = render(built)
+    if not (args.only or args.output_dir or sys.stdout.isatty()):
+        sys.stderr.write(split_hint(built.name, getattr(args, "argv", [])))
     if args.only:
         sys.stdout.write(next(unit.text for unit in units if unit.kind == args.only))
     elif args.output_dir:
@@ -157,6 +160,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(as_listing(units))
     return 0
+
+
+def split_hint(name: str, argv: Sequence[str]) -> str:
+    """How to write the three units when stdout goes to a pipe or a file: one `tee` makes one broken unit file."""
+    import shlex
+
+    from .ops import DEFAULT_UNIT_DIR
+
+    given = shlex.join(["sockact", *argv])
+    files = {"socket": f"{name}.socket", "service": f"{name}@.service", "target": f"{name}.target"}
+    lines = [f"  {given} --only {kind} | sudo tee {DEFAULT_UNIT_DIR}/{file} >/dev/null\n"
+             for kind, file in files.items()]
+    return ("sockact: stdout holds three units in one listing; one `tee` of it makes one broken unit file. "
+            "Write each unit with --only:\n" + "".join(lines) +
+            f"or all three at once: sudo {given} --output-dir {DEFAULT_UNIT_DIR}\n"
+            "(then `sudo systemctl daemon-reload`; `sudo sockact install` does all of this)\n")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -207,7 +226,19 @@ def build_parser() -> Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        # The runtime parses its own arguments (its --help included), as `python -m sockact run` does.
+        from .runtime.main import main as run_main
+
+        return run_main(argv[1:])
+    parser = build_parser()
+    if not argv:
+        # No command: the help, on stdout so that `sockact | less` shows it; still a usage mistake (2).
+        parser.print_help()
+        return 2
+    args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args))
     except SockactError as exc:

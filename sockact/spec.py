@@ -162,8 +162,10 @@ def is_number(text: str) -> bool:
 
 
 def port(text: str, whole: str) -> int:
-    if not is_number(text) or not 1 <= int(text) <= 65535:
+    if not is_number(text):
         raise UsageError(f"--listen {whole!r}: port {text!r} is not a number from 1 to 65535")
+    if not 1 <= int(text) <= 65535:
+        raise UsageError(f"--listen {whole!r}: port {text} is out of range (1-65535)")
     return int(text)
 
 

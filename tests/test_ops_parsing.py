@@ -123,6 +123,7 @@ def test_status_shows_a_running_worker_that_serves_nothing_as_not_serving() -> N
                                          "enabled": "enabled", "listen": []}, [stuck, fine]))
     assert shown.startswith("demo: 1 of 2 workers running, 1 not serving (demo.target active)")
     assert "not serving (3 of 3 threads stuck for 45 s)" in shown and "running (1 thread stuck)" in shown
+    assert "Next: a worker serves nothing: systemd's watchdog restarts it" in shown
 
 
 def _record(unit: str, ident: str, seconds: float, **fields: str) -> dict[str, str]:
@@ -140,7 +141,7 @@ def test_last_exit_is_the_newest_per_unit_with_its_result() -> None:
         _record("a@3.service", status.UNIT_FAILED, 12, UNIT_RESULT="watchdog"),
     ]
     exits = status.last_exits(records)
-    assert exits["a@1.service"] == status.LastExit("SIGKILL", "signal", 10)
+    assert exits["a@1.service"] == status.LastExit("SIGKILL", "signal", 10, "killed", 9)
     assert exits["a@2.service"] == status.LastExit("stopped", "success", 20)
     assert exits["a@3.service"].reason == "SIGABRT, core dumped"
     assert status._last_exit(exits["a@3.service"], now=72) == "SIGABRT, core dumped (watchdog), 1m ago"
@@ -206,7 +207,8 @@ def test_status_table_shows_every_column() -> None:
     text = status.render(snapshot)
     assert text.startswith("web: 1 of 2 workers running (web.target active)\n")
     assert "web.socket  active (running)  enabled  127.0.0.1:8000  7" in text
-    row = text.splitlines()[-1].split()
+    row = next(line for line in text.splitlines() if line.startswith("@2 ")).split()
+    assert text.splitlines()[-1] == "Next: start the missing workers: `sudo sockact start web`"
     assert row == ["@2", "running", "4242", "2m05s", "1", "31.2M", "12.3", "1204", "3", "10.5", "SIGKILL,", "1m", "ago"]
     assert snapshot.as_json()["schema"] == "sockact-status/1"
 

@@ -71,16 +71,21 @@ def format_record(name: str, record: Record, *, colour: bool) -> str:
     return "\n".join(f"{stamp} {tag}  {line}" for line in (text.splitlines() or [""]))
 
 
-def write_records(name: str, lines: Iterable[str], *, as_json: bool, colour: bool, out: TextIO) -> None:
+def write_records(name: str, lines: Iterable[str], *, as_json: bool, colour: bool, out: TextIO,
+                  seen: list[str] | None = None) -> None:
+    """Print the journal's lines; each printed message also goes to `seen`, when given."""
     for line in lines:
         if as_json:
             out.write(line if line.endswith("\n") else line + "\n")
-        else:
-            out.writelines(format_record(name, record, colour=colour) + "\n" for record in parse_records([line]))
+            continue
+        for record in parse_records([line]):
+            out.write(format_record(name, record, colour=colour) + "\n")
+            if seen is not None:
+                seen.append(message(record))
         out.flush()  # with --follow, each line shows as it arrives
 
 
-def stream(argv: list[str], name: str, *, as_json: bool, out: TextIO) -> None:
+def stream(argv: list[str], name: str, *, as_json: bool, out: TextIO, seen: list[str] | None = None) -> None:
     colour = out.isatty() and "NO_COLOR" not in os.environ
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -89,7 +94,7 @@ def stream(argv: list[str], name: str, *, as_json: bool, out: TextIO) -> None:
         raise SystemdError("journalctl is not installed; sockact needs systemd's journal") from None
     assert proc.stdout is not None and proc.stderr is not None
     try:
-        write_records(name, proc.stdout, as_json=as_json, colour=colour, out=out)
+        write_records(name, proc.stdout, as_json=as_json, colour=colour, out=out, seen=seen)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -98,18 +103,37 @@ def stream(argv: list[str], name: str, *, as_json: bool, out: TextIO) -> None:
         raise failure(argv, err)
 
 
-def show_logs(query: LogQuery, out: TextIO = sys.stdout) -> int:
+def show_logs(query: LogQuery, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     app = resolve(query.name)
     if not can_read_journal():
         raise PermissionNeeded(
             f"reading {query.name}'s logs needs root or the systemd-journal group: run `sudo sockact logs {query.name}`"
         )
+    shown: list[str] = []
     try:
-        stream(journal_argv(query, app), query.name, as_json=query.as_json, out=out)
+        stream(journal_argv(query, app), query.name, as_json=query.as_json, out=out, seen=shown)
     except KeyboardInterrupt:  # the usual way to end --follow
         return 0
     except BrokenPipeError:  # the reader (e.g. `head`) has seen enough
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    if not query.as_json:
+        err.writelines(unseen_reasons(query.name, "\n".join(shown), query.worker))
     return 0
+
+
+def unseen_reasons(name: str, printed: str, only: int | None = None) -> list[str]:
+    """A line per failing worker (or worker `only`) whose reason the printed journal lines do not show:
+    when a worker restarts quickly, systemd's own lines about it can push the app's out of the last N."""
+    from .status import failing_workers
+
+    lines = []
+    for worker in failing_workers(name):
+        if only is not None and worker.instance != only:
+            continue
+        reason = worker.reason or ""
+        detail = reason.split(": ", 1)[-1]
+        if detail not in printed:
+            lines.append(f"sockact: {name}@{worker.instance} ({worker.state}): {reason}\n")
+    return lines

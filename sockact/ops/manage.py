@@ -135,6 +135,33 @@ def installed_dir(name: str, unit_dir: str | None) -> Path:
     return unit_directory(chosen)
 
 
+# systemd's directory settings, their base under /, and what they hold for a person.
+_KEPT = (("StateDirectory", "var/lib", "the app's data"), ("CacheDirectory", "var/cache", "its cache"),
+         ("LogsDirectory", "var/log", "its log files"))
+
+
+def kept_directories(props: Props, root: Path = Path("/")) -> list[tuple[Path, str]]:
+    """The state, cache and logs directories of an app's workers that exist: uninstall leaves them.
+
+    With DynamicUser= systemd keeps the real directory under private/ and links to it.
+    """
+    found: list[tuple[Path, str]] = []
+    for setting, base, what in _KEPT:
+        for entry in props.get(setting, "").split():
+            relative = entry.partition(":")[0]  # DIR or DIR:SYMLINK (systemd 256+)
+            public, private = root / base / relative, root / base / "private" / relative
+            if private.is_dir():
+                link = f", linked from {public}" if public.is_symlink() else ""
+                found.append((private, f"{setting}=, {what}{link}"))
+            elif public.exists():
+                found.append((public, f"{setting}=, {what}"))
+    return found
+
+
+def _kept_count(count: int) -> str:
+    return f", {count} director{'y' if count == 1 else 'ies'} kept" if count else ""
+
+
 def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> int:
     require_root("uninstall")
     validated_name(name)
@@ -145,6 +172,7 @@ def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> i
     for path in files:
         require_ours(path.name, path)
     ours, theirs = _drop_ins(directory, name)
+    worker = show_by_id([f"{name}@1.service"], [setting for setting, _, _ in _KEPT]).get(f"{name}@1.service", {})
     _stop(name)
     try_systemctl("disable", *runtime_flag(directory), f"{name}.socket", f"{name}.target")
     _remove([*ours, *files], directory, name, out)
@@ -152,7 +180,11 @@ def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> i
     try_systemctl("reset-failed", f"{name}.socket", f"{name}.target", f"{name}@*.service")
     for path in theirs:
         out.write(f"left {path}: sockact did not write it\n")
-    out.write(f"uninstalled {name}: stopped, disabled, {len(ours) + len(files)} files removed\n")
+    kept = kept_directories(worker)
+    for path, what in kept:
+        out.write(f"kept {path} ({what}): remove it yourself once it is no longer needed\n")
+    out.write(f"uninstalled {name}: stopped, disabled, {len(ours) + len(files)} files removed"
+              f"{_kept_count(len(kept))}\n")
     return 0
 
 
