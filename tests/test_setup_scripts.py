@@ -52,6 +52,17 @@ def test_packages_refuses_to_upgrade_installed_ones(tmp_path: Path) -> None:
     assert any("-s install --no-upgrade --no-install-recommends libsystemd-dev curl" in call for call in calls)
 
 
+def test_packages_names_and_allows_an_upgrade_that_leaves_systemd_alone(tmp_path: Path) -> None:
+    plan = ("Inst libcurl4 [7.88.1-10+deb12u7] (7.88.1-10+deb12u8 Debian:12.12/stable [amd64])\n"
+            "Inst curl (7.88.1-10+deb12u8 Debian:12.12/stable [amd64])\n")
+    env = _fake_apt(tmp_path, plan)
+    result = _packages(env, "curl")
+    assert result.returncode == 0, result.stderr
+    assert "new packages with their dependencies: curl; upgrading: libcurl4" in result.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[-1] == "apt-get install -y -qq --no-install-recommends curl"
+
+
 def test_packages_names_what_it_installs_first_and_never_upgrades(tmp_path: Path) -> None:
     env = _fake_apt(tmp_path, NEW_ONLY, installed=("curl",))
     result = _packages(env, "python3-systemd", "curl")
