@@ -98,7 +98,7 @@ def test_install_enable_now_then_list_then_uninstall_draining(private_systemd: P
     row = next(line for line in sockact_in(box, "list").stdout.splitlines()
                if line.startswith("inst "))
     # --now returned once both workers were ready.
-    assert row.split()[1:] == ["active", "(listening)", "enabled-runtime", "127.0.0.1:8301", "2/2", "active"]
+    assert row.split()[1:] == ["active", "(running)", "enabled-runtime", "127.0.0.1:8301", "2/2", "active"]
     assert "started inst: listening on 127.0.0.1:8301, 2 workers ready in " in result.stdout
     wake(box, "inst", 8301, 2)
     listed = json.loads(sockact_in(box, "list", "--unit-dir", UNIT_DIR, "--json").stdout)
