@@ -8,6 +8,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -149,9 +150,11 @@ def test_an_upgrade_that_does_not_start_gets_its_previous_units_back(
 
 def test_dry_run_then_install_now_reports_ready(private_systemd: PrivateSystemd) -> None:
     box = private_systemd
+    began = time.monotonic()
     dry = sockact_in(box, "install", "good", "--app", HELLO, "--listen", "127.0.0.1:8606", "--workers", "2",
                      "--python", PY, "--unit-dir", UNIT_DIR, "--enable", "--now", "--dry-run")
-    print(f"\n$ sockact install good ... --dry-run\n{dry.stdout}", end="")
+    print(f"\n$ sockact install good ... --dry-run  ({time.monotonic() - began:.2f} s with the CLI's own start)\n"
+          f"{dry.stdout}", end="")
     assert dry.stdout.splitlines() == [
         f"checked --python {PY}: executable ({Path(PY).resolve()})",
         "checked --listen 127.0.0.1:8606: free",
@@ -178,3 +181,30 @@ def test_dry_run_then_install_now_reports_ready(private_systemd: PrivateSystemd)
                        "--python", PY, "--unit-dir", UNIT_DIR, "--dry-run")
     assert "checked --listen 127.0.0.1:8606: held by good.socket already" in again.stdout
     sockact_in(box, "uninstall", "good")
+
+
+def test_what_only_the_sandboxed_check_sees(private_systemd: PrivateSystemd) -> None:
+    """No path rule catches these; running the interpreter as the workers run it does."""
+    box = private_systemd
+    bare = "/run/sockact-bare"  # a venv without sockact in it
+    box.run("/usr/bin/python3", "-m", "venv", "--without-pip", bare)
+    result = attempt(box, "bare", 8607, "--python", f"{bare}/bin/python3")
+    refused(result, f"{bare}/bin/python3 cannot import sockact (ModuleNotFoundError: No module named 'sockact'); "
+                    f"install sockact into that venv ({bare}/bin/python3 -m pip install with the sockact wheel or "
+                    "checkout) or pass --python with one that has it")
+    assert_nothing_left(box, "bare", 8607)
+
+    closed = Path(tempfile.mkdtemp(prefix="sockact-closed-", dir="/opt"))  # mode 700: the dynamic user cannot pass
+    try:
+        (closed / "python3").symlink_to(Path(PY).resolve())
+        result = attempt(box, "closed", 8608, "--python", f"{closed}/python3")
+        print(f"\n$ sockact install closed ... -> exit {result.returncode}\n{result.stderr}", end="")
+        assert result.returncode == 1
+        note, line = result.stderr.splitlines()  # spec_from's note on the closed directory, then the refusal
+        assert note.startswith(f"sockact: note: {closed} is closed to other users")
+        assert line == (f"sockact: the workers' user cannot execute {closed}/python3 (systemd exit 203): every "
+                        f"directory on its way, and on the way to its real file {Path(PY).resolve()}, must be open "
+                        "to others (mode 755), or pass --user ACCOUNT")
+        assert_nothing_left(box, "closed", 8608)
+    finally:
+        shutil.rmtree(closed)

@@ -232,8 +232,9 @@ def _import_failure(spec: UnitSpec, result: subprocess.CompletedProcess[str]) ->
         return (f"{spec.python} cannot import sockact ({said}); install sockact into that venv "
                 f"({spec.python} -m pip install with the sockact wheel or checkout) or pass --python with one that has it")
     if code == EXIT_EXEC:
-        return (f"the workers' user cannot execute {spec.python} (systemd exit 203): every directory on the way to "
-                f"{os.path.realpath(spec.python)} must be open to others (mode 755), or pass --user ACCOUNT")
+        return (f"the workers' user cannot execute {spec.python} (systemd exit 203): every directory on its way, "
+                f"and on the way to its real file {os.path.realpath(spec.python)}, must be open to others (mode 755), "
+                "or pass --user ACCOUNT")
     if code == EXIT_USER:
         return (f"--user {spec.user} does not exist here (systemd exit 217); create the account, "
                 "or leave --user out for a dynamic user")
