@@ -208,3 +208,28 @@ def test_what_only_the_sandboxed_check_sees(private_systemd: PrivateSystemd) -> 
         assert_nothing_left(box, "closed", 8608)
     finally:
         shutil.rmtree(closed)
+
+
+def test_a_command_that_exits_at_once_is_rolled_back(private_systemd: PrivateSystemd) -> None:
+    """--exec: no import to check, so --now is the proof; systemd restarting the worker is the failure seen."""
+    box = private_systemd
+    result = sockact_in(box, "install", "quits", "--exec", "/bin/false", "--listen", "127.0.0.1:8609",
+                        "--workers", "1", "--unit-dir", UNIT_DIR, "--enable", "--now", check=False)
+    refused(result, "quits did not start: quits@1.service: exited with status 1; rolled back: the units were "
+                    "stopped and removed, nothing is installed or enabled")
+    assert_nothing_left(box, "quits", 8609)
+
+    closed = Path(tempfile.mkdtemp(prefix="sockact-closed-", dir="/opt"))  # mode 700: the dynamic user cannot pass
+    try:
+        (closed / "serve").symlink_to("/bin/true")
+        result = sockact_in(box, "install", "noexec", "--exec", f"{closed}/serve", "--listen", "127.0.0.1:8609",
+                            "--workers", "1", "--unit-dir", UNIT_DIR, "--now", check=False)
+        print(f"\n$ sockact install noexec ... -> exit {result.returncode}\n{result.stderr}", end="")
+    finally:
+        shutil.rmtree(closed)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"sockact: noexec did not start: noexec@1.service: cannot execute the program (systemd exit 203, EXEC): "
+        f"Failed at step EXEC spawning {closed}/serve: Permission denied; rolled back: the units were stopped and "
+        "removed, nothing is installed or enabled")
+    assert_nothing_left(box, "noexec", 8609)

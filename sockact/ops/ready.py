@@ -16,7 +16,7 @@ RETRY_SUFFIX = "; retrying in "  # sockact.runtime.boot.failed: "<reason>; retry
 # Exit statuses systemd itself gives a process it could not start (systemd.exec(5), "Process Exit Codes").
 SYSTEMD_EXITS = {
     "200": "cannot enter --chdir (systemd exit 200, CHDIR)",
-    "203": "cannot execute the interpreter (systemd exit 203, EXEC)",
+    "203": "cannot execute the program (systemd exit 203, EXEC)",
     "217": "cannot become the workers' user (systemd exit 217, USER)",
     "226": "cannot set up the sandbox's namespaces (systemd exit 226, NAMESPACE)",
 }
@@ -64,8 +64,13 @@ def app_reason(status_text: str) -> str:
 def last_error(unit: str) -> str:
     """The newest error-priority journal line of unit (systemd's "Failed to locate executable ..."), if any."""
     records = journal_records("--lines=30", f"--unit={unit}")
-    errors = [message(record) for record in records if int(record.get("PRIORITY", 6)) <= ERR_PRIORITY]
-    return errors[-1].strip() if errors else ""
+    errors = [message(record).strip().removeprefix(f"{unit}: ") for record in records  # the unit is named already
+              if int(record.get("PRIORITY", 6)) <= ERR_PRIORITY]
+    # A failed exec logs "Failed to execute X: E", then "Failed at step EXEC spawning X: E", while the next
+    # attempt may already be logging; the step line closes an attempt, so it is the one to show.
+    steps = [line for line in errors if line.startswith("Failed at step ")]
+    others = [line for line in errors if not line.startswith("Failed to start ")]  # the job's failure: nothing more
+    return (steps or others or [""])[-1]
 
 
 def why_not(unit: str, props: Props, before: Before) -> str | None:
@@ -78,11 +83,22 @@ def why_not(unit: str, props: Props, before: Before) -> str | None:
         return app_reason(status)
     if active != "failed" and int(props.get("NRestarts") or 0) <= before.restarts.get(unit, 0):
         return None
-    code = props.get("ExecMainStatus", "")
-    said = SYSTEMD_EXITS.get(code) or (f"exited with status {code}" if code not in ("", "0") else
-                                       f"failed ({props.get('Result', 'unknown')})")
-    detail = last_error(unit)
-    return f"{said}: {detail}" if detail else said
+    return exit_reason(unit)
+
+
+def exit_reason(unit: str) -> str | None:
+    """How the worker's last process ended, from systemd's exit record in the journal (None until it is
+    there): systemd's own start failures with systemd's error line, anything else as the exit status."""
+    from .status import read_last_exits
+
+    last = read_last_exits([unit]).get(unit)
+    if last is None:
+        return None
+    code = last.reason.removeprefix("exit ")
+    if code in SYSTEMD_EXITS:
+        detail = last_error(unit)
+        return f"{SYSTEMD_EXITS[code]}: {detail}" if detail else SYSTEMD_EXITS[code]
+    return f"exited with status {code}" if code.isdigit() else f"ended by {last.reason}"
 
 
 def wait_started(units: tuple[str, ...], before: Before, timeout: float = READY_TIMEOUT) -> Started:
