@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_ops_commands import HELLO, PY, UNIT_DIR, sockact_in
+from test_ops_commands import HELLO, NOBODY, PY, UNIT_DIR, sockact_in
 
 from sockact.testing import PrivateSystemd
 
@@ -166,6 +166,12 @@ def test_dry_run_then_install_now_reports_ready(private_systemd: PrivateSystemd)
         "would enable good.socket until the next reboot",
         "dry run: every check passed; nothing was written (run it again without --dry-run to install)",
     ]
+    assert_nothing_left(box, "good", 8606)
+    # Without root: the same checks, the import as a plain subprocess, and it says so.
+    unprivileged = sockact_in(box, "install", "good", "--app", HELLO, "--listen", "127.0.0.1:8606", "--python", PY,
+                              "--unit-dir", UNIT_DIR, "--dry-run", as_user=NOBODY)
+    assert ("checked --app sockact.examples.hello:app: imports (as a plain subprocess: without root and the system "
+            "bus there is no sandbox to check it in)") in unprivileged.stdout.splitlines()
     assert_nothing_left(box, "good", 8606)
 
     done = sockact_in(box, "install", "good", "--app", HELLO, "--listen", "127.0.0.1:8606", "--workers", "2",
