@@ -34,3 +34,11 @@ class RuntimeFailure(SockactError):
     """The worker runtime cannot serve (no sockets, app does not load)."""
 
     exit_code = 3
+
+
+class PreflightFailed(SockactError):
+    """A check before install found what would stop the workers; nothing was written."""
+
+
+class StartFailed(SockactError):
+    """install --now started the app and it did not become ready; the message is the app's own reason."""

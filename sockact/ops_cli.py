@@ -14,6 +14,7 @@ INSTALL_EXAMPLE = """\
 examples:
   sudo sockact install myapp --app myproj.asgi:app --listen 8000 --workers auto --chdir /srv/myproj --enable --now
   sudo sockact install myapp --app myproj.asgi:app --listen 127.0.0.1:8000 --unit-dir /run/systemd/system --now
+  sudo sockact install myapp --app myproj.asgi:app --listen 8000 --chdir /srv/myproj --dry-run
 """
 UNINSTALL_EXAMPLE = "example:\n  sudo sockact uninstall myapp\n"
 LIST_EXAMPLE = "examples:\n  sockact list\n  sockact list --unit-dir /run/systemd/system --json\n"
@@ -79,7 +80,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     from .cli import spec_from
     from .ops.manage import install
 
-    return install(spec_from(args), unit_dir=args.unit_dir, enable=args.enable, now=args.now)
+    return install(spec_from(args), unit_dir=args.unit_dir, enable=args.enable, now=args.now, dry_run=args.dry_run)
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
@@ -144,12 +145,17 @@ def register(sub: Sub) -> None:
     """Add the operator commands to the CLI; each lives in sockact.ops."""
     from .cli import add_unit_options
 
-    install = _add(sub, "install", "write the units, daemon-reload, optionally enable and start NAME.socket",
-                   INSTALL_EXAMPLE)
+    install = _add(sub, "install", "check the app, write the units, daemon-reload, optionally start it (until "
+                   "every worker is ready) and enable it", INSTALL_EXAMPLE)
     add_unit_options(install)
     _unit_dir(install, "$SOCKACT_UNIT_DIR, else /etc/systemd/system")
     install.add_argument("--enable", action="store_true", help="start NAME.socket on boot (like pm2 startup)")
-    install.add_argument("--now", action="store_true", help="start NAME.socket now")
+    install.add_argument("--now", action="store_true",
+                         help="start NAME.socket and every worker now and wait until each is ready (READY=1); "
+                              "a fresh install whose app does not start is removed again, with the app's reason")
+    install.add_argument("--dry-run", action="store_true",
+                         help="run the checks alone (interpreter, --chdir, --env-file, the app's import under the "
+                              "workers' sandbox, the ports) and say what would be written; change nothing")
     install.set_defaults(func=cmd_install)
 
     uninstall = _add(sub, "uninstall", "stop (draining), disable and remove an app's units", UNINSTALL_EXAMPLE)

@@ -101,7 +101,9 @@ def test_install_enable_now_then_list_then_uninstall_draining(private_systemd: P
 
     row = next(line for line in sockact_in(box, "list").stdout.splitlines()
                if line.startswith("inst "))
-    assert row.split()[1:] == ["active", "(listening)", "enabled-runtime", "127.0.0.1:8301", "0/2", "inactive"]
+    # --now returned once both workers were ready.
+    assert row.split()[1:] == ["active", "(running)", "enabled-runtime", "127.0.0.1:8301", "2/2", "active"]
+    assert "started inst: listening on 127.0.0.1:8301, 2 workers ready in " in result.stdout
     wake(box, "inst", 8301, 2)
     listed = json.loads(sockact_in(box, "list", "--unit-dir", UNIT_DIR, "--json").stdout)
     entry = next(app for app in listed["apps"] if app["app"] == "inst")
@@ -206,7 +208,7 @@ def test_status_watch_refreshes_until_interrupted(private_systemd: PrivateSystem
     finally:
         watch.terminate()
         watch.wait(timeout=10)
-    assert sum(line.startswith("watched: 0 of 1 workers running") for line in lines) >= 2
+    assert sum(line.startswith("watched: 1 of 1 workers running") for line in lines) >= 2
 
 
 def test_status_counts_connections_waiting_in_the_backlog(private_systemd: PrivateSystemd) -> None:

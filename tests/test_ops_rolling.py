@@ -60,7 +60,8 @@ def test_scale_is_live_and_survives_a_target_restart(private_systemd: PrivateSys
 
 def test_scale_of_an_idle_app_only_persists(private_systemd: PrivateSystemd) -> None:
     box = private_systemd
-    install(box, "idle", 8402, 2, "--now")
+    install(box, "idle", 8402, 2)
+    box.systemctl("start", "idle.socket")  # listening, no worker started yet
     out = sockact_in(box, "scale", "idle", "3").stdout
     assert "no worker runs now" in out
     assert active_count(box, "idle", 3) == 0

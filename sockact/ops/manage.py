@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..errors import NotOursError, UsageError
+from ..errors import NotOursError, StartFailed, SystemdError, UsageError
 from . import DEFAULT_UNIT_DIR, HEADER, RUNTIME_UNIT_DIR, chosen_unit_dir, default_unit_dir
 from .app import instance_index, is_ours, require_ours, require_root, validated_name, wanted_indexes
 from .facts import listen_address
@@ -62,32 +62,115 @@ def _check_files(units: list[Unit], directory: Path) -> None:
             require_ours(unit.filename, path)
 
 
-def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, out: TextIO = sys.stdout) -> int:
+def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dry_run: bool = False,
+            out: TextIO = sys.stdout) -> int:
+    """Preflight, then write the units, daemon-reload, start (--now: until every worker is ready) and
+    enable. Nothing is written when a check fails; a fresh install that does not start is removed again."""
     from ..install import write_units
     from ..render import render
+    from .preflight import preflight
 
-    require_root("install")
+    if not dry_run:
+        require_root("install")
     directory = unit_directory(unit_dir)
     units = render(spec)
     _check_files(units, directory)
     _check_loaded_elsewhere(spec.name, directory)
+    out.writelines(f"checked {line}\n" for line in preflight(spec))
+    if dry_run:
+        _print_plan(spec, units, directory, enable=enable, now=now, out=out)
+        return 0
+    previous = {unit.filename: (directory / unit.filename).read_text(encoding="utf-8")
+                for unit in units if (directory / unit.filename).exists()}
     running = show_by_id([f"{spec.name}.target"], ["ActiveState"]).get(f"{spec.name}.target", {})
     out.writelines(f"wrote {path}\n" for path in write_units(units, str(directory)))
     daemon_reload()
     _print_score(spec.name, out)
+    if now:
+        _start(spec, units, directory, previous, out)
     socket = f"{spec.name}.socket"
-    if enable:
+    if enable:  # after --now: an app that does not start is never enabled
         systemctl("enable", *runtime_flag(directory), socket)
         until = " (until the next reboot: --unit-dir is under /run)" if runtime_flag(directory) else ""
         out.write(f"enabled {socket}: it starts on boot{until}\n")
-    if now:
-        systemctl("start", socket)
-        listening = ", ".join(item.address for item in spec.listeners)
-        out.write(f"started {socket}: listening on {listening}; the first connection starts {spec.workers} workers\n")
     if running.get("ActiveState") == "active":
         out.write(f"{spec.name} is running: run `sudo sockact reload {spec.name}` to restart its workers on the new "
                   f"units, and `sudo sockact scale {spec.name} {spec.workers}` if the worker count changed\n")
     return 0
+
+
+def _print_plan(spec: UnitSpec, units: list[Unit], directory: Path, *, enable: bool, now: bool,
+                out: TextIO) -> None:
+    """What install would do, for --dry-run."""
+    out.writelines(f"would write {directory / unit.filename}\n" for unit in units)
+    if now:
+        out.write(f"would start {spec.name}.socket and {spec.workers} workers and wait until they are ready\n")
+    if enable:
+        out.write(f"would enable {spec.name}.socket{' until the next reboot' if runtime_flag(directory) else ''}\n")
+    out.write("dry run: every check passed; nothing was written (run it again without --dry-run to install)\n")
+
+
+def _start(spec: UnitSpec, units: list[Unit], directory: Path, previous: dict[str, str], out: TextIO) -> None:
+    """Start the socket and every worker and wait until each is ready; on failure undo this install and
+    raise StartFailed with the app's own reason."""
+    from .ready import Before, Started, last_error, wait_started
+
+    socket, target = f"{spec.name}.socket", f"{spec.name}.target"
+    shown = show_by_id([socket, target, *spec.instances], ["ActiveState"])
+    was_active = {unit for unit, props in shown.items() if props.get("ActiveState") == "active"}
+    before = Before.read(spec.instances)
+    if before.retrying:  # workers waiting to retry the old app try the new units at once
+        systemctl("restart", "--no-block", *before.retrying)
+    try:
+        systemctl("start", socket)
+    except SystemdError as exc:  # the port was taken after the preflight, or systemd refused the socket
+        started = Started(0.0, socket, last_error(socket) or str(exc))
+    else:
+        # Starting the target pulls every wanted worker; --no-block, so that a worker that cannot start is
+        # seen retrying instead of blocking here until its start times out.
+        systemctl("start", "--no-block", target, *spec.instances)
+        started = wait_started(spec.instances, before)
+    if started.ready:
+        listening = ", ".join(item.address for item in spec.listeners)
+        out.write(f"started {spec.name}: listening on {listening}, {spec.workers} workers ready in "
+                  f"{started.seconds:.1f} s\n")
+        return
+    if previous:
+        undone = _restore(spec, directory, previous, was_active)
+    else:
+        undone = _roll_back(spec.name, directory, units, out)
+    raise StartFailed(f"{spec.name} did not start: {started.unit}: {started.reason}; {undone}")
+
+
+def _roll_back(name: str, directory: Path, units: list[Unit], out: TextIO) -> str:
+    """A fresh install that does not start leaves nothing behind: stopped, units removed."""
+    _stop(name)
+    # The boot-failure counters the workers kept in RuntimeDirectory= (preserved across restarts) go too.
+    try_systemctl("clean", "--what=runtime", f"{name}@1.service")
+    _remove([directory / unit.filename for unit in units], directory, name, out)
+    daemon_reload()
+    try_systemctl("reset-failed", f"{name}.socket", f"{name}.target", f"{name}@*.service")
+    return "rolled back: the units were stopped and removed, nothing is installed or enabled"
+
+
+def _restore(spec: UnitSpec, directory: Path, previous: dict[str, str], was_active: set[str]) -> str:
+    """An upgrade that does not start gets its previous units back; what this install started is stopped
+    again, and workers that ran before keep running."""
+    from ..install import write_units
+    from ..render import Unit
+
+    name = spec.name
+    started_now = [unit for unit in (f"{name}.target", *spec.instances, f"{name}.socket") if unit not in was_active]
+    if started_now:
+        systemctl("stop", *started_now)
+    write_units([Unit("previous", filename, text) for filename, text in previous.items()], str(directory))
+    daemon_reload()
+    try_systemctl("reset-failed", f"{name}.target", f"{name}@*.service")
+    running = sum(unit in was_active for unit in spec.instances)
+    workers = f"{running} of its workers still run as before" if running else "its workers are stopped"
+    sock = "listening" if f"{name}.socket" in was_active else "stopped"
+    return (f"this was an upgrade: the previous units of {name} are back in place (its enablement is unchanged), "
+            f"{workers} and its socket is {sock}")
 
 
 def _print_score(name: str, out: TextIO) -> None:

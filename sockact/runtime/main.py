@@ -156,9 +156,16 @@ def load_app(reference: str) -> Any:
 
 
 def one_line(exc: BaseException) -> str:
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    """'Type: message (at the app's file:line)'; the import machinery's own frames name no place of the app's."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if not frame.filename.startswith("<frozen ") and not _is_importlib(frame.filename)]
+    app_frames = [frame for frame in frames if frame.filename != __file__]
+    where = f" (at {app_frames[-1].filename}:{app_frames[-1].lineno})" if frames and frames[-1] in app_frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _is_importlib(filename: str) -> bool:
+    return os.path.dirname(filename) == os.path.dirname(importlib.__file__ or "")
 
 
 def sockets_for(bind: list[str] | None) -> list[Any]:
