@@ -14,7 +14,7 @@ import pytest
 
 from sockact import spec
 from sockact.errors import PreflightFailed
-from sockact.ops.preflight import bind_address, check_interpreter, check_paths, link_chain, port_free
+from sockact.ops.preflight import bind_address, check_interpreter, check_paths, check_writable, link_chain, port_free
 from sockact.ops.ready import Before, app_reason, why_not
 from sockact.runtime.main import RuntimeFailure, load_app
 
@@ -77,6 +77,30 @@ def test_missing_chdir_and_env_file(tmp_path: Path) -> None:
         check_paths(build(sys.executable, ("env_file", str(tmp_path / "absent.env"))))
     assert check_paths(build(sys.executable, ("chdir", str(tmp_path)), ("env_file", str(tmp_path / "file")))) == [
         f"--chdir {tmp_path}: a directory", f"--env-file {tmp_path / 'file'}: readable"]
+
+
+def test_writable_paths_the_workers_cannot_write_are_refused(tmp_path: Path) -> None:
+    # ReadWritePaths= lifts the read-only mount, not the permissions: a root-owned 0755 directory stays
+    # closed to the dynamic user (issue: a Flask app writing next to its code got "Permission denied").
+    closed, open_to_all, missing = tmp_path / "closed", tmp_path / "open", tmp_path / "missing"
+    closed.mkdir(mode=0o755)
+    open_to_all.mkdir()
+    open_to_all.chmod(0o1777)
+    owner = build(sys.executable)
+    with pytest.raises(PreflightFailed, match=r"^--writable .*/closed belongs to root \(drwxr-xr-x\): the workers' "
+                                              r"dynamic user cannot write it; keep the app's data in --state-dir"):
+        check_writable(owner, str(closed))
+    assert check_writable(owner, str(open_to_all)) == f"--writable {open_to_all}: writable by every user (drwxrwxrwt)"
+    with pytest.raises(PreflightFailed, match="does not exist; create it first"):
+        check_writable(owner, str(missing))
+    named = spec.build(unit_name="app", listen=["127.0.0.1:8000"], python_path=sys.executable, app_ref="m:app",
+                       run_as="nobody")
+    with pytest.raises(PreflightFailed, match=r"user nobody cannot write it; chown nobody"):
+        check_writable(named, str(closed))
+    os.chown(closed, 65534, -1)  # nobody
+    assert check_writable(named, str(closed)) == f"--writable {closed}: writable by nobody"
+    unsandboxed = build(sys.executable, ("harden", "no"))
+    assert check_writable(unsandboxed, str(closed)).endswith("(the workers run as root)")
 
 
 def test_port_probe_sees_a_listener_and_binds_like_systemd() -> None:

@@ -10,11 +10,14 @@ same directory, as the same user under the same sandbox, through a transient uni
 from __future__ import annotations
 
 import errno
+import grp
 import os
+import pwd
 import socket
+import stat
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import hardening
 from ..errors import PreflightFailed
@@ -151,7 +154,58 @@ def check_paths(spec: UnitSpec) -> list[str]:
             raise PreflightFailed(f"--env-file {spec.env_file} cannot be read ({exc.strerror}); "
                                   "make it readable by root (systemd reads it)") from None
         passed.append(f"--env-file {spec.env_file}: readable")
+    passed += [check_writable(spec, path) for path in spec.writable]
     return passed
+
+
+def _has_acl(path: str) -> bool:
+    try:
+        os.getxattr(path, "system.posix_acl_access")
+    except OSError:
+        return False
+    return True
+
+
+def check_writable(spec: UnitSpec, path: str) -> str:
+    """A --writable path exists (systemd cannot set up the sandbox otherwise) and the workers' user may
+    write it: ReadWritePaths= lifts the read-only mount, not the file's permissions."""
+    if not os.path.exists(path):
+        raise PreflightFailed(f"--writable {path} does not exist; create it first (systemd cannot mount a "
+                              "missing path into the workers' sandbox)")
+    info = os.stat(path)
+    mode = stat.filemode(info.st_mode)
+    if _has_acl(path):
+        return f"--writable {path}: exists (an ACL decides who writes it: not judged here)"
+    if spec.user is None and not spec.dynamic_user:
+        return f"--writable {path}: exists (the workers run as root)"
+    if spec.dynamic_user:
+        if info.st_mode & stat.S_IWOTH:
+            return f"--writable {path}: writable by every user ({mode})"
+        owner = _name(pwd.getpwuid, info.st_uid)
+        raise PreflightFailed(
+            f"--writable {path} belongs to {owner} ({mode}): the workers' dynamic user cannot write it; keep the "
+            f"app's data in --state-dir NAME (systemd makes /var/lib/NAME and gives it to the workers), or run "
+            f"them as a user of yours (--user web) and chown that user {path}")
+    name = str(spec.user)
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        return f"--writable {path}: exists (user {name} is not in /etc/passwd: not judged here)"
+    groups = {user.pw_gid} | {group.gr_gid for group in grp.getgrall() if user.pw_name in group.gr_mem}
+    can = ((info.st_uid == user.pw_uid and info.st_mode & stat.S_IWUSR)
+           or (info.st_gid in groups and info.st_mode & stat.S_IWGRP) or info.st_mode & stat.S_IWOTH)
+    if not can:
+        owner = _name(pwd.getpwuid, info.st_uid)
+        raise PreflightFailed(f"--writable {path} belongs to {owner} ({mode}): user {name} cannot write "
+                              f"it; chown {name} {path} (or give its group write access)")
+    return f"--writable {path}: writable by {name}"
+
+
+def _name(lookup: Any, number: int) -> str:
+    try:
+        return str(lookup(number)[0])
+    except KeyError:
+        return str(number)
 
 
 # --- the app imports, as a worker imports it -------------------------------------------------------
