@@ -218,9 +218,16 @@ def _word(value: str) -> str:
 def sandbox_properties(spec: UnitSpec) -> list[str]:
     """The worker's user, directory, environment and sandbox as systemd-run -p arguments.
 
-    State, cache and logs directories are left out: systemd would create them, and a check writes nothing.
+    State, cache and logs directories are not created (a check writes nothing), but their variables are
+    set to where systemd will put them: settings that read $STATE_DIRECTORY at import (Django's database
+    path) import as they will in a worker.
     """
     props = list(hardening.lines(spec))
+    for variable, root, name in (("STATE_DIRECTORY", "/var/lib", spec.state_dir),
+                                 ("CACHE_DIRECTORY", "/var/cache", spec.cache_dir),
+                                 ("LOGS_DIRECTORY", "/var/log", spec.logs_dir)):
+        if name is not None:
+            props.append(f"Environment={_word(f'{variable}={root}/{name}')}")
     if spec.run_as is not None:
         props.append(f"User={spec.run_as}")
     if spec.chdir is not None:

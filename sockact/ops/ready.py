@@ -94,9 +94,16 @@ def exit_reason(unit: str) -> str | None:
     last = read_last_exits([unit]).get(unit)
     if last is None:
         return None
-    code = last.reason.removeprefix("exit ")
+    # "exit 203" or "exit 203/EXEC", as the exit record names it or not.
+    code = last.reason.removeprefix("exit ").split("/", 1)[0]
     if code in SYSTEMD_EXITS:
+        # journald may file systemd's "Failed at step …" line a moment after the exit record: wait a little.
         detail = last_error(unit)
+        for _ in range(20):
+            if detail.startswith("Failed at step "):
+                break
+            time.sleep(0.1)
+            detail = last_error(unit)
         return f"{SYSTEMD_EXITS[code]}: {detail}" if detail else SYSTEMD_EXITS[code]
     return f"exited with status {code}" if code.isdigit() else f"ended by {last.reason}"
 
