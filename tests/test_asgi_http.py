@@ -322,8 +322,7 @@ def test_idle_and_slow_connections_are_closed_by_the_sweep(loop_name: str, monke
     monkeypatch.setattr(asgi_http, "SWEEP_EVERY", 1)
 
     async def scenario(served: Served) -> None:
-        served.site.keep_alive_timeout = 0.3
-        served.site.limits = Limits(head_timeout=0.3)
+        served.site.limits = Limits(head_timeout=0.3, keep_alive=0.3)
         idle_reader, idle_writer = await served.connect()
         idle_writer.write(GET % b"/a")
         await read_response(idle_reader)

@@ -73,7 +73,6 @@ class Site:
         self.on_request = on_request  # the recycler's count, only with --max-requests
         self.proxies = proxies  # forwarded.ProxyTrust with --forwarded-allow-ips, else None
         self.access_log = bool(config.access_log)
-        self.keep_alive_timeout = limits.keep_alive
         self.root_path: str = config.root_path or ""
         self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
         self.ws_protocol_class = getattr(config, "ws_protocol_class", None) if wsgi is None else None
@@ -626,7 +625,7 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
                 logger.info("dropping a client whose request body stopped arriving for %g s", limits.head_timeout)
                 self.request_error(408, "Request Timeout")
             return
-        if self.current is None and now - self.last_seen > self.site.keep_alive_timeout:
+        if self.current is None and now - self.last_seen > limits.keep_alive:
             self.transport.close()
 
     def shutdown(self) -> None:
