@@ -269,3 +269,38 @@ def test_stderr_lines_become_records_with_their_sd_daemon_priority(blocked: Bloc
     assert seen == [(logging.INFO, "Traceback (most recent call last):"), (logging.INFO, '  File "x.py"'),
                     (logging.ERROR, "failed"), (logging.INFO, "." * 10_000)]
     handler.close()
+
+
+DJANGO_LOGGING = textwrap.dedent("""
+    import logging, sys
+    from sockact.runtime import logs
+    logs.setup()  # as the worker does, before the app is imported
+    import django
+    from django.conf import settings
+    settings.configure(DEBUG=sys.argv[1] == "debug")
+    django.setup()  # applies Django's DEFAULT_LOGGING: a console handler on "django" when DEBUG is on
+    logging.getLogger("django.request").warning("django-record")
+    own = logging.getLogger("myapp")
+    own.addHandler(logging.StreamHandler())  # an app's own console handler, propagating too
+    own.warning("own-console-record")
+    filed = logging.getLogger("filed")
+    filed.addHandler(logging.FileHandler(sys.argv[2]))  # a file is not the journal: the root still writes
+    filed.warning("file-record")
+    logging.getLogger("quiet.child").warning("plain-record")
+""")
+
+
+@pytest.mark.parametrize("debug", ["debug", "nodebug"])
+def test_after_djangos_logging_setup_every_record_is_written_once(debug: str, tmp_path: Path) -> None:
+    # django.setup() runs logging.config.dictConfig, which closes every handler it finds, the root's
+    # queue too: before sockact reopened it, every later record (and print) was lost. And with DEBUG on,
+    # Django's console handler writes each django.* record to stderr, which is the journal already.
+    pytest.importorskip("django")
+    result = subprocess.run([sys.executable, "-c", DJANGO_LOGGING, debug, str(tmp_path / "file.log")],
+                            check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    counts = {word: result.stderr.count(word)
+              for word in ("django-record", "own-console-record", "file-record", "plain-record")}
+    print(f"\nDEBUG {debug}: lines per record on stderr {counts}")
+    assert counts == {"django-record": 1, "own-console-record": 1, "file-record": 1, "plain-record": 1}
+    assert (tmp_path / "file.log").read_text().count("file-record") == 1

@@ -10,6 +10,7 @@ systemd-python's sendv holds the GIL while it blocks, which would freeze every t
 from __future__ import annotations
 
 import array
+import atexit
 import contextlib
 import errno
 import fcntl
@@ -27,6 +28,18 @@ import weakref
 # sd-daemon(3) priorities, as journald reads them from a "<N>" line prefix.
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 _LEVEL = {2: logging.CRITICAL, 3: logging.ERROR, 4: logging.WARNING, 5: logging.INFO, 6: logging.INFO, 7: logging.DEBUG}
+
+_exiting = threading.Event()  # set by the exit hook below, which runs before logging's own shutdown
+_queues: weakref.WeakSet[BoundedQueueHandler] = weakref.WeakSet()
+
+
+@atexit.register  # atexit runs hooks last-registered first: logging's own was registered before
+def _close_at_exit() -> None:
+    # logging.shutdown closes only the handlers in its list, and dictConfig empties that list.
+    _exiting.set()
+    for handler in list(_queues):
+        handler.close()
+
 
 QUEUE_SIZE = 4096  # records waiting for the writer; beyond that they are dropped and counted
 EXIT_FLUSH = 1.0  # seconds exit waits for waiting records: a stopped journald must not hold a stop up
@@ -69,6 +82,7 @@ class BoundedQueueHandler(logging.Handler):
         self._closed = False
         self._thread = threading.Thread(target=self._drain, name="sockact-log-writer", daemon=True)
         self._thread.start()
+        _queues.add(self)
         # A forked serving process (sockact.runtime.respawn) has no writer thread of its own, and the
         # queue may have been copied mid-operation: it starts afresh with both.
         reference = weakref.ref(self)
@@ -88,6 +102,8 @@ class BoundedQueueHandler(logging.Handler):
         # Handler.handle would take this handler's lock around emit; the queue needs none.
         if not self.filter(record):
             return False
+        if self._closed and not _exiting.is_set():
+            self._reopen()
         self.emit(record)
         return True
 
@@ -143,6 +159,17 @@ class BoundedQueueHandler(logging.Handler):
         if not self._emit(line):
             with self._drop_lock:
                 self.dropped += count  # said later, once a write succeeds again
+
+    def _reopen(self) -> None:
+        # logging.config.dictConfig (Django's setup calls it, as many apps do) closes every handler it
+        # finds, even the root's that it then leaves in place: every later record, print() and
+        # traceback would wait in a queue nobody drains. A record after such a close starts the
+        # writer again; only the exit's close is final.
+        with self._drop_lock:
+            if self._closed and not self._thread.is_alive():
+                self._closed = False
+                self._thread = threading.Thread(target=self._drain, name="sockact-log-writer", daemon=True)
+                self._thread.start()
 
     def close(self) -> None:
         """Write what waits, within flush_deadline, and end the writer; logging.shutdown calls it at exit."""
@@ -323,6 +350,36 @@ def _target(journal: bool) -> logging.Handler:
     return handler
 
 
+def _to_std_stream(handler: logging.Handler) -> bool:
+    """True for a handler that writes to the worker's stdout or stderr (whatever they are now: the
+    journal's QueuedLines, or fd 1/2 on a terminal), not for a file or a socket."""
+    if type(handler) is not logging.StreamHandler:  # FileHandler and others are StreamHandler subclasses
+        return False
+    stream = getattr(handler, "stream", None)
+    if isinstance(stream, QueuedLines) or stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        return True
+    try:
+        return stream is not None and stream.fileno() in (1, 2)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def skip_echoed(record: logging.LogRecord) -> bool:
+    """The root's filter: False for a record that a handler of its own logger, or of an ancestor below
+    the root, already writes to stdout/stderr, which end up in the same journal. Django's default
+    logging puts a console handler on "django" (with DEBUG on) that would otherwise put every
+    django.* record there twice. The walk follows propagation exactly as Logger.callHandlers does."""
+    logger = logging.Logger.manager.loggerDict.get(record.name)
+    while isinstance(logger, logging.Logger) and logger.parent is not None:
+        for handler in logger.handlers:
+            if record.levelno >= handler.level and _to_std_stream(handler) and handler.filter(record):
+                return False
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return True
+
+
 def setup(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.setLevel(level)
@@ -336,6 +393,7 @@ def setup(level: int = logging.INFO) -> None:
     for previous in root.handlers:
         previous.close()  # a second setup: the earlier writer finishes first
     handler = BoundedQueueHandler(_target(journal))
+    handler.addFilter(skip_echoed)
     root.handlers[:] = [handler]
     if journal:
         sys.stdout, sys.stderr = QueuedLines(handler, 1, "stdout"), QueuedLines(handler, 2, "stderr")
