@@ -239,3 +239,32 @@ def test_a_command_that_exits_at_once_is_rolled_back(private_systemd: PrivateSys
         f"Failed at step EXEC spawning {closed}/serve: Permission denied; rolled back: the units were stopped and "
         "removed, nothing is installed or enabled")
     assert_nothing_left(box, "noexec", 8609)
+
+
+def test_installing_over_an_app_that_cannot_start_says_so_not_that_it_runs(
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
+    box = private_systemd
+    sockact_in(box, "install", "mend", "--app", "failstart:app", "--chdir", str(shared_apps), "--listen",
+               "127.0.0.1:8608", "--workers", "1", "--python", PY, "--unit-dir", UNIT_DIR)
+    box.systemctl("start", "mend.socket")
+    box.systemctl("start", "--no-block", "mend.target")
+    box.wait_for(lambda: "database unreachable" in box.show("mend@1.service", "StatusText")["StatusText"],
+                 timeout=30, interval=0.2, what="mend@1 to wait to retry its app")
+    fixed = ("install", "mend", "--app", HELLO, "--listen", "127.0.0.1:8608", "--workers", "1", "--python", PY,
+             "--unit-dir", UNIT_DIR)
+    later = sockact_in(box, *fixed)
+    print(f"\n$ sockact install mend ... (over a worker waiting to retry)\n{later.stdout}", end="")
+    assert later.stdout.splitlines()[-1] == (
+        "mend's workers could not start the app (1 waiting to retry): run `sudo sockact start mend` to try the new "
+        "units now and wait until they are ready")
+    assert "is running" not in later.stdout
+    now = sockact_in(box, *fixed, "--now")
+    print(f"$ sockact install mend ... --now\n{now.stdout}", end="")
+    assert now.stdout.splitlines()[-1].startswith("started mend: listening on 127.0.0.1:8608, 1 workers ready in ")
+    assert box.run("curl", "-sS", "--fail", "http://127.0.0.1:8608/").stdout.startswith("worker ")
+    again = sockact_in(box, *fixed)
+    assert again.stdout.splitlines()[-1] == (
+        "mend is running (1 workers on the previous units): run `sudo sockact reload mend` to restart them on the "
+        "new ones, and `sudo sockact scale mend 1` if the worker count changed")
+    sockact_in(box, "uninstall", "mend")

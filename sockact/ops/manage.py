@@ -82,7 +82,7 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dr
         return 0
     previous = {unit.filename: (directory / unit.filename).read_text(encoding="utf-8")
                 for unit in units if (directory / unit.filename).exists()}
-    running = show_by_id([f"{spec.name}.target"], ["ActiveState"]).get(f"{spec.name}.target", {})
+    serving, failing = _workers_before(spec)
     out.writelines(f"wrote {path}\n" for path in write_units(units, str(directory)))
     daemon_reload()
     _print_score(spec.name, out)
@@ -93,10 +93,30 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dr
         systemctl("enable", *runtime_flag(directory), socket)
         until = " (until the next reboot: --unit-dir is under /run)" if runtime_flag(directory) else ""
         out.write(f"enabled {socket}: it starts on boot{until}\n")
-    if running.get("ActiveState") == "active":
-        out.write(f"{spec.name} is running: run `sudo sockact reload {spec.name}` to restart its workers on the new "
-                  f"units, and `sudo sockact scale {spec.name} {spec.workers}` if the worker count changed\n")
+    if serving:
+        out.write(f"{spec.name} is running ({len(serving)} workers on the previous units): run `sudo sockact reload "
+                  f"{spec.name}` to restart them on the new ones, and `sudo sockact scale {spec.name} {spec.workers}` "
+                  "if the worker count changed\n")
+    elif failing and not now:  # with --now they were restarted on the new units above
+        out.write(f"{spec.name}'s workers could not start the app ({len(failing)} waiting to retry): run `sudo sockact "
+                  f"start {spec.name}` to try the new units now and wait until they are ready\n")
     return 0
+
+
+def _workers_before(spec: UnitSpec) -> tuple[list[str], list[str]]:
+    """The installed app's workers that serve, and those that are failed or wait to retry an app that
+    could not start (active to systemd: their parent lives on to retry)."""
+    from .ready import CANNOT_START
+
+    shown = show_by_id(list(spec.instances), ["ActiveState", "StatusText"])
+    serving, failing = [], []
+    for unit, props in shown.items():
+        state, text = props.get("ActiveState"), props.get("StatusText", "")
+        if state == "failed" or (state in ("active", "activating") and text.startswith(CANNOT_START)):
+            failing.append(unit)
+        elif state == "active":
+            serving.append(unit)
+    return serving, failing
 
 
 def _print_plan(spec: UnitSpec, units: list[Unit], directory: Path, *, enable: bool, now: bool,
