@@ -231,13 +231,59 @@ def test_a_command_that_exits_at_once_is_rolled_back(private_systemd: PrivateSys
         result = sockact_in(box, "install", "noexec", "--exec", f"{closed}/serve", "--listen", "127.0.0.1:8609",
                             "--workers", "1", "--unit-dir", UNIT_DIR, "--now", check=False)
         print(f"\n$ sockact install noexec ... -> exit {result.returncode}\n{result.stderr}", end="")
+        assert result.returncode == 1
+        assert result.stderr.splitlines()[-1] == (
+            f"sockact: the workers' user cannot execute {closed}/serve under their sandbox (ProtectHome=, directory "
+            "modes): put it outside /home and /root with every directory on its way open to others (mode 755), or "
+            "pass --user ACCOUNT")
+        assert_nothing_left(box, "noexec", 8609)
+        # A script the workers can read whose #! interpreter they cannot reach.
+        script = Path(tempfile.mkdtemp(prefix="sockact-open-", dir="/opt"))
+        script.chmod(0o755)
+        (script / "serve").write_text(f"#!{closed}/serve\n")
+        (script / "serve").chmod(0o755)
+        result = sockact_in(box, "install", "noexec", "--exec", f"{script}/serve", "--listen", "127.0.0.1:8609",
+                            "--workers", "1", "--unit-dir", UNIT_DIR, "--dry-run", check=False)
+        print(f"$ sockact install noexec ... -> exit {result.returncode}\n{result.stderr}", end="")
+        refused(result, f"the workers' user cannot execute {closed}/serve (the #! line of {script}/serve) under "
+                        "their sandbox (ProtectHome=, directory modes): put it outside /home and /root with every "
+                        "directory on its way open to others (mode 755), or pass --user ACCOUNT")
+        assert_nothing_left(box, "noexec", 8609)
+        shutil.rmtree(script)
     finally:
         shutil.rmtree(closed)
-    assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == (
-        f"sockact: noexec did not start: noexec@1.service: cannot execute the program (systemd exit 203, EXEC): "
-        f"Failed at step EXEC spawning {closed}/serve: Permission denied; rolled back: the units were stopped and "
-        "removed, nothing is installed or enabled")
+    good = sockact_in(box, "install", "okexec", "--exec", "/bin/true", "--listen", "127.0.0.1:8609", "--unit-dir",
+                      UNIT_DIR, "--dry-run")
+    assert "checked --exec: the program /bin/true executable by the workers' user under their sandbox" in good.stdout
+
+
+def on_unix(box: PrivateSystemd, path: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return sockact_in(box, "install", "busyunix", "--app", HELLO, "--listen", path, "--workers", "1", "--python", PY,
+                      "--unit-dir", UNIT_DIR, "--enable", "--now", *extra, check=False)
+
+
+def test_a_unix_socket_path_another_server_listens_on_is_refused(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    path = "/run/sockact-busy.sock"
+    holder = box.popen("python3", "-c", "import os, socket, sys\ns = socket.socket(socket.AF_UNIX)\n"
+                       f"s.bind({path!r})\ns.listen()\nprint(os.getpid(), flush=True)\nsys.stdin.read()\n",
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        pid = holder.stdout.readline().strip()
+        result = on_unix(box, path)
+        refused(result, f"the unix socket {path} is in use by python3, pid {pid}; stop it or pick another --listen")
+        assert_nothing_left(box, "busyunix", None)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    # The holder is gone, its socket file stays: stale, and systemd replaces it.
+    stale = on_unix(box, path, "--dry-run")
+    assert f"checked --listen {path}: a stale socket file nothing listens on (systemd replaces it)" in stale.stdout
+    box.run("sh", "-c", f"rm -f {path} && echo data > {path}")
+    result = on_unix(box, path, "--dry-run")
+    refused(result, f"--listen {path} exists and is not a socket; remove it or pick another path")
+    box.run("rm", "-f", path)
     assert_nothing_left(box, "noexec", 8609)
 
 
@@ -246,12 +292,12 @@ def test_installing_over_an_app_that_cannot_start_says_so_not_that_it_runs(
 ) -> None:
     box = private_systemd
     sockact_in(box, "install", "mend", "--app", "failstart:app", "--chdir", str(shared_apps), "--listen",
-               "127.0.0.1:8608", "--workers", "1", "--python", PY, "--unit-dir", UNIT_DIR)
+               "127.0.0.1:8610", "--workers", "1", "--python", PY, "--unit-dir", UNIT_DIR)
     box.systemctl("start", "mend.socket")
     box.systemctl("start", "--no-block", "mend.target")
     box.wait_for(lambda: "database unreachable" in box.show("mend@1.service", "StatusText")["StatusText"],
                  timeout=30, interval=0.2, what="mend@1 to wait to retry its app")
-    fixed = ("install", "mend", "--app", HELLO, "--listen", "127.0.0.1:8608", "--workers", "1", "--python", PY,
+    fixed = ("install", "mend", "--app", HELLO, "--listen", "127.0.0.1:8610", "--workers", "1", "--python", PY,
              "--unit-dir", UNIT_DIR)
     later = sockact_in(box, *fixed)
     print(f"\n$ sockact install mend ... (over a worker waiting to retry)\n{later.stdout}", end="")
@@ -261,8 +307,8 @@ def test_installing_over_an_app_that_cannot_start_says_so_not_that_it_runs(
     assert "is running" not in later.stdout
     now = sockact_in(box, *fixed, "--now")
     print(f"$ sockact install mend ... --now\n{now.stdout}", end="")
-    assert now.stdout.splitlines()[-1].startswith("started mend: listening on 127.0.0.1:8608, 1 workers ready in ")
-    assert box.run("curl", "-sS", "--fail", "http://127.0.0.1:8608/").stdout.startswith("worker ")
+    assert now.stdout.splitlines()[-1].startswith("started mend: listening on 127.0.0.1:8610, 1 workers ready in ")
+    assert box.run("curl", "-sS", "--fail", "http://127.0.0.1:8610/").stdout.startswith("worker ")
     again = sockact_in(box, *fixed)
     assert again.stdout.splitlines()[-1] == (
         "mend is running (1 workers on the previous units): run `sudo sockact reload mend` to restart them on the "

@@ -106,7 +106,7 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dr
 def _workers_before(spec: UnitSpec) -> tuple[list[str], list[str]]:
     """The installed app's workers that serve, and those that are failed or wait to retry an app that
     could not start (active to systemd: their parent lives on to retry)."""
-    from .ready import CANNOT_START
+    from ..runtime.boot import STATUS_PREFIX as CANNOT_START
 
     shown = show_by_id(list(spec.instances), ["ActiveState", "StatusText"])
     serving, failing = [], []

@@ -56,9 +56,11 @@ def preflight(spec: UnitSpec) -> list[str]:
     """Every check in order; one line per check that passed. PreflightFailed at the first that fails."""
     passed = [check_interpreter(spec)]
     passed += check_paths(spec)
-    passed += [check_port(spec, item) for item in spec.listeners if item.is_tcp]
+    passed += [check_port(spec, item) if item.is_tcp else check_unix_socket(spec, item) for item in spec.listeners]
     if spec.app is not None:  # the one slow check comes last
         passed.append(check_import(spec))
+    elif spec.exec_argv is not None and _sandboxed():
+        passed += check_exec(spec)
     return passed
 
 
@@ -280,6 +282,42 @@ def check_import(spec: UnitSpec) -> str:
     return f"--app {spec.app}: imports ({how})"
 
 
+def _shebang(path: str) -> str | None:
+    """The interpreter a script's "#!" line names (the kernel runs it as the workers' user too)."""
+    try:
+        with open(path, "rb") as script:
+            first = script.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].decode(errors="replace").split()
+    return words[0] if words else None
+
+
+def check_exec(spec: UnitSpec) -> list[str]:
+    """--exec: no app to import, but the program (and a script's interpreter) must be executable by the
+    workers' user inside their sandbox; `test -x` there asks the kernel exactly that."""
+    assert spec.exec_argv is not None
+    program_path = spec.exec_argv[0]
+    passed = []
+    for what, path in (("the program", program_path), ("its #! interpreter", _shebang(program_path))):
+        if path is None:
+            continue
+        argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", "--no-ask-password",
+                f"--description=sockact install {spec.name}: program check",
+                *[arg for prop in sandbox_properties(spec) for arg in ("-p", prop)], "--", "/usr/bin/test", "-x", path]
+        result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+        if result.returncode != 0:
+            shown = path if what == "the program" else f"{path} (the #! line of {program_path})"
+            raise PreflightFailed(
+                f"the workers' user cannot execute {shown} under their sandbox (ProtectHome=, directory modes): "
+                "put it outside /home and /root with every directory on its way open to others (mode 755), "
+                "or pass --user ACCOUNT")
+        passed.append(f"--exec: {what} {path} executable by the workers' user under their sandbox")
+    return passed
+
+
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else ""
@@ -392,6 +430,58 @@ def check_port(spec: UnitSpec, listener: Listener) -> str:
     owner = port_owner(port)
     by = f" by {owner}" if owner else ""
     raise PreflightFailed(f"port {port} is in use{by}; stop it or pick another --listen")
+
+
+def _own_unix_paths(spec: UnitSpec) -> set[str]:
+    unit = f"{spec.name}.socket"
+    props = show_by_id([unit], ["ActiveState", "Listen"]).get(unit, {})
+    if props.get("ActiveState") != "active":
+        return set()
+    return {line.rpartition(" (")[0] or line for line in props.get("Listen", "").splitlines()}
+
+
+def unix_owner(path: str) -> str | None:
+    """'nginx, pid 812' for the process listening on a Unix socket path, if it can be seen."""
+    import psutil
+
+    try:
+        connections = psutil.net_connections(kind="unix")
+    except psutil.AccessDenied:
+        return None
+    for conn in connections:
+        if conn.laddr == path and conn.pid:
+            if conn.pid == 1:
+                return "systemd, pid 1"
+            try:
+                return f"{psutil.Process(conn.pid).name()}, pid {conn.pid}"
+            except psutil.Error:
+                return f"pid {conn.pid}"
+    return None
+
+
+def check_unix_socket(spec: UnitSpec, listener: Listener) -> str:
+    """systemd unlinks whatever is at a ListenStream= path before it binds: a live socket there would be
+    taken from the server listening on it without a word, so refuse that; a stale one is fine."""
+    path = listener.address
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return f"--listen {path}: free"
+    except OSError as exc:
+        return f"--listen {path}: not checked here ({exc.strerror})"
+    if not stat.S_ISSOCK(mode):
+        raise PreflightFailed(f"--listen {path} exists and is not a socket; remove it or pick another path")
+    if path in _own_unix_paths(spec):
+        return f"--listen {path}: held by {spec.name}.socket already"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(path)
+        except OSError:
+            return f"--listen {path}: a stale socket file nothing listens on (systemd replaces it)"
+    owner = unix_owner(path)
+    by = f" by {owner}" if owner else ""
+    raise PreflightFailed(f"the unix socket {path} is in use{by}; stop it or pick another --listen")
 
 
 __all__ = ["PreflightFailed", "link_chain", "preflight"]
