@@ -295,9 +295,17 @@ def test_a_sandbox_systemd_cannot_set_up_is_named_in_one_line(box: PrivateSystem
 # --- Django's first deploy: migrate and createsuperuser as the workers, then log into the admin ------------
 
 DJANGO, DJANGO_PORT, DJANGO_STATE = "execdj", 8352, "execdj-state"
-# The one settings change the deploy needs: the database lives in the state directory, the code stays read-only.
-DJANGO_SETTINGS = ('\nimport os\n'
-                   'DATABASES["default"]["NAME"] = os.path.join(os.environ["STATE_DIRECTORY"], "db.sqlite3")\n')
+# The settings block of docs/django.md, as a user copies it: the database in the state directory, DEBUG,
+# hosts and the secret from the environment, STATIC_ROOT for collectstatic.
+DJANGO_DOC = Path(__file__).resolve().parent.parent / "docs" / "django.md"
+
+
+def django_settings_from_the_docs() -> str:
+    block = DJANGO_DOC.read_text().split("```python\n# sockact: production settings\n", 1)[1].split("```", 1)[0]
+    assert "STATE_DIRECTORY" in block and "STATIC_ROOT" in block
+    return "\n" + block
+
+
 ADMIN_LOGIN = textwrap.dedent("""
     import http.cookiejar, re, sys, urllib.parse, urllib.request
     base = sys.argv[1]
@@ -317,13 +325,14 @@ def test_django_migrate_and_createsuperuser_then_the_admin_login_works(box: Priv
         subprocess.run([sys.executable, "-m", "django", "startproject", "myproj", str(project)], check=True,
                        capture_output=True, timeout=60)
         with open(project / "myproj" / "settings.py", "a") as settings:
-            settings.write(DJANGO_SETTINGS)
+            settings.write(django_settings_from_the_docs())
         for path in [project, *project.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         remove_state(DJANGO_STATE)
         sockact_in(box, "install", DJANGO, "--app", "myproj.wsgi:application", "--listen", f"127.0.0.1:{DJANGO_PORT}",
                    "--workers", "1", "--python", sys.executable, "--chdir", str(project), "--state-dir", DJANGO_STATE,
-                   "--env", "DJANGO_SETTINGS_MODULE=myproj.settings", "--unit-dir", UNIT_DIR, "--now")
+                   "--env", "DJANGO_SETTINGS_MODULE=myproj.settings", "--env", "DJANGO_ALLOWED_HOSTS=127.0.0.1",
+                   "--unit-dir", UNIT_DIR, "--now")
         migrate = sockact_in(box, "exec", DJANGO, "--", "python3", "manage.py", "migrate", "--noinput", check=False)
         assert migrate.returncode == 0 and "Applying auth.0001_initial... OK" in migrate.stdout, migrate.stderr
         superuser = sockact_in(box, "exec", DJANGO, "--", "env", "DJANGO_SUPERUSER_PASSWORD=s3cret-pass",
@@ -334,6 +343,11 @@ def test_django_migrate_and_createsuperuser_then_the_admin_login_works(box: Priv
                         timeout=60).stdout.split()
         print(f"\nadmin login: ended on {login[0]}, site administration {login[1]}, log out link {login[2]}")
         assert login == [f"http://127.0.0.1:{DJANGO_PORT}/admin/", "True", "True"]
+        # collectstatic as the docs say: at deploy time, as root, into STATIC_ROOT, readable by all
+        box.run("env", "DJANGO_SETTINGS_MODULE=myproj.settings", f"STATE_DIRECTORY=/var/lib/{DJANGO_STATE}",
+                sys.executable, str(project / "manage.py"), "collectstatic", "--noinput", timeout=120)
+        collected = project / "static" / "admin" / "css" / "base.css"
+        assert collected.stat().st_mode & 0o004, oct(collected.stat().st_mode)
         # the database migrate made belongs to the workers' dynamic user: no chown after a deploy
         worker_pid = box.show(f"{DJANGO}@1.service", "MainPID")["MainPID"]
         worker_uid = int(box.run("stat", "-c", "%u", f"/proc/{worker_pid}").stdout)
