@@ -123,7 +123,7 @@ def test_the_readme_quick_start_serves_a_fastapi_and_a_flask_app(
         said = dict(outputs)
         install = next(out for line, out in outputs if line.startswith("sudo sockact install"))
         print(f"\n$ sockact install {app} ...\n{install}", end="")
-        assert re.search(rf"^started {app}: listening on {port}, \d+ workers ready in ", install, re.M)
+        assert re.search(rf"^started {app}: listening on {port}, \d+ workers ready in ", install, re.MULTILINE)
         assert f"enabled {app}.socket: it starts on boot" in install
         answer = next(out for line, out in said.items() if line.startswith("curl"))
         assert json.loads(answer) == {"served_by": served_by}, answer
