@@ -314,3 +314,17 @@ def test_installing_over_an_app_that_cannot_start_says_so_not_that_it_runs(
         "mend is running (1 workers on the previous units): run `sudo sockact reload mend` to restart them on the "
         "new ones, and `sudo sockact scale mend 1` if the worker count changed")
     sockact_in(box, "uninstall", "mend")
+
+
+def test_a_writable_path_the_dynamic_user_cannot_write_is_refused(private_systemd: PrivateSystemd) -> None:
+    box = private_systemd
+    uploads = Path(tempfile.mkdtemp(prefix="sockact-uploads-", dir="/opt"))  # root's, as a deploy makes it
+    try:
+        uploads.chmod(0o755)
+        result = attempt(box, "uploads", 8611, "--writable", str(uploads))
+        refused(result, f"--writable {uploads} belongs to root (drwxr-xr-x): the workers' dynamic user cannot write "
+                        "it; keep the app's data in --state-dir NAME (systemd makes /var/lib/NAME and gives it to the "
+                        f"workers), or run them as a user of yours (--user web) and chown that user {uploads}")
+        assert_nothing_left(box, "uploads", 8611)
+    finally:
+        shutil.rmtree(uploads)
