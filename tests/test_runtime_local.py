@@ -235,3 +235,16 @@ def test_access_log_only_with_the_flag(app: str) -> None:
         logged[flag] = proc.communicate(timeout=30)[1]
     assert "/probe-path" in logged[True]
     assert "/probe-path" not in logged[False]
+
+
+@pytest.mark.parametrize(("app", "words"), [("broken:app", "cannot import broken, in full:"),
+                                            ("failstart:app", "application startup failed, in full:")])
+def test_the_whole_traceback_of_a_failed_start_only_at_debug(app: str, words: str) -> None:
+    sock = free_listener()
+    proc = spawn_with_fd(sock, [sys.executable, "-m", "sockact", "run", app, "--log-level", "debug"])
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    lines = err.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.endswith(words))
+    assert " DEBUG sockact.runtime: " in lines[at] and lines[at + 1] == "Traceback (most recent call last):"
+    assert any(app.split(":")[0] + ".py" in line for line in lines[at:])

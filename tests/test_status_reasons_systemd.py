@@ -111,6 +111,11 @@ def test_status_and_logs_name_the_reason(private_systemd: PrivateSystemd, shared
     print(f"$ sockact logs {name}\n{logs.stdout}{logs.stderr}")
     assert logs.returncode == 0, logs.stderr
     assert line in logs.stdout + logs.stderr
+    if words == "the app failed to start":  # one line per attempt above; the whole traceback at debug priority
+        debug = box.run("journalctl", "-u", f"{name}@1.service", "-p", "7..7", "-o", "cat", timeout=30).stdout
+        assert "Traceback (most recent call last):" in debug, debug
+        errors = box.run("journalctl", "-u", f"{name}@1.service", "-p", "0..6", "-o", "cat", timeout=30).stdout
+        assert "Traceback" not in errors, errors
     box.systemctl("stop", f"{name}.target", f"{name}.socket")
     box.systemctl("reset-failed", check=False)
 

@@ -146,6 +146,7 @@ def load_app(reference: str) -> Any:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - the app's own import error, reported in one line
+        in_full(f"cannot import {module_name}", exc)
         raise RuntimeFailure(f"cannot import {module_name}: {one_line(exc)}") from None
     for part in attr.split("."):
         try:
@@ -162,6 +163,18 @@ def one_line(exc: BaseException) -> str:
     app_frames = [frame for frame in frames if frame.filename != __file__]
     where = f" (at {app_frames[-1].filename}:{app_frames[-1].lineno})" if frames and frames[-1] in app_frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def in_full(what: str, exc: BaseException) -> None:
+    """The whole traceback of a failure reported in one line. Under the journal it goes at debug priority
+    whatever --log-level says (`journalctl -p debug -u NAME@1` or `sockact logs NAME` show it; every other
+    view keeps one line per attempt); on a terminal only with --log-level debug."""
+    from .logs import under_journal
+
+    if not under_journal() and not logger.isEnabledFor(logging.DEBUG):
+        return
+    logger.handle(logger.makeRecord(logger.name, logging.DEBUG, __file__, 0, "%s, in full:", (what,),
+                                    (type(exc), exc, exc.__traceback__)))
 
 
 def _is_importlib(filename: str) -> bool:
@@ -223,6 +236,7 @@ def serve_once(args: argparse.Namespace, sockets: list[Any], notifier: Notifier)
         if boot.ready():
             raise  # a crash while serving: restarted at once
         # Anything else that stops a worker before READY=1 is a boot failure too, retried with a delay.
+        in_full("cannot start", exc)
         boot.failed(f"cannot start: {one_line(exc)}", notifier)
         return RuntimeFailure.exit_code
     return recycler.exit_status() if recycler is not None else 0

@@ -228,8 +228,9 @@ class StrictLifespan(LifespanOn):
         except BaseException as exc:  # noqa: BLE001 - the app's own failure, reported below in one line
             self.error_occurred = self.error_occured = True
             if self.startup_failed and not self.shutdown_event.is_set() and not self.shutdown_failed:
-                from .main import one_line
+                from .main import in_full, one_line
 
+                in_full("application startup failed", exc)
                 self.failure = f"application startup failed: {one_line(exc)}"  # raised after startup.failed
             elif not (self.startup_failed or self.shutdown_failed):
                 self._report(exc)
@@ -238,12 +239,13 @@ class StrictLifespan(LifespanOn):
             self.shutdown_event.set()
 
     def _report(self, exc: BaseException) -> None:
-        from .main import one_line
+        from .main import in_full, one_line
 
         if not self.read_startup:
             logger.info("the app does not handle lifespan events; serving without them")
         elif not self.startup_event.is_set():
             self.startup_failed = True  # reported once, by main, with the wait before the next attempt
+            in_full("application startup failed", exc)
             self.failure = f"application startup failed: {one_line(exc)}"
         else:
             self.shutdown_failed = True
