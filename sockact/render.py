@@ -15,7 +15,6 @@ from .spec import UnitSpec, reject_control
 
 KINDS = ("socket", "service", "target")
 UNIT_DIR = "/etc/systemd/system"
-RUNTIME_DRAIN_MARGIN = 1.0  # seconds the runtime keeps for lifespan shutdown before systemd's SIGKILL
 
 
 @dataclass(frozen=True)
@@ -124,8 +123,17 @@ def context(spec: UnitSpec) -> dict[str, Any]:
 def render(spec: UnitSpec) -> list[Unit]:
     env = _environment()
     values = context(spec)
-    names = {"socket": f"{spec.name}.socket", "service": f"{spec.name}@.service", "target": f"{spec.name}.target"}
-    return [Unit(kind, names[kind], env.get_template(f"{kind}.j2").render(values)) for kind in KINDS]
+    names = {"socket": f"{spec.name}.socket", "service": f"{spec.name}@.service"}
+    units = [Unit(kind, names[kind], env.get_template(f"{kind}.j2").render(values)) for kind in KINDS[:2]]
+    return [*units, render_target(spec.name, spec.workers, spec.systemd_version)]
+
+
+def render_target(name: str, workers: int, systemd_version: int) -> Unit:
+    """NAME.target alone, which holds the worker count: `generate` writes it with the other two, and
+    `sockact scale` writes it again for a new count. The name is a validated app name."""
+    values = {"version": __version__, "systemd_version": systemd_version, "name": name, "workers": workers,
+              "instances": tuple(f"{name}@{index}.service" for index in range(1, workers + 1))}
+    return Unit("target", f"{name}.target", _environment().get_template("target.j2").render(values))
 
 
 def as_listing(units: list[Unit]) -> str:

@@ -16,7 +16,7 @@ from sockact.errors import NotOursError, PermissionNeeded, SystemdError, UsageEr
 from sockact.ops import facts, status
 from sockact.ops.app import wanted_indexes
 from sockact.ops.logs import LogQuery, format_record, journal_argv
-from sockact.ops.scale import rewrite_target, worker_count
+from sockact.ops.scale import target_for, worker_count
 from sockact.ops.systemctl import failure, message, parse_show_block
 from sockact.ops.table import age, duration, mebibytes, table
 from sockact.render import render
@@ -164,18 +164,22 @@ def _target_text(workers: str) -> str:
     return next(unit.text for unit in units if unit.kind == "target")
 
 
-def test_scale_rewrites_the_wants_line_and_nothing_else() -> None:
+def test_scale_renders_the_target_again_for_the_new_count() -> None:
     before = _target_text("2")
-    after = rewrite_target(before, "web", 4)
+    after = target_for(before, "web", 4).text
     assert "Wants=web@1.service web@2.service web@3.service web@4.service\n" in after
     assert "Description=web: 4 workers (sockact)\n" in after
     assert after == _target_text("4")  # the same file `generate --workers 4` writes
+    older = before.replace("for systemd 252.", "for systemd 247.")  # rendered for another host's systemd
+    assert target_for(older, "web", 3).text == _target_text("3").replace("for systemd 252.", "for systemd 247.")
     assert wanted_indexes("web", "web@2.service web@10.service other@1.service web.socket") == (2, 10)
 
 
 def test_scale_refuses_a_target_edited_by_hand() -> None:
-    with pytest.raises(NotOursError, match="2 Wants= lines"):
-        rewrite_target(_target_text("2") + "Wants=extra.service\n", "web", 3)
+    for edited in (_target_text("2") + "Wants=extra.service\n", _target_text("2") + "After=network.target\n",
+                   _target_text("2").replace("Wants=web@1.service ", "Wants=")):
+        with pytest.raises(NotOursError, match="differs from what sockact writes"):
+            target_for(edited, "web", 3)
 
 
 def test_scale_count() -> None:

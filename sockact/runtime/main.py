@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RuntimeFailure, SockactError
 from . import http11, limits, sizes
+from .interface import INTERFACES
 from .notify import Notifier
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--stop-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="drain deadline after SIGTERM (match TimeoutStopSec=)")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
-    parser.add_argument("--interface", default="auto", choices=("auto", "asgi3", "asgi2", "wsgi"),
+    parser.add_argument("--interface", default="auto", choices=INTERFACES,
                         help="protocol of the app (default: detected)")
     parser.add_argument("--request-timeout", type=_seconds, default=30.0, metavar="SECONDS",
                         help="WSGI: a worker whose every thread has run one request this long stops its watchdog "
