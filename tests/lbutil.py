@@ -57,6 +57,8 @@ defaults
     mode http
     log global
     option httplog
+    # The client's address for the app (sockact --forwarded-allow-ips trusts it from this proxy only).
+    option forwardfor
     timeout connect 1s
     timeout client 30s
     timeout server 30s
