@@ -1,4 +1,4 @@
-"""Hosts behind a load balancer, simulated with private systemd boxes: veth links, HAProxy's config and stats, wrk's report."""
+"""Hosts behind a load balancer, simulated with private systemd boxes: veth links, HAProxy's config, stats and log."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ class Backend:
 def render_haproxy(backend: Backend, listen: str, stats: str) -> str:
     """haproxy.cfg: a frontend on `listen`, the hosts as one backend with active HTTP checks, L7
     retries that go to another host, and a CSV stats page on `stats`."""
+    inter = f"{backend.inter_ms}ms"
+    timing = f"inter {inter} fastinter {inter} downinter {inter} fall {backend.fall} rise {backend.rise}"
     check_port = f" port {backend.check.port}" if backend.check.port is not None else ""
     servers = "\n".join(f"    server {name} {address}:{backend.port} check{check_port}"
                         for name, address in zip(backend.names, backend.addresses))
@@ -80,7 +82,7 @@ backend app
     option httpchk
     http-check send meth GET uri {backend.check.path} ver HTTP/1.1 hdr Host healthcheck
     http-check expect status 200
-    default-server inter {backend.inter_ms}ms fastinter {backend.inter_ms}ms downinter {backend.inter_ms}ms fall {backend.fall} rise {backend.rise}
+    default-server {timing}
 {servers}
 
 listen stats
@@ -95,8 +97,9 @@ def link(lb: PrivateSystemd, host: PrivateSystemd, index: int) -> tuple[str, str
     """A veth pair from the load balancer's namespace to a host's: (lb address, host address), /24 each."""
     lb_side, host_side = f"lb{index}", f"up{index}"
     # Created straight inside the two namespaces: the names never exist in the machine's own.
-    subprocess.run(["ip", "link", "add", "name", lb_side, "netns", str(lb.pid), "type", "veth",
-                    "peer", "name", host_side, "netns", str(host.pid)], check=True, capture_output=True, text=True)
+    command = ["ip", "link", "add", "name", lb_side, "netns", str(lb.pid), "type", "veth",
+               "peer", "name", host_side, "netns", str(host.pid)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
     lb_address, host_address = LB_ADDRESS.format(index=index), HOST_ADDRESS.format(index=index)
     for box, device, address in ((lb, lb_side, lb_address), (host, host_side, host_address)):
         box.run("ip", "address", "add", f"{address}/24", "dev", device)

@@ -248,3 +248,19 @@ def test_full_restart_of_one_host_loses_no_request(cluster: Cluster) -> None:
     assert served_since_up > 0
     assert answered == LONG_REQUESTS, long["results"]
     assert on_host1, long["results"]  # the stop really had requests of its own to drain
+
+
+def test_the_health_check_target_is_one_parameter(tmp_path: Path) -> None:
+    """The readiness endpoint to come (a path on a port of its own) changes the check lines only, and
+    HAProxy accepts the result."""
+    backend = Backend(addresses=("10.0.0.11", "10.0.0.12"), port=8000, check=HealthCheck(path="/ready", port=9000))
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(render_haproxy(backend, listen="127.0.0.1:8080", stats="127.0.0.1:8404"))
+    checked = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stderr
+    lines = config.read_text().splitlines()
+    assert "    http-check send meth GET uri /ready ver HTTP/1.1 hdr Host healthcheck" in lines
+    assert [line for line in lines if line.startswith("    server ")] == [
+        "    server host1 10.0.0.11:8000 check port 9000", "    server host2 10.0.0.12:8000 check port 9000"]
+    today = render_haproxy(Backend(addresses=backend.addresses, port=8000), "127.0.0.1:8080", "127.0.0.1:8404")
+    assert "uri / ver" in today and "    server host1 10.0.0.11:8000 check" in today.splitlines()
