@@ -59,6 +59,12 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                              "X-Forwarded-Proto and Forwarded, but only on connections from these peers: "
                              "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
                              "a proxy on a Unix socket, * for every peer (default: off)")
+    parser.add_argument("--health-listen", metavar="ADDR",
+                        help="PORT or HOST:PORT where each worker answers GET /ready and /live for a load balancer's "
+                             "or Kubernetes' probes (default: none)")
+    parser.add_argument("--drain-delay", metavar="SECONDS", default="0",
+                        help="after SIGTERM keep serving this long with /ready answering 503, so a load balancer "
+                             "stops sending first; counts against --stop-timeout (default: 0)")
     add_http_limits(parser)
     memory = parser.add_argument_group(
         "memory", "limits per worker; a worker past --max-requests or --max-rss drains like on SIGTERM and "
@@ -128,6 +134,7 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
         max_rss=args.max_rss, forwarded_allow_ips=args.forwarded_allow_ips, max_body=args.max_body,
         max_headers=args.max_headers, max_header_size=args.max_header_size, max_target=args.max_target,
         head_timeout=args.head_timeout, keep_alive=args.keep_alive, send_timeout=args.send_timeout,
+        health_listen=args.health_listen, drain_delay=args.drain_delay,
     )
     from .cgroups import memory_note
     from .hardening import unreadable_note
