@@ -288,6 +288,26 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args: list
     assert list(tmp_path.iterdir()) == []
 
 
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize("reference,valid", [
+    ("nginx", True), ("nginx:1.25-alpine", True), ("localhost:5000/app:tag", True),
+    ("ghcr.io/org/sub/app:v1.2.3", True), (f"app@{DIGEST}", True),
+    (f"registry.example.com:443/a_b/c__d/e-f:latest@{DIGEST}", True),
+    ("app:", False), ("app:-x", False), ("ghcr.io/Org/app", False), ("app@sha256:abc", False),
+    ("a" * 256, False), ("/app", False), ("app//x", False), ("app:tag\n", False),
+])
+def test_image_references_follow_the_distribution_grammar(reference: str, valid: bool) -> None:
+    from sockact import kube
+
+    if valid:
+        assert kube.image_reference(reference) == reference
+    else:
+        with pytest.raises(UsageError, match="is not an image reference"):
+            kube.image_reference(reference)
+
+
 def test_a_name_kubernetes_refuses_is_refused() -> None:
     result = sockact("kube", "My_App", *APP, "--listen", "8000", *IMAGE)
     assert result.returncode == 2
