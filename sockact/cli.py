@@ -20,6 +20,19 @@ examples:
   sudo sockact generate myapp --app myproj.asgi:app --listen 8000 --output-dir /etc/systemd/system
 """
 
+KUBE_DESCRIPTION = """\
+The options of `sockact generate`, rendered for Kubernetes: one worker per pod, --workers N replicas
+(auto: 2), the sandbox as a securityContext, the writable directories as emptyDir volumes, probes on
+`sockact run --health-listen` (port 9000 unless given), terminationGracePeriodSeconds from
+--stop-timeout and --drain-delay. --exec, --env-file, a named --user and a percentage --memory-max
+have no counterpart in a pod and are refused.
+"""
+KUBE_EXAMPLE = """\
+examples:
+  sockact kube myapp --app myproj.asgi:app --listen 8000 --image registry.example.com/myapp:1.4.2 | kubectl apply -f -
+  sockact kube myapp --app myproj.wsgi:application --listen 8000 --image myapp:1.4.2 --workers 4 --memory-max 512M
+"""
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr and exit status 2."""
@@ -59,6 +72,13 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                              "X-Forwarded-Proto and Forwarded, but only on connections from these peers: "
                              "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
                              "a proxy on a Unix socket, * for every peer (default: off)")
+    parser.add_argument("--health-listen", metavar="ADDR",
+                        help="PORT or HOST:PORT where each worker answers GET /ready and /live for a load balancer's "
+                             "or Kubernetes' probes (default: none)")
+    parser.add_argument("--drain-delay", metavar="SECONDS",
+                        help="after SIGTERM keep serving this long with /ready answering 503, so a load balancer "
+                             "stops sending first; counts against --stop-timeout (default: 0; sockact kube: 5, "
+                             "or half of --stop-timeout when that is shorter)")
     add_http_limits(parser)
     memory = parser.add_argument_group(
         "memory", "limits per worker; a worker past --max-requests or --max-rss drains like on SIGTERM and "
@@ -112,23 +132,11 @@ def add_http_limits(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from(args: argparse.Namespace) -> UnitSpec:
-    from . import spec, systemd_versions
+    from . import systemd_versions
 
     given = getattr(args, "systemd_version", None)  # only generate has the option; install asks systemd
     detected = systemd_versions.running_version() if given is None else systemd_versions.Detected(0)
-    built = spec.build(
-        unit_name=args.name, listen=args.listen, python_path=args.python, app_ref=args.app,
-        exec_cmd=args.exec_cmd, worker_count=args.workers, chdir=args.chdir, env=args.env,
-        env_file=args.env_file, run_as=args.user, watchdog=args.watchdog,
-        request_timeout=args.request_timeout, stop_timeout=args.stop_timeout,
-        systemd_version=detected.version if given is None else given, harden=args.harden,
-        allow_jit=args.allow_jit, state_dir=args.state_dir, cache_dir=args.cache_dir, logs_dir=args.logs_dir,
-        writable=args.writable, access_log=args.access_log, memory_max=args.memory_max,
-        memory_high=args.memory_high, max_requests=args.max_requests, max_requests_jitter=args.max_requests_jitter,
-        max_rss=args.max_rss, forwarded_allow_ips=args.forwarded_allow_ips, max_body=args.max_body,
-        max_headers=args.max_headers, max_header_size=args.max_header_size, max_target=args.max_target,
-        head_timeout=args.head_timeout, keep_alive=args.keep_alive, send_timeout=args.send_timeout,
-    )
+    built = build_spec(args, detected.version if given is None else given)
     from .cgroups import memory_note
     from .hardening import unreadable_note
 
@@ -136,6 +144,26 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
         if note:
             sys.stderr.write(f"sockact: {note}\n")
     return built
+
+
+def build_spec(args: argparse.Namespace, systemd_version: int | str) -> UnitSpec:
+    """The validated spec of add_unit_options' arguments, for units of that systemd version."""
+    from . import spec
+
+    return spec.build(
+        unit_name=args.name, listen=args.listen, python_path=args.python, app_ref=args.app,
+        exec_cmd=args.exec_cmd, worker_count=args.workers, chdir=args.chdir, env=args.env,
+        env_file=args.env_file, run_as=args.user, watchdog=args.watchdog,
+        request_timeout=args.request_timeout, stop_timeout=args.stop_timeout,
+        systemd_version=systemd_version, harden=args.harden,
+        allow_jit=args.allow_jit, state_dir=args.state_dir, cache_dir=args.cache_dir, logs_dir=args.logs_dir,
+        writable=args.writable, access_log=args.access_log, memory_max=args.memory_max,
+        memory_high=args.memory_high, max_requests=args.max_requests, max_requests_jitter=args.max_requests_jitter,
+        max_rss=args.max_rss, forwarded_allow_ips=args.forwarded_allow_ips, max_body=args.max_body,
+        max_headers=args.max_headers, max_header_size=args.max_header_size, max_target=args.max_target,
+        head_timeout=args.head_timeout, keep_alive=args.keep_alive, send_timeout=args.send_timeout,
+        health_listen=args.health_listen, drain_delay="0" if args.drain_delay is None else args.drain_delay,
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -178,6 +206,24 @@ def split_hint(name: str, argv: Sequence[str]) -> str:
             "(then `sudo systemctl daemon-reload`; `sudo sockact install` does all of this)\n")
 
 
+def cmd_kube(args: argparse.Namespace) -> int:
+    from . import kube, systemd_versions
+
+    # The units' systemd version plays no part in a pod; host notes (cgroups, readable paths) neither.
+    built = kube.build(build_spec(args, systemd_versions.FALLBACK), image=args.image, workers=args.workers,
+                       drain_given=args.drain_delay is not None)
+    for note in kube.notes(built):
+        sys.stderr.write(f"sockact: {note}\n")
+    if args.output_dir:
+        from .install import write_units
+
+        for path in write_units(kube.files(built), args.output_dir):
+            print(f"wrote {path}")
+    else:
+        sys.stdout.write(kube.render(built))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runtime.main import main as run_main
 
@@ -206,6 +252,16 @@ def build_parser() -> Parser:
     gen.add_argument("--systemd-version", metavar="N",
                      help="render for this systemd major version (default: the running one, see systemctl --version)")
     gen.set_defaults(func=cmd_generate)
+
+    kube = sub.add_parser("kube", help="print or write a Kubernetes Deployment, Service and PodDisruptionBudget "
+                                       "of the same app", description=KUBE_DESCRIPTION, epilog=KUBE_EXAMPLE,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_unit_options(kube)
+    kube.add_argument("--image", required=True, metavar="IMAGE",
+                      help="the container image, with sockact and the app installed: [REGISTRY/]REPOSITORY[:TAG][@DIGEST]")
+    kube.add_argument("--output-dir", metavar="DIR",
+                      help="write NAME-deployment.yaml, NAME-service.yaml and NAME-pdb.yaml there (all or nothing)")
+    kube.set_defaults(func=cmd_kube)
 
     run = sub.add_parser("run", help="the worker runtime (what ExecStart= runs): sockact run MODULE:ATTR",
                          add_help=False)

@@ -69,8 +69,12 @@ def exec_start(spec: UnitSpec) -> list[str]:
     if spec.exec_argv is not None:
         return list(spec.exec_argv)
     assert spec.app is not None
-    argv = [spec.python, "-m", "sockact", "run", spec.app, "--stop-timeout", spec.stop_timeout,
-            "--request-timeout", spec.request_timeout, "--respawn"]
+    return [spec.python, "-m", "sockact", "run", spec.app, *run_options(spec)]
+
+
+def run_options(spec: UnitSpec) -> list[str]:
+    """`sockact run`'s options after MODULE:ATTR, the same in a unit's ExecStart= and a pod's command."""
+    argv = ["--stop-timeout", spec.stop_timeout, "--request-timeout", spec.request_timeout, "--respawn"]
     if spec.access_log:
         argv.append("--access-log")
     for option, value in (("--max-requests", spec.max_requests), ("--max-requests-jitter", spec.max_requests_jitter),

@@ -97,6 +97,8 @@ class UnitSpec:
     forwarded_allow_ips: str | None = None  # sockact run --forwarded-allow-ips, canonical text (None: off)
     # sockact run's HTTP limits that differ from its defaults: (option, canonical value), in HTTP_LIMITS order
     http_limits: tuple[tuple[str, str], ...] = ()
+    health_listen: str | None = None  # sockact run --health-listen: "PORT" or "HOST:PORT" (None: no endpoint)
+    drain_delay: str = "0"  # sockact run --drain-delay: seconds served after SIGTERM with /ready 503, within stop_timeout
 
     @property
     def dynamic_user(self) -> bool:
@@ -437,6 +439,29 @@ def canonical_seconds(text: str) -> str:
     return f"{whole}.{fraction}" if fraction else whole
 
 
+def health_address(value: str) -> str:
+    """--health-listen: a TCP port or HOST:PORT ([V6ADDR]:PORT) for /ready and /live, in --listen's canonical form."""
+    reject_control("--health-listen", value)
+    if value.startswith("/"):
+        raise UsageError(f"--health-listen {value!r}: the health endpoint listens on TCP (probes come over the "
+                         "network); give a port or HOST:PORT, e.g. --health-listen 127.0.0.1:9000")
+    try:
+        return listener(value).address
+    except UsageError as exc:
+        raise UsageError(str(exc).replace("--listen", "--health-listen", 1)) from None
+
+
+def drain_delay_sec(value: str, stop_timeout: str) -> str:
+    """--drain-delay: seconds a worker keeps serving after SIGTERM; they count against --stop-timeout."""
+    reject_control("--drain-delay", value)
+    if not _SECONDS_RE.fullmatch(value):
+        raise UsageError(f"--drain-delay {value!r}: give a number of seconds from 0 (off), e.g. 5")
+    if float(value) >= float(stop_timeout):
+        raise UsageError(f"--drain-delay {value} is not below --stop-timeout {stop_timeout}: the delay is served "
+                         "within the stop deadline and in-flight requests need the rest; lower it or raise --stop-timeout")
+    return canonical_seconds(value)
+
+
 def python(value: str) -> str:
     return executable_path("--python", value)
 
@@ -529,6 +554,8 @@ def build(
     head_timeout: str | None = None,
     keep_alive: str | None = None,
     send_timeout: str | None = None,
+    health_listen: str | None = None,
+    drain_delay: str = "0",
 ) -> UnitSpec:
     """Validate every raw option and return the spec; raises UsageError on the first bad value.
 
@@ -575,4 +602,6 @@ def build(
         http_limits=http_limits(dict(zip(HTTP_LIMITS, (max_body, max_headers, max_header_size, max_target,
                                                        head_timeout, keep_alive, send_timeout))),
                                 builtin_runtime=app_ref is not None),
+        health_listen=health_address(health_listen) if health_listen is not None else None,
+        drain_delay=drain_delay_sec(drain_delay, seconds("--stop-timeout", stop_timeout)),
     ))
