@@ -59,6 +59,15 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                              "X-Forwarded-Proto and Forwarded, but only on connections from these peers: "
                              "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
                              "a proxy on a Unix socket, * for every peer (default: off)")
+    health = parser.add_argument_group(
+        "health and drain", "built-in runtime (--app) only: for a load balancer or an orchestrator in front")
+    health.add_argument("--health-listen", metavar="ADDR",
+                        help="NAME-health.socket listens here, shared by every worker: GET /ready answers 200 once "
+                             "the app started and until the worker leaves, GET /live 503 while its serving loop or "
+                             "every WSGI thread is stuck (default: off)")
+    health.add_argument("--drain-delay", metavar="SECONDS", default="0",
+                        help="on stop, /ready answers 503 at once but the worker keeps accepting this long before "
+                             "it drains; counts inside --stop-timeout (default: 0)")
     add_http_limits(parser)
     memory = parser.add_argument_group(
         "memory", "limits per worker; a worker past --max-requests or --max-rss drains like on SIGTERM and "
@@ -128,6 +137,7 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
         max_rss=args.max_rss, forwarded_allow_ips=args.forwarded_allow_ips, max_body=args.max_body,
         max_headers=args.max_headers, max_header_size=args.max_header_size, max_target=args.max_target,
         head_timeout=args.head_timeout, keep_alive=args.keep_alive, send_timeout=args.send_timeout,
+        health_listen=args.health_listen, drain_delay=args.drain_delay,
     )
     from .cgroups import memory_note
     from .hardening import unreadable_note
@@ -149,9 +159,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     built = spec_from(args)
     units = render(built)
     if not (args.only or args.output_dir or sys.stdout.isatty()):
-        sys.stderr.write(split_hint(built.name, getattr(args, "argv", [])))
+        sys.stderr.write(split_hint(built.name, getattr(args, "argv", []), built.health_listen is not None))
     if args.only:
-        sys.stdout.write(next(unit.text for unit in units if unit.kind == args.only))
+        chosen = [unit.text for unit in units if unit.kind == args.only]
+        if not chosen:
+            raise UsageError("--only health-socket: there is no NAME-health.socket without --health-listen ADDR")
+        sys.stdout.write(chosen[0])
     elif args.output_dir:
         from .install import write_units
 
@@ -162,19 +175,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def split_hint(name: str, argv: Sequence[str]) -> str:
+def split_hint(name: str, argv: Sequence[str], health: bool = False) -> str:
     """How to write the three units when stdout goes to a pipe or a file: one `tee` makes one broken unit file."""
     import shlex
 
     from .ops import DEFAULT_UNIT_DIR
 
     given = shlex.join(["sockact", *argv])
-    files = {"socket": f"{name}.socket", "service": f"{name}@.service", "target": f"{name}.target"}
+    from .render import unit_filenames
+
+    files = unit_filenames(name, health)
+    count = "four" if health else "three"
     lines = [f"  {given} --only {kind} | sudo tee {DEFAULT_UNIT_DIR}/{file} >/dev/null\n"
              for kind, file in files.items()]
-    return ("sockact: stdout holds three units in one listing; one `tee` of it makes one broken unit file. "
+    return (f"sockact: stdout holds {count} units in one listing; one `tee` of it makes one broken unit file. "
             "Write each unit with --only:\n" + "".join(lines) +
-            f"or all three at once: sudo {given} --output-dir {DEFAULT_UNIT_DIR}\n"
+            f"or all {count} at once: sudo {given} --output-dir {DEFAULT_UNIT_DIR}\n"
             "(then `sudo systemctl daemon-reload`; `sudo sockact install` does all of this)\n")
 
 
@@ -200,7 +216,8 @@ def build_parser() -> Parser:
     add_unit_options(gen)
     out = gen.add_mutually_exclusive_group()
     out.add_argument("--output-dir", metavar="DIR", help="write the three unit files there (all or nothing)")
-    out.add_argument("--only", choices=("socket", "service", "target"), help="print that one unit's text alone")
+    out.add_argument("--only", choices=("socket", "service", "target", "health-socket"),
+                     help="print that one unit's text alone (health-socket: NAME-health.socket, with --health-listen)")
     out.add_argument("--explain", action="store_true",
                      help="print what each sandbox and memory line of NAME@.service does and costs, instead of the units")
     gen.add_argument("--systemd-version", metavar="N",
