@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from boxutil import Probe, http_get, install_units, instance_states, serving_pid
 from helpers import sockact
 from test_runtime_local import APPS, free_listener
+
+from sockact.testing import PrivateSystemd
 
 APP = ["--app", "myproj.asgi:application"]
 
@@ -318,3 +321,49 @@ def test_health_options_are_refused_with_exec() -> None:
     result = sockact("generate", "myapp", "--exec", "/usr/bin/true", "--listen", "8000", "--drain-delay", "3")
     assert (result.returncode, result.stderr) == (2, ("sockact: --drain-delay applies to the built-in runtime "
                                                      "(--app); a command given with --exec drains its own way\n"))
+
+
+# --- under a real systemd ------------------------------------------------------------------------
+
+def box_status(box: PrivateSystemd, url: str) -> str:
+    return box.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url, check=False).stdout
+
+
+def test_systemd_workers_share_the_health_socket_and_drain_after_the_delay(private_systemd: PrivateSystemd) -> None:
+    box, name, port, health, delay = private_systemd, "hz", 8140, 9140, 2.0
+    install_units(box, name, "--listen", str(port), "--workers", "2", "--app", "sockact.examples.hello:app",
+                  "--health-listen", f"127.0.0.1:{health}", "--drain-delay", f"{delay:g}", "--stop-timeout", "8")
+    box.systemctl("start", f"{name}.socket", f"{name}-health.socket")
+    http_get(box, f"http://127.0.0.1:{port}/")
+    box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="both workers active")
+    serving = {serving_pid(box, f"{name}@{i}.service") for i in (1, 2)}
+    holders = box.run("ss", "-ltnpH", f"sport = :{health}").stdout
+    assert all(f"pid={pid}," in holders for pid in serving), holders  # one health socket, held by both workers
+    answers = [box_status(box, f"http://127.0.0.1:{health}/ready") for _ in range(20)]
+    assert answers == ["200"] * 20, answers
+    assert box_status(box, f"http://127.0.0.1:{health}/live") == "200"
+
+    # New visitors every 0.1 s from 1 s before the stop to the end of the delay: a load balancer that saw
+    # /ready answer 503 sends nothing more by then (and a connection left queued once the workers exit
+    # would start them again: the socket stays listening).
+    lead = 1.0
+    probe = Probe(box, port, seconds=lead + delay - 0.3)
+    probe_began = time.monotonic()
+    time.sleep(lead)
+    stop = box.popen("systemctl", "stop", f"{name}.target", stderr=subprocess.PIPE, text=True)
+    stopped_at = time.monotonic()
+    while box_status(box, f"http://127.0.0.1:{health}/ready") != "503":
+        assert time.monotonic() - stopped_at < 2, "/ready never answered 503"
+    not_ready = time.monotonic() - stopped_at
+    result = probe.result()
+    stop_error = stop.communicate(timeout=30)[1]
+    stop_took = time.monotonic() - stopped_at
+    assert stop.returncode == 0, stop_error
+    during = [ok for at, ok, *_ in result.results if float(at) >= stopped_at - probe_began]  # type: ignore[arg-type]
+    print(f"\nsystemctl stop {name}.target with --drain-delay {delay:g}, 2 workers: /ready 503 from the shared "
+          f"health port {not_ready:.2f} s after the stop began; {sum(during)} of {len(during)} new connections "
+          f"answered during the delay; the stop took {stop_took:.2f} s; whole probe: {result}")
+    assert not_ready <= 0.5  # includes starting systemctl and curl inside the box
+    assert len(during) >= 12 and all(during), result.failures()
+    assert delay <= stop_took <= delay + 4
+    assert instance_states(box, name, 2) == ["inactive"] * 2
