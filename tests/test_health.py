@@ -367,3 +367,39 @@ def test_systemd_workers_share_the_health_socket_and_drain_after_the_delay(priva
     assert len(during) >= 12 and all(during), result.failures()
     assert delay <= stop_took <= delay + 4
     assert instance_states(box, name, 2) == ["inactive"] * 2
+
+
+def test_install_and_uninstall_handle_the_health_socket(private_systemd: PrivateSystemd) -> None:
+    box, name, unit_dir = private_systemd, "hinst", "/run/systemd/system"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return box.run(sys.executable, "-m", "sockact", *args, check=False, timeout=120)
+
+    installed = cli("install", name, "--app", "sockact.examples.hello:app", "--listen", "127.0.0.1:8150",
+                    "--health-listen", "127.0.0.1:9150", "--drain-delay", "1", "--workers", "2",
+                    "--python", sys.executable, "--unit-dir", unit_dir, "--enable", "--now")
+    assert installed.returncode == 0, installed.stderr
+    files = [f"{name}.socket", f"{name}@.service", f"{name}.target", f"{name}-health.socket"]
+    for file in files:
+        assert f"wrote {unit_dir}/{file}\n" in installed.stdout
+    assert f"enabled {name}.socket and {name}-health.socket: it starts on boot" in installed.stdout
+    assert (box.unit_dir() / "sockets.target.wants" / f"{name}-health.socket").is_symlink()
+    assert box_status(box, "http://127.0.0.1:9150/ready") == "200"
+
+    stopped = cli("stop", name)
+    assert stopped.returncode == 0, stopped.stderr
+    assert box.show(f"{name}-health.socket", "ActiveState")["ActiveState"] == "inactive"
+    assert box_status(box, "http://127.0.0.1:9150/ready") == "000"  # closed: a probe starts nothing
+    assert instance_states(box, name, 2) == ["inactive"] * 2
+    started = cli("start", name)
+    assert started.returncode == 0, started.stderr
+    assert box_status(box, "http://127.0.0.1:9150/ready") == "200"
+
+    removed = cli("uninstall", name, "--unit-dir", unit_dir)
+    assert removed.returncode == 0, removed.stderr
+    for file in files:
+        assert f"removed {unit_dir}/{file}\n" in removed.stdout
+        assert not (box.unit_dir() / file).exists()
+    assert not (box.unit_dir() / "sockets.target.wants" / f"{name}-health.socket").exists()
+    assert box_status(box, "http://127.0.0.1:9150/ready") == "000"
+    print(f"\ninstall/stop/start/uninstall with --health-listen: {len(files)} files written and removed")
