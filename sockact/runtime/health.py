@@ -107,12 +107,19 @@ class Endpoint:
 
     def _run(self) -> None:
         while True:
-            for key, _ in self.selector.select(timeout=0.25):
-                if key.data == "listener":
-                    self._accept(key.fileobj)  # type: ignore[arg-type]
-                else:
-                    self._read(key.fileobj)  # type: ignore[arg-type]
-            self._expire(time.monotonic())
+            try:
+                self._once()
+            except Exception:  # a dead endpoint would leave probes hanging in the backlog: log, go on
+                logger.exception("the health endpoint failed to answer; it goes on")
+                time.sleep(0.1)
+
+    def _once(self) -> None:
+        for key, _ in self.selector.select(timeout=0.25):
+            if key.data == "listener":
+                self._accept(key.fileobj)  # type: ignore[arg-type]
+            else:
+                self._read(key.fileobj)  # type: ignore[arg-type]
+        self._expire(time.monotonic())
 
     def _accept(self, listener: socket.socket) -> None:
         try:
