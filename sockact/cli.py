@@ -72,13 +72,16 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                              "X-Forwarded-Proto and Forwarded, but only on connections from these peers: "
                              "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
                              "a proxy on a Unix socket, * for every peer (default: off)")
-    parser.add_argument("--health-listen", metavar="ADDR",
-                        help="PORT or HOST:PORT where each worker answers GET /ready and /live for a load balancer's "
-                             "or Kubernetes' probes (default: none)")
-    parser.add_argument("--drain-delay", metavar="SECONDS",
-                        help="after SIGTERM keep serving this long with /ready answering 503, so a load balancer "
-                             "stops sending first; counts against --stop-timeout (default: 0; sockact kube: 5, "
-                             "or half of --stop-timeout when that is shorter)")
+    health = parser.add_argument_group(
+        "health and drain", "built-in runtime (--app) only: for a load balancer or an orchestrator in front")
+    health.add_argument("--health-listen", metavar="ADDR",
+                        help="NAME-health.socket listens here, shared by every worker: GET /ready answers 200 once "
+                             "the app started and until the worker leaves, GET /live 503 while its serving loop or "
+                             "every WSGI thread is stuck (default: off; sockact kube: port 9000)")
+    health.add_argument("--drain-delay", metavar="SECONDS",
+                        help="on stop, /ready answers 503 at once but the worker keeps accepting this long before "
+                             "it drains; counts inside --stop-timeout (default: 0; sockact kube: 5, or half of "
+                             "--stop-timeout when that is shorter)")
     add_http_limits(parser)
     memory = parser.add_argument_group(
         "memory", "limits per worker; a worker past --max-requests or --max-rss drains like on SIGTERM and "
@@ -177,9 +180,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     built = spec_from(args)
     units = render(built)
     if not (args.only or args.output_dir or sys.stdout.isatty()):
-        sys.stderr.write(split_hint(built.name, getattr(args, "argv", [])))
+        sys.stderr.write(split_hint(built.name, getattr(args, "argv", []), built.health_listen is not None))
     if args.only:
-        sys.stdout.write(next(unit.text for unit in units if unit.kind == args.only))
+        chosen = [unit.text for unit in units if unit.kind == args.only]
+        if not chosen:
+            raise UsageError("--only health-socket: there is no NAME-health.socket without --health-listen ADDR")
+        sys.stdout.write(chosen[0])
     elif args.output_dir:
         from .install import write_units
 
@@ -190,19 +196,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def split_hint(name: str, argv: Sequence[str]) -> str:
+def split_hint(name: str, argv: Sequence[str], health: bool = False) -> str:
     """How to write the three units when stdout goes to a pipe or a file: one `tee` makes one broken unit file."""
     import shlex
 
     from .ops import DEFAULT_UNIT_DIR
 
     given = shlex.join(["sockact", *argv])
-    files = {"socket": f"{name}.socket", "service": f"{name}@.service", "target": f"{name}.target"}
+    from .render import unit_filenames
+
+    files = unit_filenames(name, health)
+    count = "four" if health else "three"
     lines = [f"  {given} --only {kind} | sudo tee {DEFAULT_UNIT_DIR}/{file} >/dev/null\n"
              for kind, file in files.items()]
-    return ("sockact: stdout holds three units in one listing; one `tee` of it makes one broken unit file. "
+    return (f"sockact: stdout holds {count} units in one listing; one `tee` of it makes one broken unit file. "
             "Write each unit with --only:\n" + "".join(lines) +
-            f"or all three at once: sudo {given} --output-dir {DEFAULT_UNIT_DIR}\n"
+            f"or all {count} at once: sudo {given} --output-dir {DEFAULT_UNIT_DIR}\n"
             "(then `sudo systemctl daemon-reload`; `sudo sockact install` does all of this)\n")
 
 
@@ -246,7 +255,8 @@ def build_parser() -> Parser:
     add_unit_options(gen)
     out = gen.add_mutually_exclusive_group()
     out.add_argument("--output-dir", metavar="DIR", help="write the three unit files there (all or nothing)")
-    out.add_argument("--only", choices=("socket", "service", "target"), help="print that one unit's text alone")
+    out.add_argument("--only", choices=("socket", "service", "target", "health-socket"),
+                     help="print that one unit's text alone (health-socket: NAME-health.socket, with --health-listen)")
     out.add_argument("--explain", action="store_true",
                      help="print what each sandbox and memory line of NAME@.service does and costs, instead of the units")
     gen.add_argument("--systemd-version", metavar="N",

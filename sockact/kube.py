@@ -18,7 +18,7 @@ from typing import Any
 from . import __version__, yamltext
 from .errors import UsageError
 from .render import Unit, run_options
-from .spec import UnitSpec, canonical_seconds, drain_delay_sec, is_number, size_bytes
+from .spec import UnitSpec, canonical_seconds, is_number, listen_port, size_bytes
 
 # One worker per pod: with --workers auto, the replicas are not this machine's CPUs (the cluster
 # schedules pods on nodes of any size) but the fewest that keep serving while a node is drained.
@@ -83,7 +83,10 @@ def build(unit: UnitSpec, *, image: str, workers: str, drain_given: bool) -> Kub
     if not drain_given:
         unit = dataclasses.replace(unit, drain_delay=default_drain(unit.stop_timeout))
     port = container_port(unit)
-    health = int(unit.health_listen.rsplit(":", 1)[-1]) if unit.health_listen else HEALTH_PORT
+    if unit.health_listen is not None and not unit.health_listen.is_tcp:
+        raise UsageError(f"--health-listen {unit.health_listen.address}: a pod's probes come over the network; "
+                         "give a port, e.g. --health-listen 9000")
+    health = (listen_port(unit.health_listen) if unit.health_listen is not None else None) or HEALTH_PORT
     if health == port:
         raise UsageError(f"the health port {health} is the app's port too; give --health-listen another port, "
                          f"e.g. --health-listen {port + 1}")
@@ -110,7 +113,7 @@ def image_reference(value: str) -> str:
 def default_drain(stop_timeout: str) -> str:
     """DRAIN_DELAY, or half of --stop-timeout when that is shorter, so in-flight requests keep time to finish."""
     seconds = min(DRAIN_DELAY, float(stop_timeout) / 2)
-    return drain_delay_sec(canonical_seconds(f"{seconds:.6f}"), stop_timeout)
+    return canonical_seconds(f"{seconds:.6f}")
 
 
 def container_port(unit: UnitSpec) -> int:
@@ -175,9 +178,11 @@ def command(kube: KubeSpec) -> list[str]:
     """The container's argv: `sockact run` with the unit's runtime options, bound to the pod's address."""
     unit = kube.unit
     assert unit.app is not None
-    argv = ["sockact", "run", unit.app, "--bind", f"{CONTAINER_BIND}:{kube.port}", *run_options(unit),
+    # The pod's own health address and drain delay replace the unit's.
+    own = run_options(dataclasses.replace(unit, health_listen=None, drain_delay=None))
+    argv = ["sockact", "run", unit.app, "--bind", f"{CONTAINER_BIND}:{kube.port}", *own,
             "--health-listen", f"{CONTAINER_BIND}:{kube.health_port}"]
-    if float(unit.drain_delay):
+    if unit.drain_delay and float(unit.drain_delay):
         argv += ["--drain-delay", unit.drain_delay]
     return argv
 
@@ -188,7 +193,7 @@ def grace_seconds(unit: UnitSpec) -> int:
     The delay is counted on top of --stop-timeout although the runtime serves it within that deadline:
     a longer grace period costs nothing (the kubelet stops waiting when the process exits) and a shorter
     one would SIGKILL requests still in flight."""
-    return math.ceil(float(unit.drain_delay) + float(unit.stop_timeout)) + GRACE_MARGIN
+    return math.ceil(float(unit.drain_delay or 0) + float(unit.stop_timeout)) + GRACE_MARGIN
 
 
 def probes(kube: KubeSpec) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import jinja2
 from . import __version__, escape, hardening, systemd_versions
 from .spec import UnitSpec, reject_control
 
-KINDS = ("socket", "service", "target")
+KINDS = ("socket", "service", "target", "health-socket")  # health-socket: only with --health-listen
 UNIT_DIR = "/etc/systemd/system"
 
 
@@ -85,7 +85,21 @@ def run_options(spec: UnitSpec) -> list[str]:
         argv += ["--forwarded-allow-ips", spec.forwarded_allow_ips]
     for limit, text in spec.http_limits:  # only those that differ from the runtime's defaults
         argv += [limit, text]
+    if spec.health_listen is not None:
+        # The workers serve the fd NAME-health.socket passes (FileDescriptorName=health); the address
+        # says where that is, and is what a worker started by hand binds.
+        argv += ["--health-listen", spec.health_listen.address]
+    if spec.drain_delay:
+        argv += ["--drain-delay", spec.drain_delay]
     return argv
+
+
+def unit_filenames(name: str, health: bool) -> dict[str, str]:
+    """The file of each kind of unit an app has: NAME.socket, NAME@.service, NAME.target, NAME-health.socket."""
+    names = {"socket": f"{name}.socket", "service": f"{name}@.service", "target": f"{name}.target"}
+    if health:
+        names["health-socket"] = f"{name}-health.socket"
+    return names
 
 
 def context(spec: UnitSpec) -> dict[str, Any]:
@@ -121,19 +135,22 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "memory_max": spec.memory_max if systemd_versions.supports(spec.systemd_version, "MemoryMax") else None,
         "memory_high": spec.memory_high if systemd_versions.supports(spec.systemd_version, "MemoryHigh") else None,
         "builtin_runtime": spec.exec_argv is None,
+        "health": {"address": escape.path(spec.health_listen.address), "tcp": spec.health_listen.is_tcp}
+        if spec.health_listen is not None else None,
     }
 
 
 def render(spec: UnitSpec) -> list[Unit]:
     env = _environment()
     values = context(spec)
-    names = {"socket": f"{spec.name}.socket", "service": f"{spec.name}@.service"}
-    units = [Unit(kind, names[kind], env.get_template(f"{kind}.j2").render(values)) for kind in KINDS[:2]]
-    return [*units, render_target(spec.name, spec.workers, spec.systemd_version)]
+    names = unit_filenames(spec.name, spec.health_listen is not None)
+    return [render_target(spec.name, spec.workers, spec.systemd_version) if kind == "target"
+            else Unit(kind, names[kind], env.get_template(f"{kind}.j2").render(values))
+            for kind in KINDS if kind in names]
 
 
 def render_target(name: str, workers: int, systemd_version: int) -> Unit:
-    """NAME.target alone, which holds the worker count: `generate` writes it with the other two, and
+    """NAME.target alone, which holds the worker count: `generate` writes it with the other units, and
     `sockact scale` writes it again for a new count. The name is a validated app name."""
     values = {"version": __version__, "systemd_version": systemd_version, "name": name, "workers": workers,
               "instances": tuple(f"{name}@{index}.service" for index in range(1, workers + 1))}

@@ -97,8 +97,9 @@ class UnitSpec:
     forwarded_allow_ips: str | None = None  # sockact run --forwarded-allow-ips, canonical text (None: off)
     # sockact run's HTTP limits that differ from its defaults: (option, canonical value), in HTTP_LIMITS order
     http_limits: tuple[tuple[str, str], ...] = ()
-    health_listen: str | None = None  # sockact run --health-listen: "PORT" or "HOST:PORT" (None: no endpoint)
-    drain_delay: str = "0"  # sockact run --drain-delay: seconds served after SIGTERM with /ready 503, within stop_timeout
+    # sockact run --health-listen: NAME-health.socket listens here and passes its fd to every worker
+    health_listen: Listener | None = None
+    drain_delay: str | None = None  # sockact run --drain-delay, validated seconds below stop_timeout (None: 0)
 
     @property
     def dynamic_user(self) -> bool:
@@ -163,58 +164,91 @@ def is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def port(text: str, whole: str) -> int:
+def port(text: str, whole: str, field: str = "--listen") -> int:
     if not is_number(text):
-        raise UsageError(f"--listen {whole!r}: port {text!r} is not a number from 1 to 65535")
+        raise UsageError(f"{field} {whole!r}: port {text!r} is not a number from 1 to 65535")
     if not 1 <= int(text) <= 65535:
-        raise UsageError(f"--listen {whole!r}: port {text} is out of range (1-65535)")
+        raise UsageError(f"{field} {whole!r}: port {text} is out of range (1-65535)")
     return int(text)
 
 
-def listener(value: str) -> Listener:
+def listener(value: str, field: str = "--listen") -> Listener:
     """Parse PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path."""
-    reject_control("--listen", value)
+    reject_control(field, value)
     if is_number(value):
-        return Listener("tcp", str(port(value, value)))
+        return Listener("tcp", str(port(value, value, field)))
     if value.startswith("/"):
-        return Listener("unix", _unix_path(value))
+        return Listener("unix", _unix_path(value, field))
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]:")
         if not sep:
-            raise UsageError(f"--listen {value!r}: write an IPv6 listener as [ADDRESS]:PORT, e.g. [::1]:8000")
-        return Listener("tcp", f"[{ipv6(host, value)}]:{port(rest, value)}")
+            raise UsageError(f"{field} {value!r}: write an IPv6 listener as [ADDRESS]:PORT, e.g. [::1]:8000")
+        return Listener("tcp", f"[{ipv6(host, value, field)}]:{port(rest, value, field)}")
     host, sep, rest = value.rpartition(":")
     if not sep:
         raise UsageError(
-            f"--listen {value!r} is not PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path"
+            f"{field} {value!r} is not PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path"
         )
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
         raise UsageError(
-            f"--listen {value!r}: {host!r} is not an IPv4 address; systemd listens on addresses, "
+            f"{field} {value!r}: {host!r} is not an IPv4 address; systemd listens on addresses, "
             "not host names (use e.g. 127.0.0.1:8000, [::1]:8000 or just the port)"
         ) from None
-    return Listener("tcp", f"{host}:{port(rest, value)}")
+    return Listener("tcp", f"{host}:{port(rest, value, field)}")
 
 
-def ipv6(host: str, whole: str) -> str:
+def ipv6(host: str, whole: str, field: str = "--listen") -> str:
     """The address as systemd prints it back (inet_ntop), so the unit says what systemd will show."""
     if "%" in host:
-        raise UsageError(f"--listen {whole!r}: scoped addresses (%IFACE) are not supported; "
+        raise UsageError(f"{field} {whole!r}: scoped addresses (%IFACE) are not supported; "
                          "listen on the address without the scope")
     try:
         packed = ipaddress.IPv6Address(host).packed
     except ValueError:
-        raise UsageError(f"--listen {whole!r}: {host!r} is not an IPv6 address") from None
+        raise UsageError(f"{field} {whole!r}: {host!r} is not an IPv6 address") from None
     return socket.inet_ntop(socket.AF_INET6, packed)
 
 
-def _unix_path(value: str) -> str:
-    path = file_path("--listen", value)
+def _unix_path(value: str, field: str = "--listen") -> str:
+    path = file_path(field, value)
     if len(path.encode()) > _UNIX_PATH_MAX:
-        raise UsageError(f"--listen {value!r}: a unix socket path may have at most {_UNIX_PATH_MAX} bytes")
+        raise UsageError(f"{field} {value!r}: a unix socket path may have at most {_UNIX_PATH_MAX} bytes")
     return path
+
+
+def listen_port(item: Listener) -> int | None:
+    """The TCP port of a validated listener ("8000", "127.0.0.1:8000", "[::1]:8000"); None for a unix socket."""
+    return int(item.address.rpartition(":")[2]) if item.is_tcp else None
+
+
+def health_listener(value: str, listeners: tuple[Listener, ...], builtin_runtime: bool) -> Listener:
+    """--health-listen: an address of its own, on a port (or path) no --listen uses."""
+    if not builtin_runtime:
+        raise UsageError("--health-listen applies to the built-in runtime (--app); "
+                         "a command given with --exec serves its own health checks")
+    health = listener(value, "--health-listen")
+    for item in listeners:
+        same_port = health.is_tcp and item.is_tcp and listen_port(health) == listen_port(item)
+        if same_port or health == item:
+            raise UsageError(f"--health-listen {value!r} collides with --listen {item.address}; "
+                             "give the health endpoint a port of its own, e.g. 127.0.0.1:9000")
+    return health
+
+
+def drain_delay_sec(value: str, stop_timeout: str, builtin_runtime: bool) -> str | None:
+    """--drain-delay: seconds below --stop-timeout, since the delay counts inside it; None for 0."""
+    delay = seconds_or_off("--drain-delay", value)
+    if delay is None:
+        return None
+    if not builtin_runtime:
+        raise UsageError("--drain-delay applies to the built-in runtime (--app); "
+                         "a command given with --exec drains its own way")
+    if float(delay) >= float(stop_timeout):
+        raise UsageError(f"--drain-delay {value} is not below --stop-timeout {stop_timeout}: the delay counts inside "
+                         "the stop timeout and the drain needs the rest; lower it or raise --stop-timeout")
+    return canonical_seconds(delay)
 
 
 def absolute_path(field: str, value: str) -> str:
@@ -439,29 +473,6 @@ def canonical_seconds(text: str) -> str:
     return f"{whole}.{fraction}" if fraction else whole
 
 
-def health_address(value: str) -> str:
-    """--health-listen: a TCP port or HOST:PORT ([V6ADDR]:PORT) for /ready and /live, in --listen's canonical form."""
-    reject_control("--health-listen", value)
-    if value.startswith("/"):
-        raise UsageError(f"--health-listen {value!r}: the health endpoint listens on TCP (probes come over the "
-                         "network); give a port or HOST:PORT, e.g. --health-listen 127.0.0.1:9000")
-    try:
-        return listener(value).address
-    except UsageError as exc:
-        raise UsageError(str(exc).replace("--listen", "--health-listen", 1)) from None
-
-
-def drain_delay_sec(value: str, stop_timeout: str) -> str:
-    """--drain-delay: seconds a worker keeps serving after SIGTERM; they count against --stop-timeout."""
-    reject_control("--drain-delay", value)
-    if not _SECONDS_RE.fullmatch(value):
-        raise UsageError(f"--drain-delay {value!r}: give a number of seconds from 0 (off), e.g. 5")
-    if float(value) >= float(stop_timeout):
-        raise UsageError(f"--drain-delay {value} is not below --stop-timeout {stop_timeout}: the delay is served "
-                         "within the stop deadline and in-flight requests need the rest; lower it or raise --stop-timeout")
-    return canonical_seconds(value)
-
-
 def python(value: str) -> str:
     return executable_path("--python", value)
 
@@ -570,6 +581,8 @@ def build(
     listeners = tuple(listener(item) for item in listen)
     if len(set(listeners)) != len(listeners):
         raise UsageError("the same --listen address is given twice; list each address once")
+    builtin_runtime = app_ref is not None
+    stop = seconds("--stop-timeout", stop_timeout)
     return check_memory(UnitSpec(
         name=name(unit_name),
         listeners=listeners,
@@ -583,7 +596,7 @@ def build(
         user=user(run_as, harden=harden) if run_as is not None else None,
         watchdog=watchdog_sec(watchdog, builtin_runtime=app_ref is not None),
         request_timeout=request_timeout_sec(request_timeout, builtin_runtime=app_ref is not None),
-        stop_timeout=seconds("--stop-timeout", stop_timeout),
+        stop_timeout=stop,
         systemd_version=target_version(systemd_version),
         harden=harden,
         allow_jit=allow_jit,
@@ -602,6 +615,7 @@ def build(
         http_limits=http_limits(dict(zip(HTTP_LIMITS, (max_body, max_headers, max_header_size, max_target,
                                                        head_timeout, keep_alive, send_timeout))),
                                 builtin_runtime=app_ref is not None),
-        health_listen=health_address(health_listen) if health_listen is not None else None,
-        drain_delay=drain_delay_sec(drain_delay, seconds("--stop-timeout", stop_timeout)),
+        health_listen=(health_listener(health_listen, listeners, builtin_runtime)
+                       if health_listen is not None else None),
+        drain_delay=drain_delay_sec(drain_delay, stop, builtin_runtime),
     ))

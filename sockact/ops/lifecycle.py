@@ -52,6 +52,7 @@ def start(name: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
         systemctl("restart", "--no-block", *retrying)
     # Starting the target pulls every wanted worker even when the target is still active from before.
     systemctl("start", app.socket_unit)
+    try_systemctl("start", f"{name}-health.socket")  # --health-listen's; most apps have none
     systemctl("start", "--no-block", app.target_unit, *app.instances)
     states = _wait_started(app)
     failed = sorted(unit for unit, state in states.items() if state != "active")
@@ -70,7 +71,11 @@ def stop(name: str, out: TextIO = sys.stdout) -> int:
     require_root("stop")
     app = resolve(name)
     began = time.monotonic()
-    systemctl("stop", app.target_unit, app.socket_unit)
+    # One transaction with the health socket, if any: a probe there would start the workers again. The
+    # workers hold both listening sockets until they exit, so a drain delay still answers meanwhile.
+    health = f"{name}-health.socket"
+    loaded = show_by_id([health], ["LoadState"]).get(health, {}).get("LoadState") == "loaded"
+    systemctl("stop", app.target_unit, app.socket_unit, *([health] if loaded else []))
     out.write(f"{name}: workers drained and stopped, socket closed in {time.monotonic() - began:.1f} s "
               f"(`sudo sockact start {name}` starts them again)\n")
     return 0

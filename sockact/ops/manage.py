@@ -21,8 +21,18 @@ if TYPE_CHECKING:
 LIST_SCHEMA = "sockact-list/1"
 
 
-def unit_names(name: str) -> tuple[str, str, str]:
-    return f"{name}.socket", f"{name}@.service", f"{name}.target"
+def unit_names(name: str) -> tuple[str, ...]:
+    """Every unit file an app may have; NAME-health.socket only with --health-listen."""
+    return f"{name}.socket", f"{name}@.service", f"{name}.target", health_socket(name)
+
+
+def health_socket(name: str) -> str:
+    return f"{name}-health.socket"
+
+
+def sockets_of(spec: UnitSpec) -> list[str]:
+    """The socket units install starts and enables: the app's, and the health endpoint's if it has one."""
+    return [f"{spec.name}.socket", *([health_socket(spec.name)] if spec.health_listen is not None else [])]
 
 
 def unit_directory(unit_dir: str | None) -> Path:
@@ -88,11 +98,11 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dr
     _print_score(spec.name, out)
     if now:
         _start(spec, units, directory, previous, out)
-    socket = f"{spec.name}.socket"
+    sockets = sockets_of(spec)
     if enable:  # after --now: an app that does not start is never enabled
-        systemctl("enable", *runtime_flag(directory), socket)
+        systemctl("enable", *runtime_flag(directory), *sockets)
         until = " (until the next reboot: --unit-dir is under /run)" if runtime_flag(directory) else ""
-        out.write(f"enabled {socket}: it starts on boot{until}\n")
+        out.write(f"enabled {' and '.join(sockets)}: it starts on boot{until}\n")
     if serving:
         out.write(f"{spec.name} is running ({len(serving)} workers on the previous units): run `sudo sockact reload "
                   f"{spec.name}` to restart them on the new ones, and `sudo sockact scale {spec.name} {spec.workers}` "
@@ -126,7 +136,7 @@ def _print_plan(spec: UnitSpec, units: list[Unit], directory: Path, *, enable: b
     if now:
         out.write(f"would start {spec.name}.socket and {spec.workers} workers and wait until they are ready\n")
     if enable:
-        out.write(f"would enable {spec.name}.socket{' until the next reboot' if runtime_flag(directory) else ''}\n")
+        out.write(f"would enable {' and '.join(sockets_of(spec))}{' until the next reboot' if runtime_flag(directory) else ''}\n")
     out.write("dry run: every check passed; nothing was written (run it again without --dry-run to install)\n")
 
 
@@ -136,13 +146,14 @@ def _start(spec: UnitSpec, units: list[Unit], directory: Path, previous: dict[st
     from .ready import Before, Started, last_error, wait_started
 
     socket, target = f"{spec.name}.socket", f"{spec.name}.target"
-    shown = show_by_id([socket, target, *spec.instances], ["ActiveState"])
+    sockets = sockets_of(spec)
+    shown = show_by_id([*sockets, target, *spec.instances], ["ActiveState"])
     was_active = {unit for unit, props in shown.items() if props.get("ActiveState") == "active"}
     before = Before.read(spec.instances)
     if before.retrying:  # workers waiting to retry the old app try the new units at once
         systemctl("restart", "--no-block", *before.retrying)
     try:
-        systemctl("start", socket)
+        systemctl("start", *sockets)
     except SystemdError as exc:  # the port was taken after the preflight, or systemd refused the socket
         started = Started(0.0, socket, last_error(socket) or str(exc))
     else:
@@ -169,7 +180,7 @@ def _roll_back(name: str, directory: Path, units: list[Unit], out: TextIO) -> st
     try_systemctl("clean", "--what=runtime", f"{name}@1.service")
     _remove([directory / unit.filename for unit in units], directory, name, out)
     daemon_reload()
-    try_systemctl("reset-failed", f"{name}.socket", f"{name}.target", f"{name}@*.service")
+    _reset_failed(name)
     return "rolled back: the units were stopped and removed, nothing is installed or enabled"
 
 
@@ -180,7 +191,7 @@ def _restore(spec: UnitSpec, directory: Path, previous: dict[str, str], was_acti
     from ..render import Unit
 
     name = spec.name
-    started_now = [unit for unit in (f"{name}.target", *spec.instances, f"{name}.socket") if unit not in was_active]
+    started_now = [unit for unit in (f"{name}.target", *spec.instances, *sockets_of(spec)) if unit not in was_active]
     if started_now:
         systemctl("stop", *started_now)
     write_units([Unit("previous", filename, text) for filename, text in previous.items()], str(directory))
@@ -212,10 +223,15 @@ def _drop_ins(directory: Path, name: str) -> tuple[list[Path], list[Path]]:
 
 def _stop(name: str) -> None:
     """Stop the socket (no new activations) and the target (its workers drain first); then stray instances."""
-    units = [f"{name}.socket", f"{name}.target"]
+    units = [f"{name}.socket", health_socket(name), f"{name}.target"]
     loaded = show_by_id(units, ["LoadState"])
     systemctl("stop", *(unit for unit in units if loaded.get(unit, {}).get("LoadState") == "loaded"))
     systemctl("stop", f"{name}@*.service")
+
+
+def _reset_failed(name: str) -> None:
+    try_systemctl("reset-failed", f"{name}.socket", f"{name}.target", f"{name}@*.service")
+    try_systemctl("reset-failed", health_socket(name))  # apart: an app without one would fail the call above
 
 
 def _remove(paths: list[Path], directory: Path, name: str, out: TextIO) -> None:
@@ -278,9 +294,10 @@ def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> i
     worker = show_by_id([f"{name}@1.service"], [setting for setting, _, _ in _KEPT]).get(f"{name}@1.service", {})
     _stop(name)
     try_systemctl("disable", *runtime_flag(directory), f"{name}.socket", f"{name}.target")
+    try_systemctl("disable", *runtime_flag(directory), health_socket(name))  # apart: most apps have none
     _remove([*ours, *files], directory, name, out)
     daemon_reload()
-    try_systemctl("reset-failed", f"{name}.socket", f"{name}.target", f"{name}@*.service")
+    _reset_failed(name)
     for path in theirs:
         out.write(f"left {path}: sockact did not write it\n")
     kept = kept_directories(worker)

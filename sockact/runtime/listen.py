@@ -11,7 +11,8 @@ from ..errors import RuntimeFailure
 
 SD_LISTEN_FDS_START = 3
 _ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-_adopted: list[socket.socket] | None = None
+HEALTH_FD_NAME = "health"  # FileDescriptorName= of NAME-health.socket: the fds the health endpoint serves
+_adopted: list[tuple[socket.socket, str]] | None = None
 
 
 def listen_fds(unset_environment: bool = True) -> list[tuple[int, str]]:
@@ -62,17 +63,27 @@ def adopt(fd: int) -> socket.socket:
     return sock
 
 
-def listeners() -> list[socket.socket]:
-    """The adopted listening sockets, adopted once per process."""
+def _adopt_all() -> list[tuple[socket.socket, str]]:
+    """Every passed socket with its name, adopted once per process."""
     global _adopted
     if _adopted is None:
-        _adopted = [adopt(fd) for fd, _name in listen_fds()]
-    return list(_adopted)
+        _adopted = [(adopt(fd), name) for fd, name in listen_fds()]
+    return _adopted
 
 
-def bind(address: str) -> socket.socket:
+def listeners() -> list[socket.socket]:
+    """The adopted listening sockets of the app: every passed fd except those named "health"."""
+    return [sock for sock, name in _adopt_all() if name != HEALTH_FD_NAME]
+
+
+def health_listeners() -> list[socket.socket]:
+    """The adopted sockets of the health endpoint (FileDescriptorName=health), [] when none were passed."""
+    return [sock for sock, name in _adopt_all() if name == HEALTH_FD_NAME]
+
+
+def bind(address: str, option: str = "--bind") -> socket.socket:
     """For local runs without systemd: PORT, HOST:PORT, [V6]:PORT or /path/to.sock."""
-    family, target = _parse(address)
+    family, target = _parse(address, option)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         if family == socket.AF_UNIX:
@@ -87,23 +98,23 @@ def bind(address: str) -> socket.socket:
         sock.listen(socket.SOMAXCONN)
     except OSError as exc:
         sock.close()
-        raise RuntimeFailure(f"cannot bind --bind {address!r}: {exc.strerror}") from None
+        raise RuntimeFailure(f"cannot bind {option} {address!r}: {exc.strerror}") from None
     return sock
 
 
-def _parse(address: str) -> tuple[socket.AddressFamily, Any]:
+def _parse(address: str, option: str = "--bind") -> tuple[socket.AddressFamily, Any]:
     if address.startswith("/"):
         return socket.AF_UNIX, address
     if address.isdigit():
         return socket.AF_INET6, ("::", int(address))
     if address.startswith("["):
         host, _, port = address[1:].partition("]:")
-        return socket.AF_INET6, (host, _port(port, address))
+        return socket.AF_INET6, (host, _port(port, address, option))
     host, _, port = address.rpartition(":")
-    return socket.AF_INET, (host, _port(port, address))
+    return socket.AF_INET, (host, _port(port, address, option))
 
 
-def _port(text: str, address: str) -> int:
+def _port(text: str, address: str, option: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise RuntimeFailure(f"--bind {address!r}: use PORT, HOST:PORT, [V6ADDR]:PORT or an absolute socket path")
+        raise RuntimeFailure(f"{option} {address!r}: use PORT, HOST:PORT, [V6ADDR]:PORT or an absolute socket path")
     return int(text)

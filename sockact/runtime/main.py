@@ -19,6 +19,7 @@ from .notify import Notifier
 
 if TYPE_CHECKING:
     from .forwarded import ProxyTrust
+    from .health import State
     from .recycle import Recycler
 
 logger = logging.getLogger("sockact.runtime")
@@ -46,6 +47,14 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--respawn", action="store_true",
                         help="keep a parent that forks the serving process again at once when it crashes "
                              "(sockact's units use it; the unit needs NotifyAccess=all)")
+    parser.add_argument("--health-listen", metavar="ADDR",
+                        help="answer GET /ready and /live on this address (HOST:PORT, [V6]:PORT or a socket path), "
+                             "from a thread of its own; under systemd the socket named 'health' in LISTEN_FDNAMES "
+                             "is used instead (default: off)")
+    parser.add_argument("--drain-delay", type=_seconds, default=0.0, metavar="SECONDS",
+                        help="after SIGTERM, /ready answers 503 at once but the worker goes on accepting this long "
+                             "before it drains, so load balancers take it out first; counts inside --stop-timeout "
+                             "(default: 0)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--forwarded-allow-ips", type=proxy_trust, metavar="LIST",
                         help="believe X-Forwarded-For, X-Forwarded-Proto and Forwarded only from these peers: IP "
@@ -82,7 +91,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     recycling.add_argument("--max-rss", type=count, default=0, metavar="MIB",
                            help="recycle once the worker's resident memory passes MIB MiB, checked every 0.1 s "
                                 "(default: 0, off: a fitting limit depends on the app)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.drain_delay and args.drain_delay >= args.stop_timeout:
+        # One line, exit status 2, like every usage mistake: the delay must leave time to drain.
+        sys.stderr.write(f"sockact run: --drain-delay {args.drain_delay:g} is not below --stop-timeout "
+                         f"{args.stop_timeout:g}; the delay counts inside the stop timeout, lower it\n")
+        raise SystemExit(2)
+    return args
 
 
 def count(text: str) -> int:
@@ -195,6 +210,31 @@ def sockets_for(bind: list[str] | None) -> list[Any]:
                          "start it through its socket unit or add --bind 127.0.0.1:8000")
 
 
+def health_sockets_for(address: str | None) -> list[Any]:
+    """The health endpoint's sockets: the one systemd passed as "health", else --health-listen bound here."""
+    from .listen import bind as bind_address
+    from .listen import health_listeners
+
+    adopted = health_listeners()
+    if adopted or address is None:
+        return adopted
+    return [bind_address(address, "--health-listen")]
+
+
+def start_health(args: argparse.Namespace, sockets: list[Any]) -> State | None:
+    """Serve /ready and /live from a thread of this (serving) process; None when there is no health socket."""
+    if not sockets:
+        return None
+    from .health import Endpoint, State
+    from .notify import watchdog_interval
+    from .stuck import DEFAULT_REQUEST_TIMEOUT, loop_limit
+
+    # The watchdog side's own limit; with both timeouts off a loop still counts as blocked after 30 s.
+    state = State(loop_limit(args.request_timeout, watchdog_interval()) or DEFAULT_REQUEST_TIMEOUT)
+    Endpoint(sockets, state).start()
+    return state
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse(argv)
     from . import boot, logs
@@ -210,23 +250,24 @@ def main(argv: Sequence[str]) -> int:
 
         mode_from_env()  # a bad SOCKACT_CPU_SHARE stops the worker before it binds or imports anything
         sockets = sockets_for(args.bind)  # adopted here: LISTEN_PID names this process, not a forked one
+        health = health_sockets_for(args.health_listen)
     except SockactError as exc:
         boot.failed(str(exc), notifier)
         return exc.exit_code
     if args.respawn:
         from .respawn import supervise
 
-        return supervise(lambda: serve_once(args, sockets, notifier), notifier)
-    return serve_once(args, sockets, notifier)
+        return supervise(lambda: serve_once(args, sockets, notifier, health), notifier)
+    return serve_once(args, sockets, notifier, health)
 
 
-def serve_once(args: argparse.Namespace, sockets: list[Any], notifier: Notifier) -> int:
+def serve_once(args: argparse.Namespace, sockets: list[Any], notifier: Notifier, health: list[Any]) -> int:
     """Serve until SIGTERM (or a recycle); the exit status. A failure before READY=1 is a boot
     failure, retried by systemd after a growing delay; one after it is a crash."""
     from . import boot
 
     try:
-        recycler = serve(args, sockets, notifier)
+        recycler = serve(args, sockets, notifier, start_health(args, health))
     except SockactError as exc:
         if exc.exit_code != RuntimeFailure.exit_code or boot.ready():
             logger.error("%s", exc)
@@ -243,7 +284,8 @@ def serve_once(args: argparse.Namespace, sockets: list[Any], notifier: Notifier)
     return recycler.exit_status() if recycler is not None else 0
 
 
-def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier) -> Recycler | None:
+def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier,
+          health: State | None = None) -> Recycler | None:
     """Serve until SIGTERM (or a recycle); the recycler, if a limit was on, says how to exit."""
     from . import boot
 
@@ -257,7 +299,8 @@ def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier) -> R
     boot.engine = run.__module__
     run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
         notifier=notifier, interface=interface, threads=args.threads, recycler=recycler,
-        request_timeout=args.request_timeout, limits=limits_of(args), proxies=args.forwarded_allow_ips)
+        request_timeout=args.request_timeout, limits=limits_of(args), proxies=args.forwarded_allow_ips,
+        health=health, drain_delay=args.drain_delay)
     return recycler
 
 

@@ -30,6 +30,7 @@ class Pulse:
         self.recycler = recycler
         self.watchdog = watchdog_interval()
         self.ready_since = ""
+        self.leaving = ""  # set on SIGTERM with --drain-delay: what STATUS= says before the figures
         # How often the unit's main process forked a serving process again (sockact.runtime.respawn).
         self.replaced = int(os.environ.get("SOCKACT_REPLACED", "0") or 0)
         self.ready_due = False  # READY=1 not delivered yet (EMFILE, a busy manager): sent again on the tick
@@ -42,7 +43,8 @@ class Pulse:
         # "3 of 10 threads stuck for 45 s" or "event loop blocked for 12 s" (sockact.runtime.stuck).
         note = f"; {stuck}" if stuck else ""
         replaced = f"; serving process replaced {self.replaced} times" if self.replaced else ""
-        return (f"serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; "
+        leaving = f"leaving: {self.leaving}; " if self.leaving else ""
+        return (f"{leaving}serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; "
                 f"ready since {self.ready_since}{replaced}")
 
     def ready(self) -> None:

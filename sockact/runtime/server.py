@@ -19,10 +19,11 @@ from ..errors import RuntimeFailure
 from . import http11, limits
 from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
 from .connection import Site
+from .health import State
 from .notify import Notifier
 from .pulse import Pulse, drain_budget
 from .recycle import Recycler
-from .stuck import DEFAULT_REQUEST_TIMEOUT, LoopWatch
+from .stuck import DEFAULT_REQUEST_TIMEOUT, LoopWatch, loop_limit
 from .wsgi_threads import Pool
 
 logger = logging.getLogger("sockact.runtime")
@@ -258,8 +259,11 @@ class WorkerServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, notifier: Notifier, drain_timeout: float,
                  recycler: Recycler | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, *,
                  limits: http11.Limits = http11.DEFAULT_LIMITS, pool: Pool | None = None,
-                 proxies: Any = None) -> None:
+                 proxies: Any = None, health: State | None = None, drain_delay: float = 0.0) -> None:
         super().__init__(config)
+        self.health = health  # what /ready and /live answer from (--health-listen)
+        self.drain_delay = drain_delay
+        self.leave_at: float | None = None  # SIGTERM came: accepting until then, draining after
         self.drain_timeout = drain_timeout
         self.request_timeout = request_timeout
         self.limits = limits
@@ -298,6 +302,8 @@ class WorkerServer(uvicorn.Server):
         self.servers = [self.admission]  # type: ignore[list-item]  # uvicorn closes these on shutdown
         self.started = True
         self.pulse.ready()
+        if self.health is not None:
+            self.health.ready = True
         if self.pool is None:
             self.watch_loop()
         logger.info("ready: serving %d socket(s)%s", len(sockets or []),
@@ -306,9 +312,9 @@ class WorkerServer(uvicorn.Server):
     def watch_loop(self) -> None:
         """A blocked loop stops the pings by itself; the watch names the request blocking it, before
         systemd's kill: after the request timeout, or half of WatchdogSec= when that comes first."""
-        limits = [limit for limit in (self.request_timeout, (self.pulse.watchdog or 0) / 2) if limit > 0]
-        if limits:
-            self.loop_watch = LoopWatch(min(limits), self._publish_blocked)
+        limit = loop_limit(self.request_timeout, self.pulse.watchdog)
+        if limit is not None:
+            self.loop_watch = LoopWatch(limit, self._publish_blocked)
             self.loop_watch.start()
 
     def _publish_blocked(self, seconds: float) -> None:
@@ -330,13 +336,44 @@ class WorkerServer(uvicorn.Server):
             now = time.monotonic()
             verdict = pool.calls.check(now)
             healthy, stuck, in_flight = not verdict.all_stuck, verdict.text, pool.busy()
+        if self.health is not None:
+            self.health.beat(threads_stuck=not healthy)
         if self.pulse.tick(state.total_requests, in_flight, len(state.connections), healthy=healthy, stuck=stuck):
             self.should_exit = True  # recycling: the drain SIGTERM starts
+        if self.leave_at is not None and time.monotonic() >= self.leave_at:
+            self.should_exit = True  # the drain delay is over: stop accepting, drain
         if self.admission is not None:
             self.admission.reconsider()
         if self.site is not None:
             self.site.tick()
         return await super().on_tick(counter)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM (SIGINT): /ready turns 503 at once; with --drain-delay the worker goes on serving and
+        accepting for that long, so that load balancers stop sending work here before it stops
+        accepting. A second signal during the delay drains at once."""
+        if self.drain_delay <= 0 or self.leave_at is not None or self.should_exit:
+            self._leaving()
+            super().handle_exit(sig, frame)
+            return
+        self._leaving()
+        self.leave_at = time.monotonic() + self.drain_delay
+        self.pulse.leaving = f"/ready answers 503, accepting {self.drain_delay:g} s more, then draining"
+        self.pulse.notifier.status(self.pulse.status_line(self.server_state.total_requests,
+                                                          len(self.server_state.tasks), 0.0))
+        logger.info("leaving: /ready answers 503; accepting for %g s more (--drain-delay), then draining",
+                    self.drain_delay)
+
+    def _leaving(self) -> None:
+        if self.health is not None:
+            self.health.leaving = True
+
+    async def _beat_while_draining(self) -> None:
+        """The tick stops once the drain begins; the loop still runs, so /live stays honest meanwhile."""
+        assert self.health is not None
+        while True:
+            self.health.beat()
+            await asyncio.sleep(0.1)
 
     def _stop_taking_work(self) -> None:
         """A request reached --max-requests between ticks: accept nothing more and end keep-alive
@@ -361,6 +398,15 @@ class WorkerServer(uvicorn.Server):
             task.cancel()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._leaving()
+        beating = asyncio.get_running_loop().create_task(self._beat_while_draining()) if self.health else None
+        try:
+            await self._drain(sockets)
+        finally:
+            if beating is not None:
+                beating.cancel()
+
+    async def _drain(self, sockets: list[socket.socket] | None) -> None:
         if self.admission is not None:
             self.admission.close()
         if self.loop_watch is not None:
@@ -387,7 +433,7 @@ class WorkerServer(uvicorn.Server):
 def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier,
         interface: str = "auto", threads: int = 10, recycler: Recycler | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT, limits: http11.Limits = http11.DEFAULT_LIMITS,
-        proxies: Any = None) -> None:
+        proxies: Any = None, health: State | None = None, drain_delay: float = 0.0) -> None:
     from .interface import detect
 
     interface = detect(app) if interface == "auto" else interface
@@ -404,6 +450,7 @@ def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_l
         proxy_headers=False,
         timeout_keep_alive=int(limits.keep_alive) or 1,
     )
-    server = WorkerServer(config, notifier, drain_budget(stop_timeout), recycler, request_timeout,
-                          limits=limits, pool=pool, proxies=proxies)
+    # The drain delay counts inside the stop timeout: what is left of it is the drain's.
+    server = WorkerServer(config, notifier, drain_budget(stop_timeout - drain_delay), recycler, request_timeout,
+                          limits=limits, pool=pool, proxies=proxies, health=health, drain_delay=drain_delay)
     server.run(sockets=sockets)

@@ -127,6 +127,14 @@ class Calls:
         return verdict
 
 
+def loop_limit(request_timeout: float, watchdog: float | None) -> float | None:
+    """Seconds without a beat after which the serving loop counts as blocked: the request timeout, or half
+    of WatchdogSec= when that comes first (before systemd's kill); None when both are off. LoopWatch
+    logs the blocking request past it, and /live (sockact.runtime.health) answers 503 past it."""
+    limits = [limit for limit in (request_timeout, (watchdog or 0) / 2) if limit > 0]
+    return min(limits) if limits else None
+
+
 def request_of(frame: FrameType | None) -> str | None:
     """'GET /path' of the innermost ASGI call on this stack: the first frame with an HTTP scope."""
     while frame is not None:
