@@ -255,8 +255,8 @@ BAD = [
      ("sockact: --memory-max 25%: a pod's memory limit is a size, not a share of whichever node it lands on; "
      "give a size such as 512M (written 512Mi)")),
     ([*APP, "--listen", "8000", *IMAGE, "--drain-delay", "30"],
-     ("sockact: --drain-delay 30 is not below --stop-timeout 30: the delay is served within the stop deadline and "
-     "in-flight requests need the rest; lower it or raise --stop-timeout")),
+     ("sockact: --drain-delay 30 is not below --stop-timeout 30: the delay counts inside the stop timeout and "
+     "the drain needs the rest; lower it or raise --stop-timeout")),
     ([*APP, "--listen", "8000", *IMAGE, "--drain-delay", "8", "--stop-timeout", "5"],
      "sockact: --drain-delay 8 is not below --stop-timeout 5"),
     (["--exec", "/usr/bin/server", "--listen", "8000", *IMAGE],
@@ -274,7 +274,8 @@ BAD = [
      "sockact: the health port 9000 is the app's port too; give --health-listen another port, e.g. --health-listen 9001"),
     ([*APP, "--listen", "8000", *IMAGE, "--writable", "/"], "sockact: --writable /: a pod cannot mount"),
     ([*APP, "--listen", "8000", *IMAGE, "--health-listen", "/run/h.sock"],
-     "sockact: --health-listen '/run/h.sock': the health endpoint listens on TCP"),
+     "sockact: --health-listen /run/h.sock: a pod's probes come over the network; give a port, e.g. "
+     "--health-listen 9000"),
 ]
 
 
