@@ -24,6 +24,11 @@ logger = logging.getLogger("sockact.runtime")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`sockact run`'s arguments; also read by sockact/manpage.py to write its section of the man page."""
     parser = argparse.ArgumentParser(
         prog="sockact run",
         description="Serve MODULE:ATTR on the sockets systemd passes (LISTEN_FDS), or on --bind without systemd.",
@@ -81,7 +86,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     recycling.add_argument("--max-rss", type=count, default=0, metavar="MIB",
                            help="recycle once the worker's resident memory passes MIB MiB, checked every 0.1 s "
                                 "(default: 0, off: a fitting limit depends on the app)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def count(text: str) -> int:
