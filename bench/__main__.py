@@ -28,6 +28,8 @@ from .quiet import Meter, own_cgroup, wait_until_quiet
 
 log = logging.getLogger("bench")
 HERE = pathlib.Path(__file__).resolve().parent
+# The page whose marked block a full run rewrites (bench/report.py BLOCK_START, BLOCK_END).
+BENCHMARKS_PAGE = HERE.parent / "docs" / "benchmarks.md"
 NOISY = 0.05  # others using more than this share of the machine make the numbers suspect
 PYTHON_PACKAGES = ("sockact", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "uwsgi", "uvloop", "httptools",
                    "fastapi", "pydantic", "flask")
@@ -199,11 +201,11 @@ def publish(results: Results, contenders: list[Contender], args: argparse.Namesp
     command = "bench/run --quick" if settings.quick else "bench/run"
     for path in report.write(results, contenders, args.out, command):
         log.info("wrote %s", path)
-    # Only a full run of every contender into the committed results speaks for the README.
+    # Only a full run of every contender into the committed results speaks for docs/benchmarks.md.
     if not settings.quick and not args.only and args.out.resolve() == HERE:
-        readme = HERE.parent / "README.md"
-        if report.update_readme(readme, report.readme_block(results, contenders)):
-            log.info("updated the results in %s", readme)
+        page = BENCHMARKS_PAGE
+        if report.update_block(page, report.results_block(results, contenders)):
+            log.info("updated the results in %s", page)
     return 0
 
 

@@ -392,8 +392,9 @@ def chart(results: Results, lineup: list[Contender], path: pathlib.Path) -> None
     plt.close(fig)
 
 
-README_START = "<!-- bench results: written by bench/run -->"
-README_END = "<!-- end of bench results -->"
+# docs/benchmarks.md holds the overview between these markers; bench/run rewrites it after a full run.
+BLOCK_START = "<!-- bench results: written by bench/run -->"
+BLOCK_END = "<!-- end of bench results -->"
 
 
 def overview_table(summary: Summary) -> list[str]:
@@ -427,15 +428,16 @@ def _failed(deploy: Any) -> str:
     return str(deploy.result.errors.total)
 
 
-def readme_block(results: Results, lineup: list[Contender]) -> str:
+def results_block(results: Results, lineup: list[Contender]) -> str:
+    """The overview for docs/benchmarks.md; its links are relative to docs/."""
     s = results.settings
     return "\n".join([
-        README_START,
+        BLOCK_START,
         (f"{s.workers} workers per server on {results.machine.get('cores')} cores ({results.machine.get('cpu')}); "
          f"wrk with {s.connections} connections; medians of {s.rounds} alternating rounds of {s.seconds} s. "
          "Node rows serve the same app for reference. Failed requests are wrk's errors under load, refused "
          "connections included. Versions, latency, per-worker shares and the targets: "
-         "[bench/results.md](bench/results.md)."),
+         "[bench/results.md](../bench/results.md)."),
         "",
         *overview_table(Summary(results, lineup)),
         "",
@@ -443,18 +445,18 @@ def readme_block(results: Results, lineup: list[Contender]) -> str:
         "",
         *versus_table(Summary(results, lineup)),
         "",
-        "![requests per second and p99 latency](bench/results.png)",
-        README_END,
+        "![requests per second and p99 latency](../bench/results.png)",
+        BLOCK_END,
     ])
 
 
-def update_readme(readme: pathlib.Path, block: str) -> bool:
-    """Replace the marked block in the README; False (and no change) when it has no markers."""
-    text = readme.read_text() if readme.exists() else ""
-    if README_START not in text or README_END not in text:
+def update_block(page: pathlib.Path, block: str) -> bool:
+    """Replace the marked block in a Markdown page; False (and no change) when it has no markers."""
+    text = page.read_text() if page.exists() else ""
+    if BLOCK_START not in text or BLOCK_END not in text:
         return False
-    head, rest = text.split(README_START, 1)
-    readme.write_text(head + block + rest.split(README_END, 1)[1])
+    head, rest = text.split(BLOCK_START, 1)
+    page.write_text(head + block + rest.split(BLOCK_END, 1)[1])
     return True
 
 

@@ -7,10 +7,12 @@ measured says why. The numbers themselves are the benchmark's business, not the 
 from __future__ import annotations
 
 import http.server
+import importlib
 import json
 import math
 import os
 import pathlib
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -211,3 +213,26 @@ def test_wrk_latency_that_disagrees_with_the_lua_summary_is_refused(bench_load: 
     tampered = out.replace(line, line.replace("us", "ms") if "us" in line else line.replace("ms", "s"))
     with pytest.raises(HarnessError, match="p99"):
         bench_load.parse(tampered)
+
+
+def test_docs_benchmarks_holds_the_results_block_bench_run_writes(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: pathlib.Path) -> None:
+    # The overview lives in docs/benchmarks.md, not the README: the committed block must be what a full
+    # run writes from the committed bench/results.json, so the page and the raw numbers cannot part.
+    monkeypatch.syspath_prepend(str(REPO))
+    report = importlib.import_module("bench.report")
+    entry = importlib.import_module("bench.__main__")
+    measure = importlib.import_module("bench.measure")
+    assert entry.BENCHMARKS_PAGE == REPO / "docs" / "benchmarks.md"
+    results = measure.results_from_json(json.loads((REPO / "bench" / "results.json").read_text()))
+    block = report.results_block(results, entry._lineup_for_report(results.settings.workers, None))
+    page = entry.BENCHMARKS_PAGE.read_text()
+    assert block in page, "docs/benchmarks.md: run `bench/run --from-json bench/results.json` to rewrite its block"
+    assert report.BLOCK_START not in (REPO / "README.md").read_text()
+    for target in re.findall(r"\]\((\.\./[^)]+)\)", block):
+        assert (REPO / "docs" / target).resolve().exists(), target
+    # A stale block is replaced and the text around it kept.
+    stale = tmp_path / "benchmarks.md"
+    stale.write_text(page.replace(block, f"{report.BLOCK_START}\nold figures\n{report.BLOCK_END}"))
+    assert report.update_block(stale, block)
+    assert stale.read_text() == page

@@ -26,6 +26,17 @@ logger = logging.getLogger("sockact.runtime")
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.drain_delay and args.drain_delay >= args.stop_timeout:
+        # One line, exit status 2, like every usage mistake: the delay must leave time to drain.
+        sys.stderr.write(f"sockact run: --drain-delay {args.drain_delay:g} is not below --stop-timeout "
+                         f"{args.stop_timeout:g}; the delay counts inside the stop timeout, lower it\n")
+        raise SystemExit(2)
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`sockact run`'s arguments; also read by sockact/manpage.py to write its section of the man page."""
     parser = argparse.ArgumentParser(
         prog="sockact run",
         description="Serve MODULE:ATTR on the sockets systemd passes (LISTEN_FDS), or on --bind without systemd.",
@@ -91,13 +102,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     recycling.add_argument("--max-rss", type=count, default=0, metavar="MIB",
                            help="recycle once the worker's resident memory passes MIB MiB, checked every 0.1 s "
                                 "(default: 0, off: a fitting limit depends on the app)")
-    args = parser.parse_args(argv)
-    if args.drain_delay and args.drain_delay >= args.stop_timeout:
-        # One line, exit status 2, like every usage mistake: the delay must leave time to drain.
-        sys.stderr.write(f"sockact run: --drain-delay {args.drain_delay:g} is not below --stop-timeout "
-                         f"{args.stop_timeout:g}; the delay counts inside the stop timeout, lower it\n")
-        raise SystemExit(2)
-    return args
+    return parser
 
 
 def count(text: str) -> int:
