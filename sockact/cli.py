@@ -11,7 +11,7 @@ from . import __version__
 from .errors import SockactError, UsageError
 
 if TYPE_CHECKING:
-    from .spec import UnitSpec  # the generator is imported only when a command needs it
+    from .generator.spec import UnitSpec  # the generator is imported only when a command needs it
 
 GENERATE_EXAMPLE = """\
 examples:
@@ -135,13 +135,13 @@ def add_http_limits(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from(args: argparse.Namespace) -> UnitSpec:
-    from . import systemd_versions
+    from .generator import versions
 
     given = getattr(args, "systemd_version", None)  # only generate has the option; install asks systemd
-    detected = systemd_versions.running_version() if given is None else systemd_versions.Detected(0)
+    detected = versions.running_version() if given is None else versions.Detected(0)
     built = build_spec(args, detected.version if given is None else given)
-    from .cgroups import memory_note
-    from .hardening import unreadable_note
+    from .generator.cgroups import memory_note
+    from .generator.sandbox import unreadable_note
 
     for note in (detected.note, unreadable_note(built), memory_note(built)):
         if note:
@@ -151,7 +151,7 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
 
 def build_spec(args: argparse.Namespace, systemd_version: int | str) -> UnitSpec:
     """The validated spec of add_unit_options' arguments, for units of that systemd version."""
-    from . import spec
+    from .generator import spec
 
     return spec.build(
         unit_name=args.name, listen=args.listen, python_path=args.python, app_ref=args.app,
@@ -170,10 +170,10 @@ def build_spec(args: argparse.Namespace, systemd_version: int | str) -> UnitSpec
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .render import as_listing, render
+    from .generator.render import as_listing, render
 
     if args.explain:
-        from .explain import explain
+        from .generator.explain import explain
 
         sys.stdout.write(explain(spec_from(args)))
         return 0
@@ -187,7 +187,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UsageError("--only health-socket: there is no NAME-health.socket without --health-listen ADDR")
         sys.stdout.write(chosen[0])
     elif args.output_dir:
-        from .install import write_units
+        from .generator.writer import write_units
 
         for path in write_units(units, args.output_dir):
             print(f"wrote {path}")
@@ -203,7 +203,7 @@ def split_hint(name: str, argv: Sequence[str], health: bool = False) -> str:
     from .ops import DEFAULT_UNIT_DIR
 
     given = shlex.join(["sockact", *argv])
-    from .render import unit_filenames
+    from .generator.render import unit_filenames
 
     files = unit_filenames(name, health)
     count = "four" if health else "three"
@@ -216,15 +216,15 @@ def split_hint(name: str, argv: Sequence[str], health: bool = False) -> str:
 
 
 def cmd_kube(args: argparse.Namespace) -> int:
-    from . import kube, systemd_versions
+    from .generator import kube, versions
 
     # The units' systemd version plays no part in a pod; host notes (cgroups, readable paths) neither.
-    built = kube.build(build_spec(args, systemd_versions.FALLBACK), image=args.image, workers=args.workers,
+    built = kube.build(build_spec(args, versions.FALLBACK), image=args.image, workers=args.workers,
                        drain_given=args.drain_delay is not None)
     for note in kube.notes(built):
         sys.stderr.write(f"sockact: {note}\n")
     if args.output_dir:
-        from .install import write_units
+        from .generator.writer import write_units
 
         for path in write_units(kube.files(built), args.output_dir):
             print(f"wrote {path}")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from .errors import PermissionNeeded, SystemdError
-from .install import write_units
-from .render import render
-from .spec import build
+from .generator.render import render
+from .generator.spec import build
+from .generator.writer import write_units
 
 NAME = "sockact-demo"
 APP = "sockact.examples.hello:app"

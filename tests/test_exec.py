@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from test_ops_commands import UNIT_DIR, sockact_in
 
-from sockact import spec
 from sockact.errors import UsageError
+from sockact.generator import spec
+from sockact.generator.render import render
 from sockact.ops import oneoff
-from sockact.render import render
 from sockact.testing import PrivateSystemd
 
 VENV_BIN = os.path.dirname(sys.executable)

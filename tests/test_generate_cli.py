@@ -285,8 +285,8 @@ def test_generate_help_states_the_runtime_defaults() -> None:
     import argparse
 
     from sockact.cli import add_http_limits
+    from sockact.generator.spec import HTTP_LIMITS
     from sockact.runtime import http11, sizes
-    from sockact.spec import HTTP_LIMITS
 
     parser = argparse.ArgumentParser()
     add_http_limits(parser)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from boxutil import http_get
 
-from sockact import explain, hardening
 from sockact.cli import main as cli_main
-from sockact.security import parse_score, security_score
+from sockact.generator import explain, sandbox
+from sockact.ops.security import parse_score, security_score
 from sockact.testing import PrivateSystemd
 
 PROBE = "sandbox_probe:app"
@@ -75,7 +75,7 @@ def box(private_systemd: PrivateSystemd, shared_apps: Path) -> Iterator[PrivateS
 def write_single_line_variants(box: PrivateSystemd) -> None:
     """lineN@.service: the default worker unit without sandbox line N."""
     base = (box.unit_dir() / "score0@.service").read_text()
-    for index, entry in enumerate(hardening.SANDBOX):
+    for index, entry in enumerate(sandbox.SANDBOX):
         assert f"\n{entry.line}\n" in base, entry.line
         box.write_unit(f"line{index}@.service", base.replace(f"\n{entry.line}\n", "\n", 1))
 
@@ -106,9 +106,9 @@ def test_every_option_scores_what_the_docs_say(box: PrivateSystemd) -> None:
 
 def test_every_sandbox_line_costs_what_the_table_says(box: PrivateSystemd) -> None:
     measured = {entry.line: security_score(f"line{index}@1.service", box.run)
-                for index, entry in enumerate(hardening.SANDBOX)}
+                for index, entry in enumerate(sandbox.SANDBOX)}
     print("\n" + "\n".join(f"{line}: {score}" for line, score in measured.items()))
-    assert measured == {entry.line: entry.exposure_without for entry in hardening.SANDBOX}
+    assert measured == {entry.line: entry.exposure_without for entry in sandbox.SANDBOX}
 
 
 def test_security_score_is_none_without_a_manager() -> None:

@@ -18,9 +18,9 @@ import yaml
 from helpers import REPO, sockact
 from kubernetes_validate import utils as kv_utils
 
-from sockact import spec as spec_module
-from sockact import yamltext
 from sockact.errors import UsageError
+from sockact.generator import spec as spec_module
+from sockact.generator import yamltext
 from sockact.runtime.main import parse as runtime_parse
 
 APP = ["--app", "myproj.asgi:application"]
@@ -274,8 +274,8 @@ BAD = [
      "sockact: the health port 9000 is the app's port too; give --health-listen another port, e.g. --health-listen 9001"),
     ([*APP, "--listen", "8000", *IMAGE, "--writable", "/"], "sockact: --writable /: a pod cannot mount"),
     ([*APP, "--listen", "8000", *IMAGE, "--health-listen", "/run/h.sock"],
-     "sockact: --health-listen /run/h.sock: a pod's probes come over the network; give a port, e.g. "
-     "--health-listen 9000"),
+     ("sockact: --health-listen /run/h.sock: a pod's probes come over the network; give a port, e.g. "
+      "--health-listen 9000")),
 ]
 
 
@@ -300,7 +300,7 @@ DIGEST = "sha256:" + "0123456789abcdef" * 4
     ("a" * 256, False), ("/app", False), ("app//x", False), ("app:tag\n", False),
 ])
 def test_image_references_follow_the_distribution_grammar(reference: str, valid: bool) -> None:
-    from sockact import kube
+    from sockact.generator import kube
 
     if valid:
         assert kube.image_reference(reference) == reference

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, sockact
 
-from sockact.cgroups import memory_control
+from sockact.generator.cgroups import memory_control
 from sockact.runtime.recycle import MIB, RECYCLE_EXIT, Limits, Recycler, draw_limit
 
 APP = ["--app", "myproj.asgi:application", "--listen", "8000"]

@@ -4,8 +4,8 @@ to a third one running HAProxy by a veth pair."""
 
 from __future__ import annotations
 
-import subprocess
 import json
+import subprocess
 import sys
 import textwrap
 import time
@@ -183,7 +183,7 @@ def under_load(cluster: Cluster, action: Callable[[], None]) -> Figures:
     probed = probe.result()
     after = cluster.stats()
     assert took < PHASE_SECONDS - 1, f"the action took {took:.1f} s, longer than the load"
-    total = lambda field: sum(_delta(before, after, name, field) for name in names)  # noqa: E731
+    total = lambda field: sum(_delta(before, after, name, field) for name in names)
     return Figures(
         wrk=parse_wrk(out), max_latency=wrk_max_latency(out),
         per_host={name: _delta(before, after, name, "hrsp_2xx") for name in names},

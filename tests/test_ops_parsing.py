@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 from helpers import sockact
 
-from sockact import cli, spec
+from sockact import cli
 from sockact.errors import NotOursError, PermissionNeeded, SystemdError, UsageError
+from sockact.generator import spec
+from sockact.generator.render import render
 from sockact.ops import facts, status
 from sockact.ops.app import wanted_indexes
 from sockact.ops.logs import LogQuery, format_record, journal_argv
 from sockact.ops.scale import target_for, worker_count
 from sockact.ops.systemctl import failure, message, parse_show_block
 from sockact.ops.table import age, duration, mebibytes, table
-from sockact.render import render
 
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sockact import spec
 from sockact.errors import PreflightFailed
+from sockact.generator import spec
 from sockact.ops.preflight import bind_address, check_interpreter, check_paths, check_writable, link_chain, port_free
 from sockact.ops.ready import Before, app_reason, why_not
 from sockact.runtime.main import RuntimeFailure, load_app

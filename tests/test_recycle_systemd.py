@@ -170,7 +170,7 @@ def test_max_requests_recycles_each_worker_within_its_drawn_limit(private_system
 def test_memory_max_and_high_are_set_on_the_workers(private_systemd: PrivateSystemd) -> None:
     """systemd takes both lines; whether the kernel enforces them depends on the memory controller, which
     the box's cgroup2 lacks on a host whose memory controller is cgroup v1 (then only --max-rss acts)."""
-    from sockact.cgroups import memory_control
+    from sockact.generator.cgroups import memory_control
 
     box = private_systemd
     start_app(box, "memlim", 8420, 2, "--app", "sockact.examples.hello:app", "--memory-max", "256M",

@@ -7,10 +7,10 @@ from typing import Any, Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sockact import escape
 from sockact.errors import UsageError
-from sockact.render import render
-from sockact.spec import build
+from sockact.generator import escape
+from sockact.generator.render import render
+from sockact.generator.spec import build
 
 BASE: dict[str, Any] = dict(  # noqa: C408 - keyword form reads like the CLI flags
     unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", app_ref="proj.asgi:app",
@@ -134,7 +134,7 @@ RUN_FIELD = {"max_body": "max_body", "max_headers": "max_fields", "max_header_si
 @given(data=st.data(), field=st.sampled_from(sorted(LIMIT_VALUES)))
 def test_http_limits_render_what_sockact_run_reads_back(data: st.DataObject, field: str) -> None:
     """Any accepted HTTP limit, rendered and parsed by `sockact run`'s parser, is the value the user gave."""
-    from sockact.render import exec_start
+    from sockact.generator.render import exec_start
     from sockact.runtime.main import limits_of, parse
 
     value = data.draw(LIMIT_VALUES[field])

@@ -184,7 +184,7 @@ def test_runtime_imports_neither_jinja2_nor_the_cli() -> None:
         import sys
         import sockact, sockact.runtime.main, sockact.runtime.server, sockact.runtime.listen, sockact.runtime.notify
         sockact.runtime.main.parse(["x:app"])
-        bad = [m for m in ("jinja2", "sockact.cli", "sockact.render", "sockact.spec", "sockact.ops") if m in sys.modules]
+        bad = [m for m in ("jinja2", "sockact.cli", "sockact.generator.render", "sockact.generator.spec", "sockact.ops") if m in sys.modules]
         print(bad)
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, sockact
 
-from sockact import systemd_versions
+from sockact.generator import versions
 
 UNITS = REPO / "units"
 # Each example and the command that renders it; --systemd-version is added per golden version.
@@ -22,7 +22,7 @@ EXAMPLES = {
              "--chdir", "/srv/myproj", "--python", "/usr/bin/python3", "--env", "DJANGO_SETTINGS_MODULE=myproj.settings",
              "--state-dir", "sockapp"],
 }
-GOLDENS = [(version, example) for version in systemd_versions.GOLDEN_VERSIONS for example in sorted(EXAMPLES)]
+GOLDENS = [(version, example) for version in versions.GOLDEN_VERSIONS for example in sorted(EXAMPLES)]
 
 
 def golden_id(case: tuple[int, str]) -> str:
@@ -69,13 +69,13 @@ def unknown_to(version: int, text: str) -> list[str]:
     """Directives of a unit that systemd `version` does not know, by sockact's version table."""
     problems = []
     for section, key, value in directives(text):
-        entry = systemd_versions.DIRECTIVES.get(key)
+        entry = versions.DIRECTIVES.get(key)
         if entry is None:
-            problems.append(f"{key}= is missing from sockact.systemd_versions.DIRECTIVES")
+            problems.append(f"{key}= is missing from sockact.generator.versions.DIRECTIVES")
         elif entry.section != section:
             problems.append(f"{key}= belongs in [{entry.section}], not [{section}]")
-        elif systemd_versions.since(key, value) > version:
-            problems.append(f"{key}={value} needs systemd {systemd_versions.since(key, value)}")
+        elif versions.since(key, value) > version:
+            problems.append(f"{key}={value} needs systemd {versions.since(key, value)}")
     return problems
 
 
@@ -90,7 +90,7 @@ def test_the_version_check_can_fail() -> None:
     newest = (UNITS / "257" / "tcp" / "myapp@.service").read_text()
     assert "RestartMode=direct" in newest
     assert "RestartMode=direct needs systemd 254" in unknown_to(252, newest)
-    assert "Frobnicate= is missing from sockact.systemd_versions.DIRECTIVES" in unknown_to(258, "[Service]\nFrobnicate=1\n")
+    assert "Frobnicate= is missing from sockact.generator.versions.DIRECTIVES" in unknown_to(258, "[Service]\nFrobnicate=1\n")
 
 
 def verify(directory: Path) -> subprocess.CompletedProcess[str]:
@@ -107,7 +107,7 @@ def verify(directory: Path) -> subprocess.CompletedProcess[str]:
 
 
 def installed_version() -> int:
-    detected = systemd_versions.running_version()
+    detected = versions.running_version()
     assert detected.note is None, detected.note
     return detected.version
 
@@ -131,7 +131,7 @@ def test_goldens_for_this_systemd_or_older_verify_clean_and_newer_ones_warn(case
         assert result.returncode == 0 and str(tmp_path) not in result.stderr, result.stderr
     else:
         texts = "".join(p.read_text() for p in (UNITS / str(version) / example).iterdir())
-        newer = {key for _, key, value in directives(texts) if systemd_versions.since(key, value) > installed_version()}
+        newer = {key for _, key, value in directives(texts) if versions.since(key, value) > installed_version()}
         assert newer, "a golden newer than this systemd should use something this systemd lacks"
         for key in newer:
             assert f"Unknown key '{key}' in section" in result.stderr, result.stderr

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import sockact
 
-from sockact import systemd_versions
-from sockact.render import render
-from sockact.spec import build
+from sockact.generator import versions
+from sockact.generator.render import render
+from sockact.generator.spec import build
 
 APP = ["myapp", "--app", "myproj.asgi:application", "--listen", "8000", "--workers", "2", "--only", "service"]
 
@@ -55,11 +55,11 @@ def test_private_ipc_from_248_on_and_the_rest_of_the_sandbox_everywhere() -> Non
 
 
 def test_every_version_renders_only_what_it_knows() -> None:
-    for version in range(systemd_versions.OLDEST, systemd_versions.NEWEST_KNOWN + 1):
+    for version in range(versions.OLDEST, versions.NEWEST_KNOWN + 1):
         for line in service_for(version).splitlines():
             if "=" in line and not line.startswith("#"):
                 key, _, value = line.partition("=")
-                assert systemd_versions.since(key, value) <= version, (version, line)
+                assert versions.since(key, value) <= version, (version, line)
 
 
 # A value each directive of the table parses with; the rest take "yes".
@@ -82,9 +82,9 @@ SAMPLES = {
 def test_the_table_matches_the_installed_systemd(tmp_path: Path) -> None:
     """What the table says this systemd knows, systemd-analyze verify parses without a word; what it says
     is newer (a directive or one value of it), this systemd warns about."""
-    installed = systemd_versions.running_version().version
+    installed = versions.running_version().version
     lines: dict[str, list[str]] = {"Unit": [], "Service": [], "Socket": [], "Install": []}
-    for entry_key, entry in systemd_versions.DIRECTIVES.items():
+    for entry_key, entry in versions.DIRECTIVES.items():
         key, has_value, value = entry_key.partition("=")
         lines[entry.section].append(f"{key}={value if has_value else SAMPLES.get(key, 'yes')}")
     service = tmp_path / "probe@1.service"
@@ -95,8 +95,8 @@ def test_the_table_matches_the_installed_systemd(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     about_ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
     unknown = {m.group(1) for line in about_ours for m in [re.search(r"Unknown key '([A-Za-z]+)'", line)] if m}
-    newer_keys = {k for k, e in systemd_versions.DIRECTIVES.items() if "=" not in k and e.version > installed}
-    newer_values = {k.partition("=")[2] for k, e in systemd_versions.DIRECTIVES.items() if "=" in k and e.version > installed}
+    newer_keys = {k for k, e in versions.DIRECTIVES.items() if "=" not in k and e.version > installed}
+    newer_values = {k.partition("=")[2] for k, e in versions.DIRECTIVES.items() if "=" in k and e.version > installed}
     assert unknown == newer_keys, result.stderr
     others = [line for line in about_ours if "Unknown key" not in line]
     assert all(any(value in line for value in newer_values) for line in others), others
@@ -111,12 +111,12 @@ def test_the_table_matches_the_installed_systemd(tmp_path: Path) -> None:
     ("bash: systemctl: command not found", None),
 ])
 def test_parse_version_output(output: str, expected: int | None) -> None:
-    assert systemd_versions.parse_version_output(output) == expected
+    assert versions.parse_version_output(output) == expected
 
 
 def test_default_is_the_running_systemd() -> None:
     first = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, check=True).stdout
-    running = systemd_versions.parse_version_output(first)
+    running = versions.parse_version_output(first)
     result = sockact("generate", *APP, check=True)
     assert f"for systemd {running}." in result.stdout.splitlines()[0]
     assert result.stderr == ""

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import spec
 from ..errors import NotOursError, PermissionNeeded, UsageError
+from ..generator import spec
 from . import HEADER
 from .systemctl import Props, show_by_id
 

@@ -15,8 +15,8 @@ from .systemctl import Props, daemon_reload, show_by_id, systemctl, try_systemct
 from .table import table
 
 if TYPE_CHECKING:
-    from ..render import Unit
-    from ..spec import UnitSpec
+    from ..generator.render import Unit
+    from ..generator.spec import UnitSpec
 
 LIST_SCHEMA = "sockact-list/1"
 
@@ -76,8 +76,8 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dr
             out: TextIO = sys.stdout) -> int:
     """Preflight, then write the units, daemon-reload, start (--now: until every worker is ready) and
     enable. Nothing is written when a check fails; a fresh install that does not start is removed again."""
-    from ..install import write_units
-    from ..render import render
+    from ..generator.render import render
+    from ..generator.writer import write_units
     from .preflight import preflight
 
     if not dry_run:
@@ -187,8 +187,8 @@ def _roll_back(name: str, directory: Path, units: list[Unit], out: TextIO) -> st
 def _restore(spec: UnitSpec, directory: Path, previous: dict[str, str], was_active: set[str]) -> str:
     """An upgrade that does not start gets its previous units back; what this install started is stopped
     again, and workers that ran before keep running."""
-    from ..install import write_units
-    from ..render import Unit
+    from ..generator.render import Unit
+    from ..generator.writer import write_units
 
     name = spec.name
     started_now = [unit for unit in (f"{name}.target", *spec.instances, *sockets_of(spec)) if unit not in was_active]
@@ -205,7 +205,7 @@ def _restore(spec: UnitSpec, directory: Path, previous: dict[str, str], was_acti
 
 
 def _print_score(name: str, out: TextIO) -> None:
-    from ..security import security_score
+    from .security import security_score
 
     score = security_score(f"{name}@1.service")
     if score is not None:

@@ -19,12 +19,12 @@ import subprocess
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import hardening
 from ..errors import PreflightFailed
+from ..generator import sandbox
 from .systemctl import run, show_by_id
 
 if TYPE_CHECKING:
-    from ..spec import Listener, UnitSpec
+    from ..generator.spec import Listener, UnitSpec
 
 IMPORT_TIMEOUT = 60.0  # an app import that takes longer is reported, not waited for
 SYSTEM_BUS = "/run/dbus/system_bus_socket"  # systemd-run --wait talks to systemd through it
@@ -39,8 +39,8 @@ EXIT_APP = 91  # the check script: the app did not import (its reason on the las
 IMPORT_CHECK = f"""
 import sys
 try:
-    from sockact.errors import SockactError
-    from sockact.runtime.main import load_app
+    from ..errors import SockactError
+    from ..runtime.main import load_app
 except Exception as exc:
     print(f"{{type(exc).__name__}}: {{exc}}")
     sys.exit({EXIT_NO_SOCKACT})
@@ -79,12 +79,12 @@ def link_chain(path: str) -> list[str]:
 
 
 def _hidden_top(path: str) -> str | None:
-    return next((top for top in hardening.HOME_PREFIXES if path == top or path.startswith(top + "/")), None)
+    return next((top for top in sandbox.HOME_PREFIXES if path == top or path.startswith(top + "/")), None)
 
 
 def _home_hidden(spec: UnitSpec) -> bool:
     """True when the workers run with ProtectHome=yes: /home, /root and /run/user are empty to them."""
-    return any(entry.key == "ProtectHome" and entry.value == "yes" for entry in hardening.chosen(spec))
+    return any(entry.key == "ProtectHome" and entry.value == "yes" for entry in sandbox.chosen(spec))
 
 
 def _unreachable(spec: UnitSpec, path: str) -> tuple[str, str] | None:
@@ -224,7 +224,7 @@ def sandbox_properties(spec: UnitSpec) -> list[str]:
     set to where systemd will put them: settings that read $STATE_DIRECTORY at import (Django's database
     path) import as they will in a worker.
     """
-    props = list(hardening.lines(spec))
+    props = list(sandbox.lines(spec))
     for variable, root, name in (("STATE_DIRECTORY", "/var/lib", spec.state_dir),
                                  ("CACHE_DIRECTORY", "/var/cache", spec.cache_dir),
                                  ("LOGS_DIRECTORY", "/var/log", spec.logs_dir)):

@@ -73,7 +73,7 @@ DIRECTIVES: dict[str, Since] = {
     "SyslogIdentifier": Since(OLDEST, _BASE),
     "MemoryMax": Since(231, "v231: MemoryMax= (cgroup v2 memory.max; on cgroup v1, memory.limit_in_bytes)"),
     "MemoryHigh": Since(231, "v231: MemoryHigh= (cgroup v2 memory.high; nothing on cgroup v1)"),
-    # [Service]: sandbox (see sockact.hardening)
+    # [Service]: sandbox (see sockact.generator.sandbox)
     "DynamicUser": Since(235, "v235: DynamicUser= complete (introduced v232)"),
     "ProtectSystem": Since(214, "v214: ProtectSystem="),
     "ProtectSystem=strict": Since(232, "v232: ProtectSystem=strict"),

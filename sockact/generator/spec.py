@@ -12,8 +12,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
-from . import systemd_versions
-from .errors import UsageError
+from ..errors import UsageError
+from . import versions
 
 # systemd's unit-name alphabet (unit_name_is_valid); '@' is excluded because NAME becomes
 # the prefix of the template NAME@.service, and '\\' because sockact never emits escaped names.
@@ -82,7 +82,7 @@ class UnitSpec:
     request_timeout: str = DEFAULT_REQUEST_TIMEOUT  # `sockact run --request-timeout`; "0": off
     stop_timeout: str = "30"
     access_log: bool = False
-    systemd_version: int = systemd_versions.FALLBACK
+    systemd_version: int = versions.FALLBACK
     harden: bool = True
     allow_jit: bool = False
     state_dir: str | None = None  # relative to /var/lib
@@ -356,10 +356,10 @@ def writable_path(value: str) -> str:
 
 def target_version(value: int | str) -> int:
     text = str(value)
-    if not is_number(text) or not systemd_versions.OLDEST <= int(text) <= 9999:
+    if not is_number(text) or not versions.OLDEST <= int(text) <= 9999:
         raise UsageError(
             f"--systemd-version {text!r}: give the major version of the target's systemd "
-            f"(systemctl --version), {systemd_versions.OLDEST} or newer, e.g. 252"
+            f"(systemctl --version), {versions.OLDEST} or newer, e.g. 252"
         )
     return int(text)
 
@@ -396,7 +396,7 @@ def request_timeout_sec(value: str | None, builtin_runtime: bool) -> str:
 
 def trusted_proxies(value: str, builtin_runtime: bool) -> str:
     """The proxies whose forwarding headers the workers believe, in the runtime's canonical form."""
-    from .runtime.forwarded import ProxyTrust  # the one parser: the runtime reads this text back
+    from ..runtime.forwarded import ProxyTrust  # the one parser: the runtime reads this text back
 
     reject_control("--forwarded-allow-ips", value)
     if not builtin_runtime:
@@ -418,7 +418,7 @@ def http_limits(given: dict[str, str | None], builtin_runtime: bool) -> tuple[tu
     """(option, canonical value) of each HTTP limit given whose value differs from `sockact run`'s default."""
     if all(value is None for value in given.values()):
         return ()  # the runtime's defaults: its HTTP core is not imported for nothing
-    from .runtime.http11 import DEFAULT_LIMITS  # the runtime's own defaults, not a copy that could drift
+    from ..runtime.http11 import DEFAULT_LIMITS  # the runtime's own defaults, not a copy that could drift
 
     chosen = []
     for option, value in given.items():
@@ -452,7 +452,7 @@ def _http_limit(option: str, value: str, max_head: int) -> tuple[str, float]:
 
 
 def _request_size(option: str, value: str, bounds: tuple[int, int], why: str, example: str) -> tuple[str, float]:
-    from .runtime import sizes  # the parser `sockact run` reads the rendered value with
+    from ..runtime import sizes  # the parser `sockact run` reads the rendered value with
 
     least, most = bounds
     hint = f"from {sizes.canonical(least)} to {sizes.canonical(most)} ({why})"
@@ -544,7 +544,7 @@ def build(
     watchdog: str | None = None,
     request_timeout: str | None = None,
     stop_timeout: str = "30",
-    systemd_version: int | str = systemd_versions.FALLBACK,
+    systemd_version: int | str = versions.FALLBACK,
     harden: bool = True,
     allow_jit: bool = False,
     state_dir: str | None = None,

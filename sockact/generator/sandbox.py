@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from . import systemd_versions
+from . import versions
 from .spec import UnitSpec
 
 # Paths a default DynamicUser= worker could never read anyway; an app kept there needs
@@ -148,7 +148,7 @@ def chosen(spec: UnitSpec) -> list[Hardening]:
             continue
         if entry.key == ALLOW_JIT_LIFTS and spec.allow_jit:
             continue
-        if not systemd_versions.supports(spec.systemd_version, entry.key, entry.value):
+        if not versions.supports(spec.systemd_version, entry.key, entry.value):
             continue
         if entry.key == "ProtectHome":
             entry = Hardening(entry.key, protect_home(spec), entry.does, entry.trade_off, entry.exposure_without)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
-from .errors import UsageError
+from ..errors import UsageError
 
 Node = Union[Mapping[str, Any], Sequence[Any], str, int, bool]
 

@@ -4,7 +4,7 @@ The spec that renders NAME.socket, NAME@.service and NAME.target renders a pod o
 one `sockact run` process per pod (the Service balances pods as the shared socket balances workers),
 `--bind` instead of systemd's socket, the unit's sandbox as a securityContext, its writable
 directories as emptyDir volumes. Options that mean nothing in a pod are refused in one line rather
-than dropped. Builds plain dicts and never touches the disk; sockact.yamltext writes them out.
+than dropped. Builds plain dicts and never touches the disk; sockact.generator.yamltext writes them out.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, yamltext
-from .errors import UsageError
+from .. import __version__
+from ..errors import UsageError
+from . import yamltext
 from .render import Unit, run_options
 from .spec import UnitSpec, canonical_seconds, is_number, listen_port, size_bytes
 

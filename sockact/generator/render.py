@@ -10,7 +10,8 @@ from typing import Any
 
 import jinja2
 
-from . import __version__, escape, hardening, systemd_versions
+from .. import __version__
+from . import escape, sandbox, versions
 from .spec import UnitSpec, reject_control
 
 KINDS = ("socket", "service", "target", "health-socket")  # health-socket: only with --health-listen
@@ -35,7 +36,7 @@ def template_dir() -> Path:
     packaged = Path(str(resources.files("sockact"))) / "templates"
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "templates"
+    return Path(__file__).resolve().parents[2] / "templates"
 
 
 def _finalize(value: Any) -> Any:
@@ -119,21 +120,21 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "environment": [escape.quoted(f"{key}={value}") for key, value in spec.env],
         "env_file": escape.path(spec.env_file) if spec.env_file else None,
         "user": spec.run_as,  # validated: [a-z0-9_$-] only, or derived from the validated name
-        "sandbox": hardening.lines(spec),  # fixed words from sockact.hardening, nothing from the user
+        "sandbox": sandbox.lines(spec),  # fixed words from sockact.generator.sandbox, nothing from the user
         "state_dir": escape.path(spec.state_dir) if spec.state_dir else None,
         "cache_dir": escape.path(spec.cache_dir) if spec.cache_dir else None,
         "logs_dir": escape.path(spec.logs_dir) if spec.logs_dir else None,
         "writable": [escape.path_word(path) for path in spec.writable],
         "systemd_version": spec.systemd_version,
-        "backoff": systemd_versions.supports(spec.systemd_version, "RestartSteps"),
-        "restart_mode": systemd_versions.supports(spec.systemd_version, "RestartMode"),
+        "backoff": versions.supports(spec.systemd_version, "RestartSteps"),
+        "restart_mode": versions.supports(spec.systemd_version, "RestartMode"),
         "watchdog": spec.watchdog,  # validated: digits and one dot
         "stop_timeout": spec.stop_timeout,
         "nofile": NOFILE,
         # validated: digits with one of K/M/G/T, digits and '%', or "infinity"; written as they are, since
         # MemoryMax= expands no specifiers ("50%%" would not parse)
-        "memory_max": spec.memory_max if systemd_versions.supports(spec.systemd_version, "MemoryMax") else None,
-        "memory_high": spec.memory_high if systemd_versions.supports(spec.systemd_version, "MemoryHigh") else None,
+        "memory_max": spec.memory_max if versions.supports(spec.systemd_version, "MemoryMax") else None,
+        "memory_high": spec.memory_high if versions.supports(spec.systemd_version, "MemoryHigh") else None,
         "builtin_runtime": spec.exec_argv is None,
         "health": {"address": escape.path(spec.health_listen.address), "tcp": spec.health_listen.is_tcp}
         if spec.health_listen is not None else None,

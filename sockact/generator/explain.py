@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
-from . import hardening
+from . import sandbox
 from .spec import UnitSpec
 
 # systemd-analyze security NAME@1.service on systemd 252 for each way of lifting the sandbox;
@@ -27,7 +27,7 @@ SCORE_NO_HARDEN = OPTION_SCORES["--no-harden"][1]
 def explain(spec: UnitSpec) -> str:
     """Plain text: every sandbox line this spec gets, what it does, what it costs, and the score without it."""
     out = [f"Sandbox of {spec.name}@.service, rendered for systemd {spec.systemd_version}."]
-    entries = hardening.chosen(spec)
+    entries = sandbox.chosen(spec)
     if not entries:
         out.append(f"None: --no-harden leaves the workers with every right of their user "
                    f"(systemd-analyze security: {SCORE_NO_HARDEN} UNSAFE).")
@@ -45,7 +45,7 @@ def explain(spec: UnitSpec) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def _paragraph(entry: hardening.Hardening) -> str:
+def _paragraph(entry: sandbox.Hardening) -> str:
     body = textwrap.fill(f"{entry.does}. Trade-off: {entry.trade_off}.", width=100,
                          initial_indent="    ", subsequent_indent="    ")
     return f"{entry.line}  (without: {entry.exposure_without})\n{body}"
@@ -136,8 +136,8 @@ _SIZES = ("--max-body", "--max-header-size", "--max-target")  # a bare number of
 
 def _http_limits(spec: UnitSpec) -> list[str]:
     """The HTTP limits this spec sets apart from the runtime's defaults, and what each does."""
-    from .runtime.http11 import DEFAULT_LIMITS
-    from .runtime.sizes import canonical
+    from ..runtime.http11 import DEFAULT_LIMITS
+    from ..runtime.sizes import canonical
     from .spec import HTTP_LIMITS
 
     said = []
