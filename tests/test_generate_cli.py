@@ -284,7 +284,7 @@ def test_generate_help_states_the_runtime_defaults() -> None:
     """The generator's help names the defaults without importing the runtime's HTTP core; they must agree."""
     import argparse
 
-    from sockact.cli import add_http_limits
+    from sockact.cli.units import add_http_limits
     from sockact.generator.spec import HTTP_LIMITS
     from sockact.runtime import http11, sizes
 

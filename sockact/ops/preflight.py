@@ -39,8 +39,8 @@ EXIT_APP = 91  # the check script: the app did not import (its reason on the las
 IMPORT_CHECK = f"""
 import sys
 try:
-    from ..errors import SockactError
-    from ..runtime.main import load_app
+    from sockact.errors import SockactError
+    from sockact.runtime.main import load_app
 except Exception as exc:
     print(f"{{type(exc).__name__}}: {{exc}}")
     sys.exit({EXIT_NO_SOCKACT})

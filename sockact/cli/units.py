@@ -1,17 +1,18 @@
-"""The command line: parse arguments, call one plain function, turn SockactError into an exit code."""
+"""`sockact generate` and `sockact kube`, and the unit options they share with `install`: the option
+definitions, and the validated spec built from them (spec_from)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
-from . import __version__
-from .errors import SockactError, UsageError
+from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from .generator.spec import UnitSpec  # the generator is imported only when a command needs it
+    from ..generator.spec import UnitSpec  # the generator is imported only when a command needs it
+    from .main import Sub
 
 GENERATE_EXAMPLE = """\
 examples:
@@ -32,14 +33,6 @@ examples:
   sockact kube myapp --app myproj.asgi:app --listen 8000 --image registry.example.com/myapp:1.4.2 | kubectl apply -f -
   sockact kube myapp --app myproj.wsgi:application --listen 8000 --image myapp:1.4.2 --workers 4 --memory-max 512M
 """
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line on stderr and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
-        raise SystemExit(2)
 
 
 def add_unit_options(parser: argparse.ArgumentParser) -> None:
@@ -135,13 +128,13 @@ def add_http_limits(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from(args: argparse.Namespace) -> UnitSpec:
-    from .generator import versions
+    from ..generator import versions
 
     given = getattr(args, "systemd_version", None)  # only generate has the option; install asks systemd
     detected = versions.running_version() if given is None else versions.Detected(0)
     built = build_spec(args, detected.version if given is None else given)
-    from .generator.cgroups import memory_note
-    from .generator.sandbox import unreadable_note
+    from ..generator.cgroups import memory_note
+    from ..generator.sandbox import unreadable_note
 
     for note in (detected.note, unreadable_note(built), memory_note(built)):
         if note:
@@ -151,7 +144,7 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
 
 def build_spec(args: argparse.Namespace, systemd_version: int | str) -> UnitSpec:
     """The validated spec of add_unit_options' arguments, for units of that systemd version."""
-    from .generator import spec
+    from ..generator import spec
 
     return spec.build(
         unit_name=args.name, listen=args.listen, python_path=args.python, app_ref=args.app,
@@ -170,10 +163,10 @@ def build_spec(args: argparse.Namespace, systemd_version: int | str) -> UnitSpec
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .generator.render import as_listing, render
+    from ..generator.render import as_listing, render
 
     if args.explain:
-        from .generator.explain import explain
+        from ..generator.explain import explain
 
         sys.stdout.write(explain(spec_from(args)))
         return 0
@@ -187,7 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise UsageError("--only health-socket: there is no NAME-health.socket without --health-listen ADDR")
         sys.stdout.write(chosen[0])
     elif args.output_dir:
-        from .generator.writer import write_units
+        from ..generator.writer import write_units
 
         for path in write_units(units, args.output_dir):
             print(f"wrote {path}")
@@ -200,10 +193,10 @@ def split_hint(name: str, argv: Sequence[str], health: bool = False) -> str:
     """How to write the three units when stdout goes to a pipe or a file: one `tee` makes one broken unit file."""
     import shlex
 
-    from .ops import DEFAULT_UNIT_DIR
+    from ..ops import DEFAULT_UNIT_DIR
 
     given = shlex.join(["sockact", *argv])
-    from .generator.render import unit_filenames
+    from ..generator.render import unit_filenames
 
     files = unit_filenames(name, health)
     count = "four" if health else "three"
@@ -216,7 +209,7 @@ def split_hint(name: str, argv: Sequence[str], health: bool = False) -> str:
 
 
 def cmd_kube(args: argparse.Namespace) -> int:
-    from .generator import kube, versions
+    from ..generator import kube, versions
 
     # The units' systemd version plays no part in a pod; host notes (cgroups, readable paths) neither.
     built = kube.build(build_spec(args, versions.FALLBACK), image=args.image, workers=args.workers,
@@ -224,7 +217,7 @@ def cmd_kube(args: argparse.Namespace) -> int:
     for note in kube.notes(built):
         sys.stderr.write(f"sockact: {note}\n")
     if args.output_dir:
-        from .generator.writer import write_units
+        from ..generator.writer import write_units
 
         for path in write_units(kube.files(built), args.output_dir):
             print(f"wrote {path}")
@@ -233,23 +226,8 @@ def cmd_kube(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .runtime.main import main as run_main
-
-    return run_main(args.rest)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(workers=args.workers, requests=args.requests)
-
-
-def build_parser() -> Parser:
-    parser = Parser(prog="sockact", description="Serve Python web apps with one worker per core, supervised by systemd.")
-    parser.add_argument("--version", action="version", version=f"sockact {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-
+def register(sub: Sub) -> None:
+    """generate and kube: the units, or a Kubernetes manifest, of one app's options."""
     gen = sub.add_parser("generate", help="print or write NAME.socket, NAME@.service, NAME.target",
                          epilog=GENERATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_unit_options(gen)
@@ -272,50 +250,3 @@ def build_parser() -> Parser:
     kube.add_argument("--output-dir", metavar="DIR",
                       help="write NAME-deployment.yaml, NAME-service.yaml and NAME-pdb.yaml there (all or nothing)")
     kube.set_defaults(func=cmd_kube)
-
-    run = sub.add_parser("run", help="the worker runtime (what ExecStart= runs): sockact run MODULE:ATTR",
-                         add_help=False)
-    run.add_argument("rest", nargs=argparse.REMAINDER)
-    run.set_defaults(func=cmd_run)
-
-    demo = sub.add_parser("demo", help="start a bundled app under systemd, show which worker answers, clean up",
-                          epilog="example:\n  sudo sockact demo --workers 2",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--requests", type=int, default=32)
-    demo.set_defaults(func=cmd_demo)
-
-    from . import ops_cli
-
-    ops_cli.register(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["run"]:
-        # The runtime parses its own arguments (its --help included), as `python -m sockact run` does.
-        from .runtime.main import main as run_main
-
-        return run_main(argv[1:])
-    parser = build_parser()
-    if not argv:
-        # No command: the help, on stdout so that `sockact | less` shows it; still a usage mistake (2).
-        parser.print_help()
-        return 2
-    args = parser.parse_args(argv)
-    args.argv = argv
-    try:
-        return int(args.func(args))
-    except SockactError as exc:
-        sys.stderr.write(f"sockact: {exc}\n")
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
-
-
-def entry() -> NoReturn:
-    sys.exit(main())
-
-
-__all__ = ["UsageError", "entry", "main"]

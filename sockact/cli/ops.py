@@ -6,9 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from typing import Any
-
-    Sub = argparse._SubParsersAction[Any]
+    from .main import Sub
 
 INSTALL_EXAMPLE = """\
 examples:
@@ -77,26 +75,26 @@ def _add(sub: Sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from .cli import spec_from
-    from .ops.manage import install
+    from ..ops.manage import install
+    from .units import spec_from
 
     return install(spec_from(args), unit_dir=args.unit_dir, enable=args.enable, now=args.now, dry_run=args.dry_run)
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
-    from .ops.manage import uninstall
+    from ..ops.manage import uninstall
 
     return uninstall(args.name, unit_dir=args.unit_dir)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .ops.manage import list_apps
+    from ..ops.manage import list_apps
 
     return list_apps(unit_dir=args.unit_dir, as_json=args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .ops.status import show_status, watch_status
+    from ..ops.status import show_status, watch_status
 
     if args.watch is not None:
         return watch_status(args.name, args.watch, as_json=args.json)
@@ -104,31 +102,31 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    from .ops.scale import scale
+    from ..ops.scale import scale
 
     return scale(args.name, args.count)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from .ops.reload import reload
+    from ..ops.reload import reload
 
     return reload(args.name)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from .ops.lifecycle import start
+    from ..ops.lifecycle import start
 
     return start(args.name)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from .ops.lifecycle import stop
+    from ..ops.lifecycle import stop
 
     return stop(args.name)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from .ops.logs import LogQuery, show_logs
+    from ..ops.logs import LogQuery, show_logs
 
     query = LogQuery(name=args.name, follow=args.follow, lines=args.lines, worker=args.worker,
                      priority=args.priority, since=args.since, as_json=args.json)
@@ -136,14 +134,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    from .ops.oneoff import exec_command
+    from ..ops.oneoff import exec_command
 
     return exec_command(args.name, args.command)
 
 
 def register(sub: Sub) -> None:
     """Add the operator commands to the CLI; each lives in sockact.ops."""
-    from .cli import add_unit_options
+    from .units import add_unit_options
 
     install = _add(sub, "install", "check the app, write the units, daemon-reload, optionally start it (until "
                    "every worker is ready) and enable it", INSTALL_EXAMPLE)
