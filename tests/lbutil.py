@@ -36,6 +36,8 @@ class Backend:
     fall: int = 2
     rise: int = 2
     retries: int = 3
+    # What HAProxy sends again to another host; "conn-failure" alone is HAProxy's default.
+    retry_on: str = "conn-failure empty-response"
 
     @property
     def names(self) -> list[str]:
@@ -69,7 +71,7 @@ defaults
     # socket closed with requests in its backlog) goes again, to another host each time.
     retries {backend.retries}
     option redispatch 1
-    retry-on conn-failure empty-response
+    retry-on {backend.retry_on}
 
 frontend web
     bind {listen}

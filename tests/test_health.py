@@ -3,18 +3,20 @@ processes; the generator's options, their rendering and their refusals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from boxutil import Probe, http_get, install_units, instance_states, serving_pid
+from boxutil import CONCURRENT, Probe, ProbeResult, http_get, install_units, instance_states, serving_pid
 from helpers import sockact
 from test_runtime_local import APPS, free_listener
 
@@ -403,3 +405,113 @@ def test_install_and_uninstall_handle_the_health_socket(private_systemd: Private
     assert not (box.unit_dir() / "sockets.target.wants" / f"{name}-health.socket").exists()
     assert box_status(box, "http://127.0.0.1:9150/ready") == "000"
     print(f"\ninstall/stop/start/uninstall with --health-listen: {len(files)} files written and removed")
+
+
+# /ready on a new connection every `every` seconds from inside the box, until a line on stdin:
+# [time.time(), status (0: refused or reset), body] for each.
+READY_POLL = textwrap.dedent("""
+    import json, select, socket, sys, time
+    port, every = int(sys.argv[1]), float(sys.argv[2])
+    seen = []
+    print("polling", flush=True)
+    while not select.select([sys.stdin], [], [], 0)[0]:
+        began = time.time()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"GET /ready HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
+                data = b""
+                while chunk := conn.recv(4096):
+                    data += chunk
+            head, _, body = data.partition(b"\\r\\n\\r\\n")
+            seen.append([began, int(head.split(b" ")[1]), body.decode().strip()])
+        except (OSError, IndexError, ValueError) as exc:
+            seen.append([began, 0, repr(exc)])
+        time.sleep(max(0.0, every - (time.time() - began)))
+    print(json.dumps(seen), flush=True)
+""")
+
+
+class ReadyPoll:
+    def __init__(self, box: PrivateSystemd, port: int, every: float) -> None:
+        self.process = box.popen(sys.executable, "-c", READY_POLL, str(port), str(every),
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "polling"
+
+    def result(self) -> list[list[object]]:
+        out, _ = self.process.communicate("stop\n", timeout=30)
+        seen: list[list[object]] = json.loads(out.splitlines()[-1])
+        return seen
+
+
+def leaving_times(box: PrivateSystemd, name: str) -> list[float]:
+    """When each worker logged that it is leaving (journald's receive time, seconds since the epoch)."""
+    out = box.run("journalctl", "--no-pager", "-o", "json", "-u", f"{name}@*.service", timeout=30).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return sorted(int(r["__REALTIME_TIMESTAMP"]) / 1e6 for r in records
+                  if str(r.get("MESSAGE", "")).startswith("leaving: accepting for"))
+
+
+def _two_workers_with_health(box: PrivateSystemd, name: str, port: int, health: int, delay: float) -> None:
+    install_units(box, name, "--listen", str(port), "--workers", "2", "--app", "sockact.examples.hello:app",
+                  "--health-listen", f"127.0.0.1:{health}", "--drain-delay", f"{delay:g}", "--stop-timeout", "10")
+    box.systemctl("start", f"{name}.socket", f"{name}-health.socket", f"{name}.target")
+    box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="both workers active")
+    assert box_status(box, f"http://127.0.0.1:{health}/ready") == "200"
+
+
+def test_ready_stays_200_during_a_rolling_reload_and_the_drain_delay_is_skipped(
+        private_systemd: PrivateSystemd) -> None:
+    box, name, port, health, delay = private_systemd, "hrl", 8160, 9160, 4.0
+    _two_workers_with_health(box, name, port, health, delay)
+    # Long requests in flight, so each leaving worker drains for a while and holds the health socket meanwhile.
+    long = box.popen(sys.executable, "-c", CONCURRENT, "127.0.0.1", str(port), "/sleep?ms=1200", "4", "4",
+                     stdout=subprocess.PIPE, text=True)
+    poll = ReadyPoll(box, health, every=0.02)
+    began = time.monotonic()
+    box.run(sys.executable, "-m", "sockact", "reload", name, timeout=120)
+    took = time.monotonic() - began
+    seen = poll.result()
+    answers = json.loads(long.communicate(timeout=30)[0])
+    statuses = [status for _, status, _ in seen]
+    for_host = [body for _, status, body in seen if status == 200 and str(body).startswith("ready: ")]
+    why = {word: sum(f"is {word}," in str(body) for body in for_host) for word in ("leaving", "starting", "stuck")}
+    print(f"\nsockact reload of 2 workers with --drain-delay {delay:g}: {statuses.count(200)} of {len(seen)} /ready "
+          f"probes answered 200 on the shared health port over {took:.2f} s, {len(for_host)} of them by a worker not "
+          f"ready itself answering for its sibling ({why}); the 1.2 s requests in flight: "
+          f"{[status for status, _ in answers['answers']]}, errors {answers['errors']}")
+    assert len(seen) >= 40 and statuses == [200] * len(seen), [entry for entry in seen if entry[1] != 200]
+    assert for_host, "no probe reached a leaving or starting worker: the reload was not exercised"
+    assert answers["errors"] == [] and [status for status, _ in answers["answers"]] == [200] * 4
+    # Each restart waited for its drain (a 1.2 s request at most) and the start, not for the delay.
+    assert took < 2 * delay, f"the reload took {took:.2f} s: the drain delay was waited"
+    assert instance_states(box, name, 2) == ["active"] * 2
+
+
+def test_ready_turns_503_within_0_2_s_of_sockact_stop_and_both_workers_wait_the_delay(
+        private_systemd: PrivateSystemd) -> None:
+    box, name, port, health, delay = private_systemd, "hst", 8170, 9170, 2.0
+    _two_workers_with_health(box, name, port, health, delay)
+    poll = ReadyPoll(box, health, every=0.01)
+    probe = Probe(box, port, seconds=delay + 1.0)
+    probe_began = time.time()  # the probe's times count from about then
+    began = time.monotonic()
+    box.run(sys.executable, "-m", "sockact", "stop", name, timeout=120)
+    took = time.monotonic() - began
+    seen = poll.result()
+    leaving = leaving_times(box, name)
+    assert len(leaving) == 2, f"both workers leave with the delay (none skips it): {leaving}"
+    # New visitors until the delay ends (a load balancer has stopped sending by then): all answered.
+    served = ProbeResult([entry for entry in probe.result().results
+                          if probe_began + float(entry[0]) <= leaving[0] + delay - 0.2])  # type: ignore[arg-type]
+    first_503 = next(at for at, status, _ in seen if status == 503)  # type: ignore[misc]
+    after = [status for at, status, _ in seen if at >= first_503]  # type: ignore[operator]
+    last_200 = max((at for at, status, _ in seen if status == 200), default=0.0)  # type: ignore[type-var]
+    print(f"\nsockact stop with --drain-delay {delay:g}, 2 workers: workers left {leaving[1] - leaving[0]:.3f} s apart; "
+          f"/ready 503 {first_503 - leaving[0]:.3f} s after the first one left ({first_503 - leaving[1]:.3f} s after "
+          f"the second), last 200 {last_200 - leaving[0]:.3f} s after the first; then {after.count(503)} answers 503 and "
+          f"{after.count(0)} refused, none 200; the stop took {took:.2f} s; new visitors on the app port during the "
+          f"delay: {served}")
+    assert first_503 - leaving[0] <= 0.2
+    assert set(after) <= {503, 0} and after.count(503) >= 50, after  # 503 for the delay, then the port is closed
+    assert served.total >= 10 and served.answered == served.total, served.failures()
+    assert took >= delay

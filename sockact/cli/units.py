@@ -68,13 +68,15 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
     health = parser.add_argument_group(
         "health and drain", "built-in runtime (--app) only: for a load balancer or an orchestrator in front")
     health.add_argument("--health-listen", metavar="ADDR",
-                        help="NAME-health.socket listens here, shared by every worker: GET /ready answers 200 once "
-                             "the app started and until the worker leaves, GET /live 503 while its serving loop or "
-                             "every WSGI thread is stuck (default: off; sockact kube: port 9000)")
+                        help="NAME-health.socket listens here, shared by every worker: GET /ready answers 200 while "
+                             "a worker of the app has started and is not leaving (so a reload keeps it 200), GET "
+                             "/live 503 while the answering worker's serving loop or every WSGI thread is stuck "
+                             "(default: off; sockact kube: port 9000)")
     health.add_argument("--drain-delay", metavar="SECONDS",
-                        help="on stop, /ready answers 503 at once but the worker keeps accepting this long before "
-                             "it drains; counts inside --stop-timeout (default: 0; sockact kube: 5, or half of "
-                             "--stop-timeout when that is shorter)")
+                        help="on stop, /ready answers 503 at once but the workers keep accepting this long before "
+                             "they drain; skipped by a worker while another one serves (reload, scale-down); counts "
+                             "inside --stop-timeout (default: 0; sockact kube: 5, or half of --stop-timeout when "
+                             "that is shorter)")
     add_http_limits(parser)
     memory = parser.add_argument_group(
         "memory", "limits per worker; a worker past --max-requests or --max-rss drains like on SIGTERM and "

@@ -6,6 +6,9 @@ connections opened at once). Each worker publishes its open-connection count and
 own small file under /dev/shm (sockact.APP@WORKER.PID) (an API file system, writable even under ProtectSystem=strict); a worker
 accepts only while no live sibling has fewer connections. Siblings whose heartbeat is stale (hung,
 dead, draining) are ignored, so a stuck worker can never stop the others from accepting.
+
+The same files tell a worker whether the host goes on serving without it (`others_serving`): the health
+endpoint's /ready and the drain delay ask that when this worker is leaving or not ready itself.
 """
 
 from __future__ import annotations
@@ -19,17 +22,21 @@ import os
 import stat
 import struct
 import time
+from typing import Callable
 
 logger = logging.getLogger("sockact.runtime")
 
-# Open connections, heartbeat (CLOCK_MONOTONIC, shared by all processes), and 1 while this worker has
-# stopped accepting. A worker defers only to siblings that accept: were it to stop accepting for one
-# that had itself stopped, nobody would accept until a tick (measured: 64 keep-alive connections
-# opened at once waited up to 300 ms, three at a time, as two workers took turns pausing).
+# Open connections, heartbeat (CLOCK_MONOTONIC, shared by all processes), and flags: PAUSED while this
+# worker has stopped accepting, LEAVING from its SIGTERM on. A worker defers only to siblings that
+# accept: were it to stop accepting for one that had itself stopped, nobody would accept until a tick
+# (measured: 64 keep-alive connections opened at once waited up to 300 ms, three at a time, as two
+# workers took turns pausing). Any flag set reads as "paused" to a worker of an earlier sockact, which
+# then never defers to a leaving worker either: the slot's layout is unchanged.
 SLOT = struct.Struct("=qdq")
 COUNT = struct.Struct("=q")  # the slot's first field alone: written on every connection, so kept cheap
-PAUSED = struct.Struct("=q")
-PAUSED_AT = struct.calcsize("=qd")
+FLAGS = struct.Struct("=q")
+FLAGS_AT = struct.calcsize("=qd")
+PAUSED, LEAVING = 1, 2
 STALE = 1.0  # seconds without a heartbeat after which a sibling is ignored
 FORGOTTEN = 60.0  # seconds after which a silent sibling's file is removed (a worker killed by SIGKILL)
 DRAINING = 1 << 40  # published while draining: siblings never defer to a worker that is leaving
@@ -50,13 +57,13 @@ def pause_threshold(fewest: int) -> int:
 
 class Scoreboard:
     def __init__(self, app: str, worker: str, directory: str = "/dev/shm") -> None:
-        # "@" cannot occur in an app name, so app "a" never globs app "a.b"'s files.
-        self.prefix = os.path.join(directory, f"sockact.{app}@")
+        self.prefix = slot_prefix(app, directory)
         # The PID keeps names unique: a file left by a killed worker may belong to another user.
         self.path = f"{self.prefix}{worker}.{os.getpid()}"
         self.own = _allocated_slot(self.path)
         self.count = 0
         self.paused = False
+        self.leaving = False
         # Set on the loop's tick: how many keep-alive connections this worker should hand over (half
         # its lead over the least busy sibling, when two or more); that many next requests are answered
         # with Connection: close, and their clients reconnect to a less busy worker.
@@ -74,14 +81,22 @@ class Scoreboard:
         """Called from the serving loop's tick, with the exact count so no drift can last."""
         if count is not None:
             self.count = count
-        SLOT.pack_into(self.own, 0, self.count, time.monotonic(), self.paused)
+        SLOT.pack_into(self.own, 0, self.count, time.monotonic(), self._flags())
         self.rebalance_due = max(0, self.ahead() // 2)  # at least one exactly when overloaded()
 
     def accepting(self, accepting: bool) -> None:
         """Tell the siblings whether this worker accepts; they stop accepting only for one that does."""
         if self.paused == accepting:
             self.paused = not accepting
-            PAUSED.pack_into(self.own, PAUSED_AT, self.paused)
+            FLAGS.pack_into(self.own, FLAGS_AT, self._flags())
+
+    def leave(self) -> None:
+        """SIGTERM came: siblings stop counting on this worker (others_serving) and stop deferring to it."""
+        self.leaving = True
+        FLAGS.pack_into(self.own, FLAGS_AT, self._flags())
+
+    def _flags(self) -> int:
+        return (PAUSED if self.paused else 0) | (LEAVING if self.leaving else 0)
 
     def refresh(self) -> None:
         """Find siblings (workers come and go with scale and reload); called about once a second."""
@@ -123,8 +138,9 @@ class Scoreboard:
         now = time.monotonic()
         fewest: int | None = None
         for slot in self.siblings.values():
-            count, beat, paused = SLOT.unpack_from(slot, 0)
-            if now - beat < STALE and not (accepting and paused) and (fewest is None or count < fewest):
+            count, beat, flags = SLOT.unpack_from(slot, 0)
+            if now - beat < STALE and not flags & LEAVING and not (accepting and flags) \
+                    and (fewest is None or count < fewest):
                 fewest = count
         return fewest
 
@@ -157,6 +173,36 @@ class Scoreboard:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+def slot_prefix(app: str, directory: str = "/dev/shm") -> str:
+    # "@" cannot occur in an app name, so app "a" never globs app "a.b"'s files.
+    return os.path.join(directory, f"sockact.{app}@")
+
+
+def others_serving(prefix: str) -> bool:
+    """Whether a worker of this app serves besides the caller: a slot with a heartbeat within STALE
+    (its loop runs; slots appear once the app's startup completed) and not leaving or draining. The
+    caller's own slot never counts, since it asks only while leaving (LEAVING set), starting (no slot
+    yet) or blocked (a stale beat). Read with pread on every call, never mapped: the health thread
+    calls it too, and a worker that started a moment ago is seen at once, not at the next refresh()."""
+    now = time.monotonic()
+    for path in glob.glob(glob.escape(prefix) + "*"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            data = os.pread(fd, SLOT.size, 0) if _backed(os.fstat(fd)) else b""
+        except OSError:
+            data = b""
+        finally:
+            os.close(fd)
+        if len(data) == SLOT.size:
+            count, beat, flags = SLOT.unpack(data)
+            if count != DRAINING and now - beat < STALE and not flags & LEAVING:
+                return True
+    return False
 
 
 def _allocated_slot(path: str) -> mmap.mmap:
@@ -231,10 +277,25 @@ class AcceptGate:
         return False
 
 
-def for_this_worker() -> Scoreboard | None:
-    """A scoreboard when started by a sockact unit (SOCKACT_APP, SOCKACT_WORKER) and /dev/shm is usable."""
+def _unit_app() -> str | None:
+    """The app's name when started by a sockact unit (SOCKACT_APP, SOCKACT_WORKER) and /dev/shm exists."""
     app, worker = os.environ.get("SOCKACT_APP"), os.environ.get("SOCKACT_WORKER")
-    if not app or not worker or not os.path.isdir("/dev/shm"):
+    return app if app and worker and os.path.isdir("/dev/shm") else None
+
+
+def siblings_view() -> Callable[[], bool] | None:
+    """others_serving for this worker's app, None outside a sockact unit."""
+    app = _unit_app()
+    if app is None:
+        return None
+    prefix = slot_prefix(app)
+    return lambda: others_serving(prefix)
+
+
+def for_this_worker() -> Scoreboard | None:
+    """A scoreboard when started by a sockact unit and /dev/shm is usable."""
+    app, worker = _unit_app(), os.environ.get("SOCKACT_WORKER", "")
+    if app is None:
         return None
     try:
         return Scoreboard(app, worker)

@@ -1,8 +1,12 @@
 """The health endpoint (--health-listen): GET /ready and /live on a socket of their own, from a thread of their own.
 
-A load balancer or an orchestrator asks two questions. /ready: should new work come here? 200 once
-the app's startup completed (READY=1 was sent) and until the worker begins to leave (SIGTERM,
-recycling). /live: is the worker serving at all? 503 once the serving loop has not beaten for as long
+A load balancer or an orchestrator asks two questions. /ready: should new work come to this host? All
+the app's workers share the health socket, so whichever worker takes the probe answers for the host:
+200 when it is ready itself (the app's startup completed, READY=1 was sent, and it is not leaving:
+SIGTERM, recycling), or when another worker of the app is (the /dev/shm scoreboard,
+balance.others_serving). So a rolling reload, one worker at a time, never turns /ready 503, and a
+stop of the whole app does at once. Without the scoreboard (no sockact unit, /dev/shm full) a worker
+answers for itself alone. /live: is the worker serving at all? 503 once the serving loop has not beaten for as long
 as the watchdog side judges a loop blocked (sockact.runtime.stuck.loop_limit), or while every WSGI
 thread is stuck past --request-timeout (stuck.Verdict.all_stuck, the verdict that stops WATCHDOG=1).
 
@@ -18,6 +22,7 @@ import selectors
 import socket
 import threading
 import time
+from typing import Callable
 
 logger = logging.getLogger("sockact.runtime")
 
@@ -36,6 +41,8 @@ class State:
         self.leaving = False  # SIGTERM or recycling: /ready answers 503 from now on
         self.last_beat: float | None = None  # monotonic time of the serving loop's last tick
         self.threads_stuck = False  # every WSGI thread stuck past --request-timeout
+        # Whether another worker of the app serves (balance.others_serving); None without the scoreboard.
+        self.others: Callable[[], bool] | None = None
 
     def beat(self, threads_stuck: bool = False) -> None:
         """From the serving loop's tick (and its drain), about every 0.1 s."""
@@ -43,7 +50,12 @@ class State:
         self.threads_stuck = threads_stuck
 
     def is_ready(self) -> bool:
+        """This worker itself: started, not leaving, live."""
         return self.ready and not self.leaving and self.is_live()
+
+    def others_serve(self) -> bool:
+        others = self.others
+        return others is not None and others()
 
     def is_live(self, now: float | None = None) -> bool:
         """Before the loop's first beat (import, lifespan startup) the worker counts as live: the start
@@ -76,6 +88,8 @@ def answer(state: State, head: bytes) -> bytes:
         ok, why = state.is_live(), "stuck"
     else:
         ok, why = state.is_ready(), "leaving" if state.leaving else "starting" if not state.ready else "stuck"
+        if not ok and state.others_serve():  # the host serves on without this worker: say so for it
+            return _response("200 OK", f"ready: this worker is {why}, another serves\n".encode(), head_only)
     if ok:
         return _response("200 OK", target[1:].encode() + b"\n", head_only)
     return _response("503 Service Unavailable", why.encode() + b"\n", head_only)

@@ -63,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "from a thread of its own; under systemd the socket named 'health' in LISTEN_FDNAMES "
                              "is used instead (default: off)")
     parser.add_argument("--drain-delay", type=_seconds, default=0.0, metavar="SECONDS",
-                        help="after SIGTERM, /ready answers 503 at once but the worker goes on accepting this long "
-                             "before it drains, so load balancers take it out first; counts inside --stop-timeout "
-                             "(default: 0)")
+                        help="after SIGTERM, while no other worker of the app serves, /ready answers 503 at once but "
+                             "the worker goes on accepting this long before it drains, so load balancers take the "
+                             "host out first; counts inside --stop-timeout (default: 0)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--forwarded-allow-ips", type=proxy_trust, metavar="LIST",
                         help="believe X-Forwarded-For, X-Forwarded-Proto and Forwarded only from these peers: IP "
@@ -230,12 +230,14 @@ def start_health(args: argparse.Namespace, sockets: list[Any]) -> State | None:
     """Serve /ready and /live from a thread of this (serving) process; None when there is no health socket."""
     if not sockets:
         return None
+    from .balance import siblings_view
     from .health import Endpoint, State
     from .notify import watchdog_interval
     from .stuck import DEFAULT_REQUEST_TIMEOUT, loop_limit
 
     # The watchdog side's own limit; with both timeouts off a loop still counts as blocked after 30 s.
     state = State(loop_limit(args.request_timeout, watchdog_interval()) or DEFAULT_REQUEST_TIMEOUT)
+    state.others = siblings_view()  # while starting, /ready answers for the host from the siblings' slots
     Endpoint(sockets, state).start()
     return state
 

@@ -17,7 +17,7 @@ from uvicorn.lifespan.on import LifespanOn
 
 from ..errors import RuntimeFailure
 from . import http11, limits
-from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker
+from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker, others_serving
 from .connection import Site
 from .health import State
 from .notify import Notifier
@@ -287,6 +287,8 @@ class WorkerServer(uvicorn.Server):
             self.pool.on_free = lambda: self.admission.hold(False) if self.admission else None
             self.pool.start()
         board = self.pulse.board = for_this_worker()
+        if board is None and self.health is not None:
+            self.health.others = None  # no slot of its own to mark leaving: /ready answers for this worker alone
         recycler = self.pulse.recycler
         on_request = None
         if recycler is not None and recycler.request_limit:
@@ -340,8 +342,8 @@ class WorkerServer(uvicorn.Server):
             self.health.beat(threads_stuck=not healthy)
         if self.pulse.tick(state.total_requests, in_flight, len(state.connections), healthy=healthy, stuck=stuck):
             self.should_exit = True  # recycling: the drain SIGTERM starts
-        if self.leave_at is not None and time.monotonic() >= self.leave_at:
-            self.should_exit = True  # the drain delay is over: stop accepting, drain
+        if self.leave_at is not None and (time.monotonic() >= self.leave_at or self._others_serve()):
+            self.should_exit = True  # the drain delay is over, or not needed: stop accepting, drain
         if self.admission is not None:
             self.admission.reconsider()
         if self.site is not None:
@@ -349,22 +351,36 @@ class WorkerServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        """SIGTERM (SIGINT): /ready turns 503 at once; with --drain-delay the worker goes on serving and
-        accepting for that long, so that load balancers stop sending work here before it stops
-        accepting. A second signal during the delay drains at once."""
+        """SIGTERM (SIGINT): with --drain-delay the worker goes on serving and accepting for that long, so
+        that load balancers, told by /ready, stop sending work to this host before it stops accepting.
+        Only while no other worker of the app serves: one that does keeps the shared socket answered
+        and /ready at 200 (a rolling reload, a scale-down), so the next tick drains at once. A second
+        signal during the delay drains at once."""
         if self.drain_delay <= 0 or self.leave_at is not None or self.should_exit:
             self._leaving()
             super().handle_exit(sig, frame)
             return
+        # Marked leaving before any look at the siblings: of workers told to stop together, none can
+        # count on another (each sees the others leaving by its first tick), so all wait the delay.
         self._leaving()
         self.leave_at = time.monotonic() + self.drain_delay
-        self.pulse.leaving = f"/ready answers 503, accepting {self.drain_delay:g} s more, then draining"
+        self.pulse.leaving = f"accepting {self.drain_delay:g} s more unless another worker serves, then draining"
         self.pulse.notifier.status(self.pulse.status_line(self.server_state.total_requests,
                                                           len(self.server_state.tasks), 0.0))
-        logger.info("leaving: /ready answers 503; accepting for %g s more (--drain-delay), then draining",
+        logger.info("leaving: accepting for %g s more (--drain-delay) unless another worker serves, then draining",
                     self.drain_delay)
 
+    def _others_serve(self) -> bool:
+        """Another worker of the app serves (None of this without the scoreboard: the delay is kept)."""
+        board = self.pulse.board
+        if board is None or not others_serving(board.prefix):
+            return False
+        logger.info("leaving: another worker serves, so no drain delay; draining")
+        return True
+
     def _leaving(self) -> None:
+        if self.pulse.board is not None:
+            self.pulse.board.leave()  # first: a probe answered in between must not count this worker
         if self.health is not None:
             self.health.leaving = True
 
