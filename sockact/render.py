@@ -10,7 +10,7 @@ from typing import Any
 
 import jinja2
 
-from . import __version__, escape, hardening, systemd_versions
+from . import __version__, container, escape, hardening, systemd_versions
 from .spec import UnitSpec, reject_control
 
 KINDS = ("socket", "service", "target")
@@ -66,11 +66,16 @@ NOFILE = 524288
 
 
 def exec_start(spec: UnitSpec) -> list[str]:
-    """The worker's command line, unescaped."""
+    """The worker's command line, unescaped (a container worker's is container.exec_start's)."""
     if spec.exec_argv is not None:
         return list(spec.exec_argv)
+    return [spec.python, "-m", "sockact", *runtime_args(spec)]
+
+
+def runtime_args(spec: UnitSpec) -> list[str]:
+    """`run MODULE:ATTR` and the runtime's options: after `python -m sockact`, or after the image's `sockact`."""
     assert spec.app is not None
-    argv = [spec.python, "-m", "sockact", "run", spec.app, "--stop-timeout", spec.stop_timeout,
+    argv = ["run", spec.app, "--stop-timeout", spec.stop_timeout,
             "--request-timeout", spec.request_timeout, "--respawn"]
     if spec.access_log:
         argv.append("--access-log")
@@ -83,6 +88,16 @@ def exec_start(spec: UnitSpec) -> list[str]:
     for limit, text in spec.http_limits:  # only those that differ from the runtime's defaults
         argv += [limit, text]
     return argv
+
+
+def _container(spec: UnitSpec) -> dict[str, Any] | None:
+    """The podman lines of a container worker, escaped by sockact.container; None without --container."""
+    if spec.container is None:
+        return None
+    return {"image": spec.container, "exec_start_pre": container.exec_start_pre(spec),
+            "exec_start": container.exec_start(spec, runtime_args(spec)), "exec_stop": container.exec_stop(spec),
+            "exec_stop_post": container.exec_stop_post(spec), "stop_timeout": container.podman_stop_timeout(spec),
+            "timeout_stop_sec": container.timeout_stop_sec(spec), "margin": container.PODMAN_STOP_MARGIN}
 
 
 def context(spec: UnitSpec) -> dict[str, Any]:
@@ -118,6 +133,7 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "memory_max": spec.memory_max if systemd_versions.supports(spec.systemd_version, "MemoryMax") else None,
         "memory_high": spec.memory_high if systemd_versions.supports(spec.systemd_version, "MemoryHigh") else None,
         "builtin_runtime": spec.exec_argv is None,
+        "container": _container(spec),
     }
 
 
