@@ -18,6 +18,7 @@ from .spec import UnitSpec
 
 PODMAN = "/usr/bin/podman"
 INSTALL = "/usr/bin/install"
+RM = "/usr/bin/rm"
 # Inside the container: the worker's runtime directory (boot-failure counters) and the scoreboard
 # directory the workers of one app share, bind-mounted from /run/NAME and /run/NAME/shm on the host.
 RUNTIME_IN_CONTAINER = "/run/sockact"
@@ -77,9 +78,11 @@ def _words(words: list[str]) -> str:
     return " ".join(escape.exec_word(word) for word in words)
 
 
-def exec_start_pre(spec: UnitSpec) -> str:
+def exec_start_pre(spec: UnitSpec) -> list[str]:
+    """The host directories, and no id file left by the last container: podman refuses to overwrite one."""
     uid, gid = user(spec)
-    return _words([INSTALL, "-d", "-m", "0700", "-o", uid, "-g", gid, *host_dirs(spec)])
+    return [_words([INSTALL, "-d", "-m", "0700", "-o", uid, "-g", gid, *host_dirs(spec)]),
+            f"{RM} -f {cidfile(spec)}"]
 
 
 def run_flags(spec: UnitSpec) -> list[str]:
