@@ -123,7 +123,8 @@ def spec_from(args: argparse.Namespace) -> UnitSpec:
     given = getattr(args, "systemd_version", None)  # only generate has the option; install asks systemd
     detected = systemd_versions.running_version() if given is None else systemd_versions.Detected(0)
     built = spec.build(
-        unit_name=args.name, listen=args.listen, python_path=args.python or sys.executable, app_ref=args.app,
+        unit_name=args.name, listen=args.listen,
+        python_path=sys.executable if args.python is None else args.python, app_ref=args.app,
         exec_cmd=args.exec_cmd, worker_count=args.workers, chdir=args.chdir, env=args.env,
         env_file=args.env_file, run_as=args.user, watchdog=args.watchdog,
         request_timeout=args.request_timeout, stop_timeout=args.stop_timeout,

@@ -94,7 +94,8 @@ def run_flags(spec: UnitSpec) -> list[str]:
     if spec.harden:
         flags += ["--read-only", "--cap-drop=all", "--security-opt=no-new-privileges"]
     flags.append(f"--user={uid}:{gid}")
-    flags += [f"--volume=/run/{spec.name}:{RUNTIME_IN_CONTAINER}", f"--volume=/run/{spec.name}/shm:{SCOREBOARD_IN_CONTAINER}",
+    flags += [f"--volume=/run/{spec.name}:{RUNTIME_IN_CONTAINER}",
+              f"--volume=/run/{spec.name}/shm:{SCOREBOARD_IN_CONTAINER}",
               f"--env=RUNTIME_DIRECTORY={RUNTIME_IN_CONTAINER}"]
     # Without a value, podman copies the variable from its own environment, which systemd set up:
     # the unit's Environment= lines, the watchdog period and the journal stream podman passes through.

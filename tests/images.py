@@ -29,7 +29,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 # Parts of the standard library no server needs: leaving them out halves the image.
-_STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "config-3.11-x86_64-linux-gnu"}
+_STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
+                f"config-{sys.version_info.major}.{sys.version_info.minor}-x86_64-linux-gnu"}
 SITE = "usr/local/lib/python3/dist-packages"  # on sys.path through a .pth file written below
 _LDD_PATH = re.compile(r"(/\S+) \(0x")
 NOBODY = "65534"
@@ -80,7 +81,7 @@ class _Tree:
 
     def __init__(self) -> None:
         self.buffer = io.BytesIO()
-        self.tar = tarfile.open(fileobj=self.buffer, mode="w")
+        self.tar = tarfile.open(fileobj=self.buffer, mode="w")  # noqa: SIM115 - closed by close()
         self.dirs: set[str] = set()
 
     def directory(self, path: str, mode: int = 0o755) -> None:
@@ -154,9 +155,11 @@ def root_tar(extra_modules: dict[str, Path] | None = None) -> bytes:
               b"sys.exit(entry())\n", 0o755)
     for library in sorted(_shared_libraries([interpreter, *extensions])):
         tree.file(library, str(library))
-    tree.data("etc/passwd", f"root:x:0:0:root:/root:/nonexistent\nnobody:x:{NOBODY}:{NOBODY}:nobody:/nonexistent:/nonexistent\n".encode())
+    accounts = f"root:x:0:0:root:/root:/nonexistent\nnobody:x:{NOBODY}:{NOBODY}:nobody:/nonexistent:/nonexistent\n"
+    tree.data("etc/passwd", accounts.encode())
     tree.data("etc/group", f"root:x:0:\nnogroup:x:{NOBODY}:\n".encode())
-    for path, mode in (("tmp", 0o1777), ("run", 0o755), ("dev", 0o755), ("proc", 0o755), ("sys", 0o755), ("root", 0o700)):
+    mount_points = (("tmp", 0o1777), ("run", 0o755), ("dev", 0o755), ("proc", 0o755), ("sys", 0o755), ("root", 0o700))
+    for path, mode in mount_points:
         tree.directory(path, mode)
     return tree.close()
 

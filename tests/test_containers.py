@@ -78,7 +78,8 @@ def test_install_now_starts_containers_that_answer_through_the_socket(
     seen = answers(box, 12)
     box_hostname = box.run("hostname").stdout.strip()
     hostnames = {str(answer["hostname"]) for answer in seen}
-    print(f"12 requests answered by workers {sorted({str(a['worker']) for a in seen})} in containers {sorted(hostnames)}; "
+    workers = sorted({str(answer["worker"]) for answer in seen})
+    print(f"12 requests answered by workers {workers} in containers {sorted(hostnames)}; "
           f"PID 1 there: {seen[0]['pid1']}")
     for answer in seen:
         # PID 1 of the answering process's PID namespace is `sockact run` itself: it runs in the container.

@@ -73,7 +73,8 @@ def check_import(spec: UnitSpec) -> str:
     if result.returncode == EXIT_APP and said:
         raise PreflightFailed(f"{said[-1]}; fix the app, the image or --app/--chdir (checked in {spec.container})")
     if result.returncode == EXIT_NO_SOCKACT:
-        raise PreflightFailed(f"{PYTHON_IN_IMAGE} in {spec.container} cannot import sockact ({said[-1] if said else '?'}); "
+        reason = said[-1] if said else "no reason given"
+        raise PreflightFailed(f"{PYTHON_IN_IMAGE} in {spec.container} cannot import sockact ({reason}); "
                               "install sockact into the image (docs/containers.md has a Containerfile)")
     if result.returncode != 0:
         errors = [line.strip() for line in result.stderr.splitlines() if line.strip()]
