@@ -162,3 +162,12 @@ def test_rendered_container_units_pass_systemd_analyze_verify(tmp_path: Path) ->
                              timeout=60, check=False)
     assert "Unknown key" not in analyze.stderr and "Invalid" not in analyze.stderr, analyze.stderr
     assert "ExecStart" not in analyze.stderr and "ExecStop" not in analyze.stderr, analyze.stderr
+
+
+def test_explain_describes_the_container_sandbox() -> None:
+    result = sockact(*BASE, "--memory-max", "512M", "--explain", check=True)
+    assert "the worker runs in a podman container of " + IMAGE in result.stdout
+    for flag, _ in container.SANDBOX_FLAGS:
+        assert f"\n{flag}\n    " in result.stdout, flag
+    assert "MemoryMax=512M" in result.stdout
+    assert "DynamicUser" not in result.stdout.split("MemoryMax=")[0].replace("under DynamicUser=", "")
