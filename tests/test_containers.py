@@ -150,3 +150,58 @@ def test_scale_adds_and_removes_containers(
     names = box.run("podman", "ps", "-a", "--format", "{{.Names}}").stdout.split()
     print(f"\nsockact scale {NAME} 3 then 2: containers left {sorted(names)}")
     assert sorted(names) == [f"sockact-{NAME}-{i}" for i in (1, 2)]
+
+
+CONTAINERFILE = Path(__file__).resolve().parent.parent / "examples" / "Containerfile"
+
+
+def containerfile(instruction: str) -> str:
+    """The argument of the last INSTRUCTION line of examples/Containerfile."""
+    lines = [line.split(None, 1)[1] for line in CONTAINERFILE.read_text().splitlines()
+             if line.startswith(instruction + " ")]
+    return lines[-1]
+
+
+def test_containerfile_entrypoint_binds_its_own_port_read_only_non_root_and_drains(
+        private_systemd: PrivateSystemd, image: str) -> None:
+    """The example's ENTRYPOINT and USER on the offline image (building the example itself needs its registry
+    base image): no socket unit, so `sockact run --bind` listens itself; SIGTERM from `podman stop` drains."""
+    box = private_systemd
+    entrypoint, user = json.loads(containerfile("ENTRYPOINT")), containerfile("USER")
+    port = int(entrypoint[entrypoint.index("--bind") + 1].rpartition(":")[2])
+    # Its own service, as a container engine would run it: attached podman, the box's limits passed through.
+    box.run("systemd-run", "--unit=cfile", "-p", "LimitNOFILE=524288", "--", "/usr/bin/podman", "run", "--name=cfile",
+            "--network=host", "--read-only", "--cap-drop=all", "--security-opt=no-new-privileges", f"--user={user}",
+            "--cgroups=disabled", "--ulimit=host", f"--entrypoint={json.dumps(entrypoint)}", image, APP)
+    url = f"http://127.0.0.1:{port}"
+    box.wait_for(lambda: box.run("curl", "-s", "--max-time", "2", url, check=False).returncode == 0,
+                 timeout=30, what="the container's own port")
+    answer = json.loads(box.run("curl", "-sS", "--fail", url).stdout)
+    assert answer["pid1"][1:] == ["/usr/local/bin/sockact", *entrypoint[1:], APP]  # type: ignore[index]
+    assert answer["read_only_root"] is True and answer["uid"] == int(user.partition(":")[0])
+    slow = box.popen("curl", "-sS", "--fail", "--max-time", "20", f"{url}/sleep?ms=1500", stdout=subprocess.PIPE,
+                     text=True)
+    in_flight = ("ss", "-tnH", "state", "established", f"( dport = :{port} )")
+    box.wait_for(lambda: box.run(*in_flight).stdout.strip() != "", what="the slow request's connection")
+    began = time.monotonic()
+    box.run("podman", "stop", "cfile", timeout=60)
+    stopped = time.monotonic() - began
+    body, _ = slow.communicate(timeout=30)
+    exit_code = box.run("podman", "inspect", "--format", "{{.State.ExitCode}}", "cfile").stdout.strip()
+    box.run("podman", "rm", "cfile")
+    print(f"\nexamples/Containerfile entrypoint {entrypoint} as {user}: answered on :{port}; podman stop with a "
+          f"1.5 s request in flight took {stopped:.1f} s, the request got {body.strip()[:40]!r}..., exit code {exit_code}")
+    assert slow.returncode == 0 and json.loads(body)["pid1"][1] == "/usr/local/bin/sockact"
+    assert exit_code == "0" and stopped < 10  # drained and exited, not killed at podman's 10 s
+
+
+def test_install_refuses_an_image_missing_from_the_store_and_writes_nothing(
+        private_systemd: PrivateSystemd, image: str) -> None:
+    box = private_systemd
+    missing = "localhost/sockact-absent:1"
+    result = sockact_in(box, "install", "absent", "--app", APP, "--listen", "127.0.0.1:8471", "--container", missing,
+                        "--unit-dir", UNIT_DIR, check=False)
+    print(f"\ninstall --container {missing}: exit {result.returncode}: {result.stderr.strip()}")
+    assert result.returncode != 0 and result.stderr.count("\n") == 1
+    assert f"--container {missing} is not in podman's image store; `podman pull {missing}`" in result.stderr
+    assert not (box.unit_dir() / "absent@.service").exists()
