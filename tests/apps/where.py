@@ -1,8 +1,7 @@
 """An app that says where it runs: GET / answers with the worker, the host name, the UID, whether
 the root file system is read-only, and PID 1's command line (in a container, `sockact run` itself).
 
-GET /sleep?ms=N waits N ms first. The answer is also in the X-Where header, for load tools that
-read only headers.
+GET /sleep?ms=N waits N ms first. tests/images.py copies this module into the test image.
 """
 
 from __future__ import annotations
