@@ -191,7 +191,8 @@ def test_containerfile_entrypoint_binds_its_own_port_read_only_non_root_and_drai
     exit_code = box.run("podman", "inspect", "--format", "{{.State.ExitCode}}", "cfile").stdout.strip()
     box.run("podman", "rm", "cfile")
     print(f"\nexamples/Containerfile entrypoint {entrypoint} as {user}: answered on :{port}; podman stop with a "
-          f"1.5 s request in flight took {stopped:.1f} s, the request got {body.strip()[:40]!r}..., exit code {exit_code}")
+          f"1.5 s request in flight took {stopped:.1f} s, the request got {body.strip()[:40]!r}..., "
+          f"exit code {exit_code}")
     assert slow.returncode == 0 and json.loads(body)["pid1"][1] == "/usr/local/bin/sockact"
     assert exit_code == "0" and stopped < 10  # drained and exited, not killed at podman's 10 s
 
