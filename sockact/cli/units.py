@@ -48,8 +48,11 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment variable; repeatable")
     parser.add_argument("--env-file", metavar="PATH", help="EnvironmentFile= for the workers")
     parser.add_argument("--user", metavar="USER", help="run the workers as this user")
-    parser.add_argument("--python", metavar="PATH", default=sys.executable,
+    parser.add_argument("--python", metavar="PATH",
                         help="interpreter for --app (default: the one running sockact)")
+    parser.add_argument("--container", metavar="IMAGE",
+                        help="run each worker in a podman container of IMAGE (its `sockact run`, the socket passed "
+                             "in, no network; see docs/containers.md); --user is then a UID[:GID] in the container")
     parser.add_argument("--watchdog", metavar="SECONDS",
                         help="WatchdogSec=: restart a worker whose serving loop stops for this long "
                              "(default with --app: 10; 0: off)")
@@ -132,6 +135,9 @@ def add_http_limits(parser: argparse.ArgumentParser) -> None:
 def spec_from(args: argparse.Namespace) -> UnitSpec:
     from ..generator import versions
 
+    if args.container is not None and args.python is not None:
+        raise UsageError("--python names a host interpreter; with --container the workers run the image's own "
+                         "`sockact` (on its PATH), so leave --python out")
     given = getattr(args, "systemd_version", None)  # only generate has the option; install asks systemd
     detected = versions.running_version() if given is None else versions.Detected(0)
     built = build_spec(args, detected.version if given is None else given)
@@ -149,7 +155,8 @@ def build_spec(args: argparse.Namespace, systemd_version: int | str) -> UnitSpec
     from ..generator import spec
 
     return spec.build(
-        unit_name=args.name, listen=args.listen, python_path=args.python, app_ref=args.app,
+        unit_name=args.name, listen=args.listen,
+        python_path=sys.executable if args.python is None else args.python, app_ref=args.app,
         exec_cmd=args.exec_cmd, worker_count=args.workers, chdir=args.chdir, env=args.env,
         env_file=args.env_file, run_as=args.user, watchdog=args.watchdog,
         request_timeout=args.request_timeout, stop_timeout=args.stop_timeout,
@@ -161,6 +168,7 @@ def build_spec(args: argparse.Namespace, systemd_version: int | str) -> UnitSpec
         max_headers=args.max_headers, max_header_size=args.max_header_size, max_target=args.max_target,
         head_timeout=args.head_timeout, keep_alive=args.keep_alive, send_timeout=args.send_timeout,
         health_listen=args.health_listen, drain_delay="0" if args.drain_delay is None else args.drain_delay,
+        container=args.container,
     )
 
 

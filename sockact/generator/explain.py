@@ -26,6 +26,11 @@ SCORE_NO_HARDEN = OPTION_SCORES["--no-harden"][1]
 
 def explain(spec: UnitSpec) -> str:
     """Plain text: every sandbox line this spec gets, what it does, what it costs, and the score without it."""
+    if spec.container is not None:
+        from . import container
+
+        runtime = _memory(spec) + _proxies(spec) + _http_limits(spec)
+        return "\n\n".join(container.explain(spec) + runtime) + "\n"
     out = [f"Sandbox of {spec.name}@.service, rendered for systemd {spec.systemd_version}."]
     entries = sandbox.chosen(spec)
     if not entries:

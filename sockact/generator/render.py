@@ -11,7 +11,7 @@ from typing import Any
 import jinja2
 
 from .. import __version__
-from . import escape, sandbox, versions
+from . import container, escape, sandbox, versions
 from .spec import UnitSpec, reject_control
 
 KINDS = ("socket", "service", "target", "health-socket")  # health-socket: only with --health-listen
@@ -66,15 +66,21 @@ NOFILE = 524288
 
 
 def exec_start(spec: UnitSpec) -> list[str]:
-    """The worker's command line, unescaped."""
+    """The worker's command line, unescaped (a container worker's is container.exec_start's)."""
     if spec.exec_argv is not None:
         return list(spec.exec_argv)
+    return [spec.python, "-m", "sockact", *runtime_args(spec)]
+
+
+def runtime_args(spec: UnitSpec) -> list[str]:
+    """`run MODULE:ATTR` and the runtime's options: after `python -m sockact`, or after the image's `sockact`."""
     assert spec.app is not None
-    return [spec.python, "-m", "sockact", "run", spec.app, *run_options(spec)]
+    return ["run", spec.app, *run_options(spec)]
 
 
 def run_options(spec: UnitSpec) -> list[str]:
-    """`sockact run`'s options after MODULE:ATTR, the same in a unit's ExecStart= and a pod's command."""
+    """`sockact run`'s options after MODULE:ATTR, the same in a unit's ExecStart=, a container's command and a
+    pod's command."""
     argv = ["--stop-timeout", spec.stop_timeout, "--request-timeout", spec.request_timeout, "--respawn"]
     if spec.access_log:
         argv.append("--access-log")
@@ -101,6 +107,16 @@ def unit_filenames(name: str, health: bool) -> dict[str, str]:
     if health:
         names["health-socket"] = f"{name}-health.socket"
     return names
+
+
+def _container(spec: UnitSpec) -> dict[str, Any] | None:
+    """The podman lines of a container worker, escaped by sockact.container; None without --container."""
+    if spec.container is None:
+        return None
+    return {"image": spec.container, "exec_start_pre": container.exec_start_pre(spec),
+            "exec_start": container.exec_start(spec, runtime_args(spec)), "exec_stop": container.exec_stop(spec),
+            "exec_stop_post": container.exec_stop_post(spec), "stop_timeout": container.podman_stop_timeout(spec),
+            "timeout_stop_sec": container.timeout_stop_sec(spec), "margin": container.PODMAN_STOP_MARGIN}
 
 
 def context(spec: UnitSpec) -> dict[str, Any]:
@@ -138,6 +154,7 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "builtin_runtime": spec.exec_argv is None,
         "health": {"address": escape.path(spec.health_listen.address), "tcp": spec.health_listen.is_tcp}
         if spec.health_listen is not None else None,
+        "container": _container(spec),
     }
 
 

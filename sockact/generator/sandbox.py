@@ -140,7 +140,7 @@ def protect_home(spec: UnitSpec) -> str:
 
 def chosen(spec: UnitSpec) -> list[Hardening]:
     """The sandbox entries this spec gets on its systemd version, with values adjusted to the spec."""
-    if not spec.harden:
+    if not spec.harden or spec.container is not None:  # a container worker's sandbox is podman's flags
         return []
     picked: list[Hardening] = []
     for entry in SANDBOX:

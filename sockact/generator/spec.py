@@ -35,6 +35,17 @@ _ROOT_USERS = ("root", "0")
 # systemd refuses UIDs past 32 bits and the two "-1" values, (uid_t) -1 and the 16-bit 65535.
 _UID_MAX = 4294967294
 _UID_16BIT_MINUS_1 = 65535
+# `--container`: an image reference as podman reads it (registry[:port]/path[:tag][@digest]), after the
+# reference grammar of the containers/image library; the path is lowercase, the tag at most 128 characters.
+_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_RE = re.compile(rf"{_DOMAIN}?{_PATH_PART}(?:/{_PATH_PART})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+                       r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+_IMAGE_NAME_MAX = 255
+# podman's container names: letters, digits and '_.-' after a first letter or digit ("sockact-NAME-N").
+_CONTAINER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A container's user is numeric: the host makes its directories owned by it, and cannot read the image's names.
+_CONTAINER_USER_RE = re.compile(r"([0-9]{1,10})(?::([0-9]{1,10}))?")
 _UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 # MemoryMax=/MemoryHigh=: bytes with systemd's 1024-based suffixes, or a percentage of the host's memory.
 _SIZE_RE = re.compile(r"([0-9]{1,19})([KMGT]?)")
@@ -100,14 +111,20 @@ class UnitSpec:
     # sockact run --health-listen: NAME-health.socket listens here and passes its fd to every worker
     health_listen: Listener | None = None
     drain_delay: str | None = None  # sockact run --drain-delay, validated seconds below stop_timeout (None: 0)
+    # `--container IMAGE`: each worker runs `sockact run` in a podman container of this image; `user` is
+    # then the container's UID[:GID] (sockact.container), and the unit itself runs podman as root.
+    container: str | None = None
 
     @property
     def dynamic_user(self) -> bool:
-        return self.harden and self.user is None
+        return self.harden and self.user is None and self.container is None
 
     @property
     def run_as(self) -> str | None:
-        """User= of the workers: the given account, or the name of their dynamic user, or None (root)."""
+        """User= of the workers: the given account, or the name of their dynamic user, or None (root,
+        which a container worker's unit needs to run podman)."""
+        if self.container is not None:
+            return None
         if self.user is not None:
             return self.user
         return dynamic_user_name(self.name) if self.harden else None
@@ -325,6 +342,54 @@ def user(value: str, *, harden: bool = True) -> str:
         raise UsageError(f"--user {value}: workers never need root (systemd binds the port); "
                          "leave --user out for a dynamic user, or add --no-harden to insist")
     return value
+
+
+def image_reference(value: str) -> str:
+    """A container image reference podman can run, e.g. registry.example.com/team/myapp:1.4."""
+    reject_control("--container", value)
+    bare = value.partition("@")[0]  # without the digest
+    name = bare[:bare.rindex(":")] if ":" in bare.rpartition("/")[2] else bare  # and without the tag
+    if not _IMAGE_RE.fullmatch(value) or len(name) > _IMAGE_NAME_MAX:
+        raise UsageError(
+            f"--container {value!r} is not an image reference; give [REGISTRY/]PATH[:TAG][@DIGEST] with a "
+            "lowercase path, e.g. registry.example.com/myapp:1.4 or localhost/myapp:latest"
+        )
+    return value
+
+
+def container_user(value: str, *, harden: bool = True) -> str:
+    """--user with --container: UID or UID:GID inside the container."""
+    reject_control("--user", value)
+    found = _CONTAINER_USER_RE.fullmatch(value)
+    if not found or any(int(part) > _UID_MAX for part in found.groups() if part is not None):
+        raise UsageError(f"--user {value!r}: with --container give a UID or UID:GID (e.g. 1000 or 1000:1000); "
+                         "the host makes the worker's directories owned by it and cannot read the image's user names")
+    if harden and found.group(1) == "0":
+        raise UsageError(f"--user {value}: workers never need root (systemd binds the port); leave --user out "
+                         "for nobody (65534), or add --no-harden to insist")
+    return value
+
+
+def check_container(spec: UnitSpec) -> UnitSpec:
+    """Options that mean nothing for a worker in a container, each refused with its reason."""
+    if spec.container is None:
+        return spec
+    if spec.exec_argv is not None:
+        raise UsageError("--container runs `sockact run MODULE:ATTR` in the image; give --app, not --exec "
+                         "(an image that serves by itself needs no socket unit: see docs/containers.md)")
+    if spec.writable:
+        raise UsageError("--writable opens host paths in systemd's sandbox; a container sees only its image and "
+                         "its volumes: keep data in --state-dir, --cache-dir or --logs-dir, mounted at the same paths")
+    if spec.allow_jit:
+        raise UsageError("--allow-jit lifts MemoryDenyWriteExecute= of systemd's sandbox, which a container worker "
+                         "does not run under (podman's seccomp profile lets a JIT map executable memory)")
+    if spec.health_listen is not None:
+        raise UsageError("--health-listen with --container: the health socket is not passed into the container "
+                         "yet; check the app's port instead (or run without --container)")
+    if not _CONTAINER_NAME_RE.fullmatch(spec.name):
+        raise UsageError(f"name {spec.name!r} cannot name a container (sockact-{spec.name}-N); with --container use "
+                         "letters, digits and '_.-' only")
+    return spec
 
 
 def directory_name(field: str, value: str) -> str:
@@ -567,12 +632,14 @@ def build(
     send_timeout: str | None = None,
     health_listen: str | None = None,
     drain_delay: str = "0",
+    container: str | None = None,
 ) -> UnitSpec:
     """Validate every raw option and return the spec; raises UsageError on the first bad value.
 
     ``systemd_version`` is the major version the units are rendered for (default: Debian 12's 252).
     ``watchdog`` None gives the built-in runtime DEFAULT_WATCHDOG; "0" turns the watchdog off.
     The HTTP limits (``max_body`` to ``send_timeout``) left None keep `sockact run`'s defaults.
+    ``container`` is an image reference: each worker runs in a podman container of it.
     """
     if (app_ref is None) == (exec_cmd is None):
         raise UsageError("give exactly one of --app MODULE:ATTR (the built-in runtime) or --exec CMD")
@@ -583,7 +650,14 @@ def build(
         raise UsageError("the same --listen address is given twice; list each address once")
     builtin_runtime = app_ref is not None
     stop = seconds("--stop-timeout", stop_timeout)
-    return check_memory(UnitSpec(
+    image = image_reference(container) if container is not None else None
+    if run_as is None:
+        chosen_user = None
+    elif image is not None:
+        chosen_user = container_user(run_as, harden=harden)
+    else:
+        chosen_user = user(run_as, harden=harden)
+    return check_container(check_memory(UnitSpec(
         name=name(unit_name),
         listeners=listeners,
         workers=workers(worker_count),
@@ -593,7 +667,7 @@ def build(
         chdir=absolute_path("--chdir", chdir) if chdir is not None else None,
         env=tuple(env_pair(item) for item in env or ()),
         env_file=file_path("--env-file", env_file) if env_file is not None else None,
-        user=user(run_as, harden=harden) if run_as is not None else None,
+        user=chosen_user,
         watchdog=watchdog_sec(watchdog, builtin_runtime=app_ref is not None),
         request_timeout=request_timeout_sec(request_timeout, builtin_runtime=app_ref is not None),
         stop_timeout=stop,
@@ -618,4 +692,5 @@ def build(
         health_listen=(health_listener(health_listen, listeners, builtin_runtime)
                        if health_listen is not None else None),
         drain_delay=drain_delay_sec(drain_delay, stop, builtin_runtime),
-    ))
+        container=image,
+    )))

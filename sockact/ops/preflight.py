@@ -54,6 +54,10 @@ except SockactError as exc:
 
 def preflight(spec: UnitSpec) -> list[str]:
     """Every check in order; one line per check that passed. PreflightFailed at the first that fails."""
+    if spec.container is not None:
+        from . import container_checks  # podman's own checks: the host's interpreter does not matter
+
+        return container_checks.preflight(spec)
     passed = [check_interpreter(spec)]
     passed += check_paths(spec)
     passed += [check_port(spec, item) if item.is_tcp else check_unix_socket(spec, item) for item in spec.listeners]
