@@ -98,7 +98,8 @@ class UnitSpec:
     # sockact run's HTTP limits that differ from its defaults: (option, canonical value), in HTTP_LIMITS order
     http_limits: tuple[tuple[str, str], ...] = ()
     health_listen: str | None = None  # sockact run --health-listen: "PORT" or "HOST:PORT" (None: no endpoint)
-    drain_delay: str = "0"  # sockact run --drain-delay: seconds served after SIGTERM with /ready 503, within stop_timeout
+    # sockact run --drain-delay: seconds served after SIGTERM with /ready 503, within stop_timeout
+    drain_delay: str = "0"
 
     @property
     def dynamic_user(self) -> bool:
@@ -276,7 +277,8 @@ def env_pair(value: str) -> tuple[str, str]:
     reject_control("--env", value)
     key, sep, val = value.partition("=")
     if not sep:
-        raise UsageError(f"--env {value!r} has no '='; write KEY=VALUE, e.g. --env DJANGO_SETTINGS_MODULE=proj.settings")
+        raise UsageError(f"--env {value!r} has no '='; "
+                         "write KEY=VALUE, e.g. --env DJANGO_SETTINGS_MODULE=proj.settings")
     if not _ENV_KEY_RE.fullmatch(key):
         raise UsageError(f"--env {value!r}: {key!r} is not a variable name; use letters, digits and '_'")
     return key, val
@@ -458,7 +460,8 @@ def drain_delay_sec(value: str, stop_timeout: str) -> str:
         raise UsageError(f"--drain-delay {value!r}: give a number of seconds from 0 (off), e.g. 5")
     if float(value) >= float(stop_timeout):
         raise UsageError(f"--drain-delay {value} is not below --stop-timeout {stop_timeout}: the delay is served "
-                         "within the stop deadline and in-flight requests need the rest; lower it or raise --stop-timeout")
+                         "within the stop deadline and in-flight requests need the rest; "
+                         "lower it or raise --stop-timeout")
     return canonical_seconds(value)
 
 

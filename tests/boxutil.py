@@ -158,7 +158,8 @@ class ProbeResult:
         return [result for result in self.results if not result[1]]
 
     def __str__(self) -> str:
-        return f"{self.answered} of {self.total} probes answered ({self.share:.1%}), longest outage {self.longest_outage():.1f} s"
+        return (f"{self.answered} of {self.total} probes answered ({self.share:.1%}), "
+                f"longest outage {self.longest_outage():.1f} s")
 
 
 def serving_pid(box: PrivateSystemd, unit: str) -> str:

@@ -90,7 +90,8 @@ def show(box: PrivateSystemd, unit: str) -> dict[str, str]:
 
 
 def logged_after_thaw(box: PrivateSystemd, line: str) -> bool:
-    return any(line in text and "after-thaw" in text for text in box.journal("-u", "jfreeze@*", "-o", "cat").splitlines())
+    texts = box.journal("-u", "jfreeze@*", "-o", "cat").splitlines()
+    return any(line in text and "after-thaw" in text for text in texts)
 
 
 def shm_files(box: PrivateSystemd) -> list[str]:
@@ -104,7 +105,8 @@ def test_a_full_dev_shm_costs_a_restarted_worker_its_balance_not_its_life(fresh_
     start_app(box, "shm", 8400, 2, "--app", HELLO)
     box.wait_for(lambda: len([f for f in shm_files(box) if f.startswith("sockact.shm@")]) == 2, what="two slots")
     # Fill it, then leave a slot as a worker that died of a full /dev/shm leaves it: sized, never allocated.
-    box.run("sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=64k 2>/dev/null || true; truncate -s 24 /dev/shm/sockact.shm@3.999999")
+    box.run("sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=64k 2>/dev/null || true; "
+            "truncate -s 24 /dev/shm/sockact.shm@3.999999")
     assert box.run("df", "--output=avail", "/dev/shm").stdout.split()[-1] == "0"
     before = {unit: show(box, unit) for unit in ("shm@1.service", "shm@2.service")}
     load = wrk(box, "http://127.0.0.1:8400/sleep?ms=5", 8, "-H", "Connection: close")

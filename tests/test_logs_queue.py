@@ -154,7 +154,8 @@ EXITING = textwrap.dedent("""
 
 
 def test_records_waiting_at_a_normal_exit_are_written() -> None:
-    result = subprocess.run([sys.executable, "-c", EXITING, "2000"], check=False, capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-c", EXITING, "2000"], check=False, capture_output=True, text=True,
+                            timeout=30)
     assert result.returncode == 0
     lines = [line for line in result.stderr.splitlines() if " app: line " in line]
     assert len(lines) == 2000 and lines[-1].split()[5] == "1999"
@@ -213,7 +214,8 @@ def test_journal_entries_carry_priority_worker_fields_and_multiline_messages(
     assert fields["SYSLOG_IDENTIFIER"] == "app@2" and fields["SOCKACT_WORKER"] == "2"
 
 
-def test_a_journal_entry_too_big_for_a_datagram_goes_as_a_sealed_memfd(journal_socket: tuple[str, socket.socket]) -> None:
+def test_a_journal_entry_too_big_for_a_datagram_goes_as_a_sealed_memfd(
+        journal_socket: tuple[str, socket.socket]) -> None:
     path, server = journal_socket
     handler = logs.JournalHandler({}, path=path)
     big = "y" * handler.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)  # above the largest datagram

@@ -4,8 +4,8 @@ to a third one running HAProxy by a veth pair."""
 
 from __future__ import annotations
 
-import subprocess
 import json
+import subprocess
 import sys
 import textwrap
 import time

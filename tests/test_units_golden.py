@@ -19,8 +19,8 @@ EXAMPLES = {
     "tcp": ["myapp", "--app", "myproj.asgi:application", "--listen", "8000", "--workers", "4",
             "--chdir", "/srv/myproj", "--python", "/usr/bin/python3", "--watchdog", "10"],
     "unix": ["sockapp", "--app", "myproj.wsgi:application", "--listen", "/run/sockapp/http.sock", "--workers", "2",
-             "--chdir", "/srv/myproj", "--python", "/usr/bin/python3", "--env", "DJANGO_SETTINGS_MODULE=myproj.settings",
-             "--state-dir", "sockapp"],
+             "--chdir", "/srv/myproj", "--python", "/usr/bin/python3",
+             "--env", "DJANGO_SETTINGS_MODULE=myproj.settings", "--state-dir", "sockapp"],
 }
 GOLDENS = [(version, example) for version in systemd_versions.GOLDEN_VERSIONS for example in sorted(EXAMPLES)]
 
@@ -44,7 +44,8 @@ def test_golden_units_match_the_generator(case: tuple[int, str], tmp_path: Path)
         shutil.copytree(tmp_path, golden_dir)
     golden = {p.name: p.read_text() for p in golden_dir.iterdir()}
     rendered = {p.name: p.read_text() for p in tmp_path.iterdir()}
-    assert rendered == golden, f"units/{version}/{example} is stale: rerun with SOCKACT_UPDATE_GOLDENS=1 and review the diff"
+    assert rendered == golden, (f"units/{version}/{example} is stale: "
+                                "rerun with SOCKACT_UPDATE_GOLDENS=1 and review the diff")
 
 
 def test_every_golden_version_has_a_directory_and_nothing_else_is_there() -> None:
@@ -90,7 +91,8 @@ def test_the_version_check_can_fail() -> None:
     newest = (UNITS / "257" / "tcp" / "myapp@.service").read_text()
     assert "RestartMode=direct" in newest
     assert "RestartMode=direct needs systemd 254" in unknown_to(252, newest)
-    assert "Frobnicate= is missing from sockact.systemd_versions.DIRECTIVES" in unknown_to(258, "[Service]\nFrobnicate=1\n")
+    unknown = unknown_to(258, "[Service]\nFrobnicate=1\n")
+    assert "Frobnicate= is missing from sockact.systemd_versions.DIRECTIVES" in unknown
 
 
 def verify(directory: Path) -> subprocess.CompletedProcess[str]:
@@ -122,7 +124,8 @@ def test_units_for_the_installed_systemd_verify_clean(example: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("case", GOLDENS, ids=golden_id)
-def test_goldens_for_this_systemd_or_older_verify_clean_and_newer_ones_warn(case: tuple[int, str], tmp_path: Path) -> None:
+def test_goldens_for_this_systemd_or_older_verify_clean_and_newer_ones_warn(
+        case: tuple[int, str], tmp_path: Path) -> None:
     """The table's boundary, checked against the real parser: what it says 252 lacks, 252 warns about."""
     version, example = case
     shutil.copytree(UNITS / str(version) / example, tmp_path / example)

@@ -66,11 +66,13 @@ def test_every_version_renders_only_what_it_knows() -> None:
 SAMPLES = {
     "Description": "probe", "PartOf": "probe.target", "Wants": "probe.target", "After": "probe.target",
     "StartLimitIntervalSec": "30", "StartLimitBurst": "10", "WantedBy": "multi-user.target",
-    "ListenStream": "8000", "Accept": "no", "DeferAcceptSec": "5", "Service": "probe@1.service", "Type": "notify", "NotifyAccess": "main",
+    "ListenStream": "8000", "Accept": "no", "DeferAcceptSec": "5", "Service": "probe@1.service", "Type": "notify",
+    "NotifyAccess": "main",
     "Sockets": "probe.socket", "ExecStart": "/bin/true", "Environment": "A=1", "EnvironmentFile": "-/etc/probe.env",
     "WorkingDirectory": "/srv", "User": "www-data", "Restart": "on-failure", "RestartSec": "100ms", "RestartSteps": "5",
     "RestartMaxDelaySec": "10s", "RestartMode": "direct", "OpenFile": "/etc/hostname", "WatchdogSec": "10",
-    "KillMode": "mixed", "TimeoutStopSec": "30", "MemoryMax": "512M", "MemoryHigh": "400M", "SyslogIdentifier": "probe", "ProtectProc": "invisible",
+    "KillMode": "mixed", "TimeoutStopSec": "30", "MemoryMax": "512M", "MemoryHigh": "400M", "SyslogIdentifier": "probe",
+    "ProtectProc": "invisible",
     "ProcSubset": "pid", "RestrictAddressFamilies": "AF_UNIX", "SystemCallArchitectures": "native",
     "SystemCallErrorNumber": "EPERM", "SystemCallFilter": "@basic-io", "CapabilityBoundingSet": "",
     "AmbientCapabilities": "", "UMask": "0077", "KeyringMode": "private", "StateDirectory": "probe",
@@ -96,7 +98,8 @@ def test_the_table_matches_the_installed_systemd(tmp_path: Path) -> None:
     about_ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
     unknown = {m.group(1) for line in about_ours for m in [re.search(r"Unknown key '([A-Za-z]+)'", line)] if m}
     newer_keys = {k for k, e in systemd_versions.DIRECTIVES.items() if "=" not in k and e.version > installed}
-    newer_values = {k.partition("=")[2] for k, e in systemd_versions.DIRECTIVES.items() if "=" in k and e.version > installed}
+    newer_values = {k.partition("=")[2] for k, e in systemd_versions.DIRECTIVES.items()
+                    if "=" in k and e.version > installed}
     assert unknown == newer_keys, result.stderr
     others = [line for line in about_ours if "Unknown key" not in line]
     assert all(any(value in line for value in newer_values) for line in others), others

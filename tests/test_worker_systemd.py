@@ -116,7 +116,8 @@ print(json.dumps(result), flush=True)
 
 
 @pytest.mark.parametrize("app", [HELLO, HELLO_WSGI], ids=["asgi", "wsgi"])
-def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(private_systemd: PrivateSystemd, app: str) -> None:
+def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(
+        private_systemd: PrivateSystemd, app: str) -> None:
     box = private_systemd
     name, port = ("drain", 8130) if app == HELLO else ("drainw", 8131)
     start_app(box, name, port, 1, "--app", app, "--stop-timeout", "10")
@@ -132,7 +133,8 @@ def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(private_s
     assert stopper.wait(20) == 0
     stopped_after = time.monotonic() - began
     print(f"\ndrain {name}: slow request {result['slow'][:2]} finished {result['slow'][2]:.2f} s after SIGTERM; "
-          f"idle keep-alive closed after {result['idle_closed_after']:.2f} s; worker stopped after {stopped_after:.2f} s")
+          f"idle keep-alive closed after {result['idle_closed_after']:.2f} s; "
+          f"worker stopped after {stopped_after:.2f} s")
     assert result["slow"][0] == 200
     assert result["idle_closed_after"] is not None and result["idle_closed_after"] < 2
     assert stopped_after < 10
@@ -180,7 +182,8 @@ def test_status_line_has_live_figures(private_systemd: PrivateSystemd) -> None:
     assert "in flight" in text and "req/s" in text and "ready since" in text
 
 
-def test_app_logs_reach_the_journal_with_priority_and_worker(private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+def test_app_logs_reach_the_journal_with_priority_and_worker(
+        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
     box = private_systemd
     start_app(box, "logs", 8170, 2, "--app", "blocker:app", "--chdir", str(shared_apps))
     http_get(box, "http://127.0.0.1:8170/log")

@@ -329,7 +329,8 @@ def _import_failure(spec: UnitSpec, result: subprocess.CompletedProcess[str]) ->
         return f"{said}; fix the app or --app/--chdir (checked with {spec.python} as the workers run it)"
     if code == EXIT_NO_SOCKACT:
         return (f"{spec.python} cannot import sockact ({said}); install sockact into that venv "
-                f"({spec.python} -m pip install with the sockact wheel or checkout) or pass --python with one that has it")
+                f"({spec.python} -m pip install with the sockact wheel or checkout) "
+                "or pass --python with one that has it")
     if code == EXIT_EXEC:
         return (f"the workers' user cannot execute {spec.python} (systemd exit 203): every directory on its way, "
                 f"and on the way to its real file {os.path.realpath(spec.python)}, must be open to others (mode 755), "

@@ -3,9 +3,10 @@
 Every worker waits on the same listening socket, and the kernel wakes them in a fixed order, so one
 worker takes far more than its share (measured: 1.3x with short-lived connections, 3x for keep-alive
 connections opened at once). Each worker publishes its open-connection count and a heartbeat in its
-own small file under /dev/shm (sockact.APP@WORKER.PID) (an API file system, writable even under ProtectSystem=strict); a worker
-accepts only while no live sibling has fewer connections. Siblings whose heartbeat is stale (hung,
-dead, draining) are ignored, so a stuck worker can never stop the others from accepting.
+own small file under /dev/shm (sockact.APP@WORKER.PID) (an API file system, writable even under
+ProtectSystem=strict); a worker accepts only while no live sibling has fewer connections. Siblings
+whose heartbeat is stale (hung, dead, draining) are ignored, so a stuck worker can never stop the
+others from accepting.
 """
 
 from __future__ import annotations
@@ -153,10 +154,8 @@ class Scoreboard:
 
     def close(self) -> None:
         SLOT.pack_into(self.own, 0, DRAINING, 0.0, 1)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def _allocated_slot(path: str) -> mmap.mmap:

@@ -81,7 +81,8 @@ def http_protocol_cls(request: pytest.FixtureRequest) -> type[SockactHttpProtoco
 @pytest.fixture(params=[
     pytest.param("uvicorn.protocols.websockets.wsproto_impl:WSProtocol", id="wsproto",
                  marks=pytest.mark.skipif(not importlib.util.find_spec("wsproto"), reason="wsproto not installed")),
-    pytest.param("uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol", id="websockets-sansio"),
+    pytest.param("uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol",
+                 id="websockets-sansio"),
 ])
 def ws_protocol_cls(request: pytest.FixtureRequest) -> Any:
     return import_from_string(request.param)
