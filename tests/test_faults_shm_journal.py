@@ -6,6 +6,7 @@ every 0.1 s, counting what a new visitor sees while the fault lasts.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -164,7 +165,7 @@ def test_a_stopped_journald_does_not_stall_serving(fresh_systemd: PrivateSystemd
     box.wait_for(lambda: DROPPED in box.journal("-u", "jfreeze@*", "-o", "cat"), timeout=60, what="the drop count")
     http_get(box, "http://127.0.0.1:8410/log/after-thaw")
     for line in ("a warning from worker", "printed by worker", "an error line from worker", '"GET /log/after-thaw'):
-        box.wait_for(lambda line=line: logged_after_thaw(box, line), timeout=30, what=f"{line!r} after the freeze")
+        box.wait_for(functools.partial(logged_after_thaw, box, line), timeout=30, what=f"{line!r} after the freeze")
     counts = [line for line in box.journal("-u", "jfreeze@*", "-o", "cat").splitlines() if DROPPED in line]
     print(f"drop lines: {counts}")
     assert {"jfreeze@1.service", "jfreeze@2.service"} == {

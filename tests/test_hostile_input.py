@@ -250,7 +250,8 @@ def bus_properties(box: PrivateSystemd, queries: list[tuple[str, str, list[str]]
         f"busctl --json=short get-property org.freedesktop.systemd1 {shlex.quote(bus_path(unit))} {iface} "
         f"{' '.join(props)} || echo '\"ERROR\"'; echo '\"END\"'\n" for unit, iface, props in queries)
     out = box.run("bash", "-s", input=script, timeout=120).stdout
-    blocks, current = [], []
+    blocks: list[list[Any]] = []
+    current: list[Any] = []
     for line in out.splitlines():
         item = json.loads(line)
         if item == "END":

@@ -183,7 +183,10 @@ def under_load(cluster: Cluster, action: Callable[[], None]) -> Figures:
     probed = probe.result()
     after = cluster.stats()
     assert took < PHASE_SECONDS - 1, f"the action took {took:.1f} s, longer than the load"
-    total = lambda field: sum(_delta(before, after, name, field) for name in names)  # noqa: E731
+
+    def total(field: str) -> int:
+        return sum(_delta(before, after, name, field) for name in names)
+
     return Figures(
         wrk=parse_wrk(out), max_latency=wrk_max_latency(out),
         per_host={name: _delta(before, after, name, "hrsp_2xx") for name in names},
@@ -209,7 +212,7 @@ def test_rolling_reload_host_by_host_loses_no_request(cluster: Cluster) -> None:
 def test_full_restart_of_one_host_loses_no_request(cluster: Cluster) -> None:
     marks: dict[str, float] = {}
 
-    long: dict[str, list[list[object]]] = {}
+    long: dict[str, list[tuple[int, str | None, float]]] = {}
 
     def restart_host1() -> None:
         # Long requests in flight on both hosts when host1 is told to stop.
@@ -231,7 +234,9 @@ def test_full_restart_of_one_host_loses_no_request(cluster: Cluster) -> None:
         cluster.wait_status("host1", "UP")
         marks["marked_up"] = time.monotonic() - began
         marks["host1_served_at_up"] = counter(cluster.stats(), "host1", "hrsp_2xx")
-        long["results"] = json.loads(client.communicate(timeout=30)[0])
+        # [status, X-Served-By, seconds] per request; status 0 and the error's repr for a failed one
+        long["results"] = [(status, host, seconds) for status, host, seconds in
+                           json.loads(client.communicate(timeout=30)[0])]
 
     figures = under_load(cluster, restart_host1)
     served_since_up = counter(cluster.stats(), "host1", "hrsp_2xx") - marks.pop("host1_served_at_up")

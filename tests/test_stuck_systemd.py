@@ -168,7 +168,7 @@ def stop_probe(probe: subprocess.Popen[str]) -> list[tuple[float, bool, float, s
     go(probe)
     results: list[Any] = json.loads(read_line(probe, "["))
     probe.wait(timeout=30)
-    return [tuple(item) for item in results]  # type: ignore[misc]
+    return [tuple(item) for item in results]
 
 
 def restarts(box: PrivateSystemd, unit: str) -> int:

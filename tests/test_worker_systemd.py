@@ -86,7 +86,7 @@ def test_kill_9_restarts_that_worker_and_the_others_keep_serving(private_systemd
     # Only connections the killed worker held can fail: at most its share of wrk's 8.
     assert failures(stats) <= 8, stats
     result = concurrent_get(box, 8120, "/sleep?ms=10", total=60, parallel=6)
-    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}  # type: ignore[misc]
+    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}
 
 
 DRAIN_CLIENT = """
@@ -246,7 +246,7 @@ def test_starting_a_worker_leaves_the_shared_socket_non_blocking(private_systemd
     flags = int(box.run("sh", "-c", f"grep ^flags: /proc/{pid}/fdinfo/3").stdout.split()[1], 8)
     assert flags & 0o4000, oct(flags)  # O_NONBLOCK
     result = concurrent_get(box, 8190, "/sleep?ms=5", total=40, parallel=8)
-    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}  # type: ignore[misc]
+    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}
 
 
 def autogroup_nice(box: PrivateSystemd, instance: str) -> int | None:

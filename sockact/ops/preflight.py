@@ -391,7 +391,7 @@ def _own_socket_ports(spec: UnitSpec) -> set[int]:
 
 def port_owner(port: int) -> str | None:
     """'python3, pid 812' (or systemd's socket unit) for the process listening on a TCP port, if it can be seen."""
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     try:
         connections = psutil.net_connections(kind="tcp")
@@ -450,7 +450,8 @@ def unix_owner(path: str) -> str | None:
     except psutil.AccessDenied:
         return None
     for conn in connections:
-        if conn.laddr == path and conn.pid:
+        # types-psutil types laddr as (ip, port); for a Unix socket psutil gives its path, a str
+        if conn.laddr == path and conn.pid:  # type: ignore[comparison-overlap]
             if conn.pid == 1:
                 return "systemd, pid 1"
             try:

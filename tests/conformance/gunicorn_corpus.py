@@ -74,7 +74,7 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     def error_class(name: str) -> type[Exception]:
         return type(name, (Exception,), {})
 
-    errors.__getattr__ = error_class  # type: ignore[attr-defined]
+    vars(errors)["__getattr__"] = error_class  # PEP 562: any name the module lacks is an exception class
     return {"gunicorn": package, "gunicorn.config": config, "gunicorn.http": http, "gunicorn.http.errors": errors}
 
 
