@@ -126,7 +126,8 @@ def _one_round(bench: Bench, contender: Contender, settings: Settings, results: 
         share = meter.share()
         if share is None or share <= NOISY or time.monotonic() > retry_until:
             break
-        log.warning("  others (processes, steal time) took %.0f%% of the machine meanwhile: measuring again", 100 * share)
+        log.warning("  others (processes, steal time) took %.0f%% of the machine meanwhile: measuring again",
+                    100 * share)
         wait_until_quiet(group, limit_s=max(0.0, min(15.0, retry_until - time.monotonic())))
     figures.add_to(results, contender.key)
     if share is not None:
@@ -183,7 +184,8 @@ def main(argv: Sequence[str]) -> int:
         if not settings.quick:
             share = wait_until_quiet(group, limit_s=60)
             if share is not None and share > NOISY:
-                log.warning("the machine is busy (others, steal time included, take %.0f%% of it); measuring anyway", 100 * share)
+                log.warning("the machine is busy (others, steal time included, take %.0f%% of it); measuring anyway",
+                            100 * share)
         run_rounds(bench, contenders, settings, results, group)
         run_all_deploys(bench, contenders, settings, results)
         results.imports_ms = import_times(bench, repeats=3 if settings.quick else 9)

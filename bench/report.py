@@ -372,7 +372,8 @@ def chart(results: Results, lineup: list[Contender], path: pathlib.Path) -> None
             p99 = median(r.p99_ms for r in summary.runs(c.key, p, close))
             p99_axis.bar(x, p99, width, color=colours[c.server])
             lowest_p99 = min(lowest_p99, p99)
-    names = [f"{'ASGI / Node' if app == 'ASGI' else app}\n{handler(app, p)}\n{MODES[close]}" for app, p, close in GROUPS]
+    names = [f"{'ASGI / Node' if app == 'ASGI' else app}\n{handler(app, p)}\n{MODES[close]}"
+             for app, p, close in GROUPS]
     for axis, title in ((rps_axis, "requests/s (bar: median, tick: best)"), (p99_axis, "p99 latency, ms (median)")):
         axis.set_xticks(range(len(GROUPS)), names)
         axis.set_title(title)

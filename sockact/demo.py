@@ -83,7 +83,8 @@ class Demo:
                      worker_count=str(workers), stop_timeout="5")
         write_units(render(spec), str(self.unit_dir))
         self.systemctl("daemon-reload")
-        self.say(f"generated {NAME}.socket, {NAME}@.service, {NAME}.target: {workers} workers of {APP} on port {self.port}")
+        self.say(f"generated {NAME}.socket, {NAME}@.service, {NAME}.target: "
+                 f"{workers} workers of {APP} on port {self.port}")
 
     def remove(self) -> None:
         self.run("systemctl", "stop", f"{NAME}.target", f"{NAME}.socket", check=False)
@@ -95,7 +96,8 @@ class Demo:
     def show(self, workers: int, requests: int) -> None:
         self.install(workers)
         self.systemctl("start", f"{NAME}.socket")
-        self.say(f"$ systemctl start {NAME}.socket   -> listening on :{self.port}; workers: {', '.join(self.states(workers))}")
+        self.say(f"$ systemctl start {NAME}.socket   -> listening on :{self.port}; "
+                 f"workers: {', '.join(self.states(workers))}")
         began = time.monotonic()
         first = self.request()
         self.say(f"first request answered by {first} after {time.monotonic() - began:.2f} s (socket activation)")

@@ -177,7 +177,8 @@ class HarnessError(Exception):
 
 @functools.lru_cache(maxsize=1)
 def unavailable_reason() -> str | None:
-    """None if a private systemd can be booted here (root, unshare, nsenter, /lib/systemd/systemd exist), else why not."""
+    """None if a private systemd can be booted here (root, unshare, nsenter, /lib/systemd/systemd exist),
+    else why not."""
     if not pathlib.Path("/proc/self/ns/pid").exists():
         return "a private systemd needs Linux namespaces (/proc/self/ns is missing)"
     if os.geteuid() != 0:

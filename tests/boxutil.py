@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import TypedDict
 
 from helpers import sockact
 
@@ -47,12 +48,19 @@ CONCURRENT = textwrap.dedent("""
 """)
 
 
+class Answered(TypedDict):
+    """What concurrent_get's clients saw: (status, worker) per answer, each failure's repr."""
+
+    answers: list[tuple[int, str]]
+    errors: list[str]
+
+
 def concurrent_get(box: PrivateSystemd, port: int, path: str, total: int, parallel: int,
-                   host: str = "127.0.0.1") -> dict[str, list[object]]:
+                   host: str = "127.0.0.1") -> Answered:
     """Requests from `parallel` clients at once, each on a new connection; which worker answered each."""
     out = box.run(sys.executable, "-c", CONCURRENT, host, str(port), path, str(total), str(parallel), timeout=120)
-    result: dict[str, list[object]] = json.loads(out.stdout)
-    return result
+    seen = json.loads(out.stdout)
+    return {"answers": [(status, worker) for status, worker in seen["answers"]], "errors": seen["errors"]}
 
 
 def instance_states(box: PrivateSystemd, name: str, workers: int) -> list[str]:
@@ -158,7 +166,8 @@ class ProbeResult:
         return [result for result in self.results if not result[1]]
 
     def __str__(self) -> str:
-        return f"{self.answered} of {self.total} probes answered ({self.share:.1%}), longest outage {self.longest_outage():.1f} s"
+        return (f"{self.answered} of {self.total} probes answered ({self.share:.1%}), "
+                f"longest outage {self.longest_outage():.1f} s")
 
 
 def serving_pid(box: PrivateSystemd, unit: str) -> str:

@@ -1,7 +1,5 @@
 """Shared test setup: the private-systemd fixtures come from sockact.testing."""
 
-pytest_plugins = ["sockact.testing"]
-
 import os
 import shutil
 import tempfile
@@ -9,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["sockact.testing"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
 

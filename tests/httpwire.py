@@ -241,7 +241,7 @@ def _body(response: Response, data: bytes) -> tuple[bytes, bytes, bool]:
 
 
 def _chunked(data: bytes) -> tuple[bytes, bytes, bool]:
-    parts = []
+    parts: list[bytes] = []
     while True:
         line_end = data.find(b"\r\n")
         if line_end < 0:

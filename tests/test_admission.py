@@ -44,6 +44,11 @@ def run(loop_name: str, scenario: Callable[[], object]) -> None:
         runner.run(scenario())  # type: ignore[arg-type]
 
 
+def made(count: int) -> Callable[[], bool]:
+    """True once `count` connections were made."""
+    return lambda: len(Recorder.made) == count
+
+
 async def paused_by_its_lead(listener: socket.socket, board: Scoreboard,
                              clients: list[socket.socket]) -> Admission:
     """An Admission that took PAUSE_AHEAD connections while its sibling took none, and so stopped accepting."""
@@ -52,7 +57,7 @@ async def paused_by_its_lead(listener: socket.socket, board: Scoreboard,
     # One at a time, so each accept is its own batch: the sibling (0 connections) stays idle.
     for n in range(1, PAUSE_AHEAD + 1):
         clients.append(socket.create_connection(listener.getsockname()))
-        await until(lambda n=n: len(Recorder.made) == n)
+        await until(made(n))
     await until(lambda: not admission.servers)  # PAUSE_AHEAD ahead: accepting is off
     return admission
 

@@ -117,6 +117,6 @@ def test_a_session_leader_follows_the_worker_count_and_lowers_only_after_it_sett
     else:
         assert done.stdout.strip() == "-"
     # Not a session leader (a child of a shell or a test runner): the autogroup is someone else's.
-    done = subprocess.run([sys.executable, "-c", "from sockact.runtime.share import CpuShare; print(CpuShare().applied)"],
-                          capture_output=True, text=True, check=True, timeout=30)
+    code = "from sockact.runtime.share import CpuShare; print(CpuShare().applied)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30)
     assert done.stdout.strip() == "None"

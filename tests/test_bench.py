@@ -118,7 +118,7 @@ def test_every_run_has_its_latency_percentiles(quick_run: pathlib.Path) -> None:
         for run in runs:
             ordered = [run["p50_ms"], run["p75_ms"], run["p90_ms"], run["p99_ms"], run["max_ms"]]
             assert not any(math.isnan(value) for value in ordered), (name, run)
-            assert 0 < ordered[0] and ordered == sorted(ordered), (name, ordered)
+            assert ordered[0] > 0 and ordered == sorted(ordered), (name, ordered)
 
 
 def test_sockact_against_each_peer(quick_run: pathlib.Path) -> None:

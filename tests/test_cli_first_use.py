@@ -95,8 +95,8 @@ def test_uninstall_names_the_directories_it_keeps(tmp_path: Path) -> None:
 def test_uninstall_says_which_state_directory_it_kept(private_systemd: PrivateSystemd) -> None:
     box = private_systemd
     name = "keepsdata"  # its state lands in the host's /var/lib (the box shares it): removed below
-    installed = box.run(sys.executable, "-m", "sockact", "install", name, "--app", "sockact.examples.hello:app", "--listen",
-                        "127.0.0.1:8506", "--workers", "1", "--python", sys.executable, "--state-dir", name,
+    installed = box.run(sys.executable, "-m", "sockact", "install", name, "--app", "sockact.examples.hello:app",
+                        "--listen", "127.0.0.1:8506", "--workers", "1", "--python", sys.executable, "--state-dir", name,
                         "--unit-dir", "/run/systemd/system", "--now", check=False, timeout=120)
     assert installed.returncode == 0, installed.stderr
     try:

@@ -23,7 +23,7 @@ def test_first_connection_starts_every_worker_and_all_of_them_serve(private_syst
     box.wait_for(lambda: instance_states(box, "web", 3) == ["active"] * 3, what="all 3 workers active")
     result = concurrent_get(box, 8000, "/sleep?ms=30", total=240, parallel=12)
     assert result["errors"] == []
-    per_worker = Counter(worker for _, worker in result["answers"])  # type: ignore[misc]
+    per_worker = Counter(worker for _, worker in result["answers"])
     assert set(per_worker) == {"1", "2", "3"}, per_worker
 
 

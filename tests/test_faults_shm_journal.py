@@ -6,6 +6,7 @@ every 0.1 s, counting what a new visitor sees while the fault lasts.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -90,7 +91,8 @@ def show(box: PrivateSystemd, unit: str) -> dict[str, str]:
 
 
 def logged_after_thaw(box: PrivateSystemd, line: str) -> bool:
-    return any(line in text and "after-thaw" in text for text in box.journal("-u", "jfreeze@*", "-o", "cat").splitlines())
+    texts = box.journal("-u", "jfreeze@*", "-o", "cat").splitlines()
+    return any(line in text and "after-thaw" in text for text in texts)
 
 
 def shm_files(box: PrivateSystemd) -> list[str]:
@@ -104,7 +106,8 @@ def test_a_full_dev_shm_costs_a_restarted_worker_its_balance_not_its_life(fresh_
     start_app(box, "shm", 8400, 2, "--app", HELLO)
     box.wait_for(lambda: len([f for f in shm_files(box) if f.startswith("sockact.shm@")]) == 2, what="two slots")
     # Fill it, then leave a slot as a worker that died of a full /dev/shm leaves it: sized, never allocated.
-    box.run("sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=64k 2>/dev/null || true; truncate -s 24 /dev/shm/sockact.shm@3.999999")
+    box.run("sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=64k 2>/dev/null || true; "
+            "truncate -s 24 /dev/shm/sockact.shm@3.999999")
     assert box.run("df", "--output=avail", "/dev/shm").stdout.split()[-1] == "0"
     before = {unit: show(box, unit) for unit in ("shm@1.service", "shm@2.service")}
     load = wrk(box, "http://127.0.0.1:8400/sleep?ms=5", 8, "-H", "Connection: close")
@@ -162,7 +165,7 @@ def test_a_stopped_journald_does_not_stall_serving(fresh_systemd: PrivateSystemd
     box.wait_for(lambda: DROPPED in box.journal("-u", "jfreeze@*", "-o", "cat"), timeout=60, what="the drop count")
     http_get(box, "http://127.0.0.1:8410/log/after-thaw")
     for line in ("a warning from worker", "printed by worker", "an error line from worker", '"GET /log/after-thaw'):
-        box.wait_for(lambda line=line: logged_after_thaw(box, line), timeout=30, what=f"{line!r} after the freeze")
+        box.wait_for(functools.partial(logged_after_thaw, box, line), timeout=30, what=f"{line!r} after the freeze")
     counts = [line for line in box.journal("-u", "jfreeze@*", "-o", "cat").splitlines() if DROPPED in line]
     print(f"drop lines: {counts}")
     assert {"jfreeze@1.service", "jfreeze@2.service"} == {

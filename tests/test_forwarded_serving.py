@@ -22,7 +22,7 @@ APPS = Path(__file__).resolve().parent / "apps"
 FORGED = {"X-Forwarded-For": "198.51.100.9, 203.0.113.7", "X-Forwarded-Proto": "https"}
 
 # app, extra run options, how the app reports the client and the scheme
-ENGINES = {
+ENGINES: dict[str, tuple[str, list[str]]] = {
     "asgi": ("forwarded_echo:asgi", []),
     "wsgi": ("forwarded_echo:wsgi", []),  # the same engine, the app on its thread pool
 }

@@ -45,7 +45,8 @@ def test_workers_auto_is_the_cpus_this_process_may_use() -> None:
 def test_output_dir_writes_the_three_files(tmp_path: Path) -> None:
     result = sockact("generate", "myapp", *APP, "--listen", "8000", "--output-dir", str(tmp_path), check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["myapp.socket", "myapp.target", "myapp@.service"]
-    assert result.stdout.splitlines() == [f"wrote {tmp_path / name}" for name in ("myapp.socket", "myapp@.service", "myapp.target")]
+    names = ("myapp.socket", "myapp@.service", "myapp.target")
+    assert result.stdout.splitlines() == [f"wrote {tmp_path / name}" for name in names]
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,8 @@ def test_output_dir_writes_the_three_files(tmp_path: Path) -> None:
         (["127.0.0.1:8080"], ["ListenStream=127.0.0.1:8080"]),
         (["[::1]:8080"], ["ListenStream=[::1]:8080"]),
         (["/run/myapp/http.sock"], ["ListenStream=/run/myapp/http.sock"]),
-        (["8000", "[::1]:9000", "/run/a.sock"], ["ListenStream=8000", "ListenStream=[::1]:9000", "ListenStream=/run/a.sock"]),
+        (["8000", "[::1]:9000", "/run/a.sock"],
+         ["ListenStream=8000", "ListenStream=[::1]:9000", "ListenStream=/run/a.sock"]),
     ],
 )
 def test_listen_forms(listen: list[str], rendered: list[str]) -> None:
@@ -143,13 +145,15 @@ BAD_INPUTS = [
     (["myapp", *APP, "--listen", "8000", "--max-header-size", "16KB"], "--max-header-size '16KB' is not a size"),
     (["myapp", *APP, "--listen", "8000", "--max-target", "1M"], "from 1 to 64K"),
     (["myapp", *APP, "--listen", "8000", "--max-target", "²"], "--max-target '²' is not a size"),
-    (["myapp", *APP, "--listen", "8000", "--head-timeout", "0"], "--head-timeout '0': give a number of seconds above 0"),
+    (["myapp", *APP, "--listen", "8000", "--head-timeout", "0"],
+     "--head-timeout '0': give a number of seconds above 0"),
     (["myapp", *APP, "--listen", "8000", "--head-timeout", "nan"], "--head-timeout 'nan'"),
     (["myapp", *APP, "--listen", "8000", "--keep-alive", "-5"], "--keep-alive '-5'"),
     (["myapp", *APP, "--listen", "8000", "--keep-alive", "inf"], "--keep-alive 'inf'"),
     (["myapp", *APP, "--listen", "8000", "--send-timeout", "1e3"], "--send-timeout '1e3'"),
     (["myapp", *APP, "--listen", "8000", "--send-timeout", "86401"], "at most 86400"),
-    (["myapp", "--exec", "/bin/x", "--listen", "8000", "--max-body", "1G"], "--max-body applies to the built-in runtime"),
+    (["myapp", "--exec", "/bin/x", "--listen", "8000", "--max-body", "1G"],
+     "--max-body applies to the built-in runtime"),
     (["myapp", "--exec", "/bin/x", "--listen", "8000", "--keep-alive", "15"], "--keep-alive applies to the built-in"),
     (["myapp", "--exec", "myserver --port 1", "--listen", "8000"], "absolute path"),
     (["myapp", "--exec", "/bin/x 'unclosed", "--listen", "8000"], "quot"),
@@ -161,7 +165,8 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("args,expected", BAD_INPUTS, ids=[repr(a[0] if i < 4 else a) for i, (a, _) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize("args,expected", BAD_INPUTS,
+                         ids=[repr(a[0] if i < 4 else a) for i, (a, _) in enumerate(BAD_INPUTS)])
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args: list[str], expected: str) -> None:
     result = sockact("generate", *args, "--output-dir", str(tmp_path))
     assert result.returncode == 2

@@ -91,7 +91,8 @@ def test_default_worker_scores_at_most_1_5(box: PrivateSystemd) -> None:
     report = box.run("systemd-analyze", "security", "--no-pager", "score0@1.service").stdout
     exposed = [line for line in report.splitlines() if line.startswith("✗")]
     score = parse_score(report)
-    print(f"\nsystemd-analyze security (systemd {box.systemd_version()}): {score}; still exposed:\n" + "\n".join(exposed))
+    print(f"\nsystemd-analyze security (systemd {box.systemd_version()}): {score}; still exposed:\n"
+          + "\n".join(exposed))
     assert score is not None and score <= 1.5
     assert score == explain.SCORE_DEFAULT
     assert security_score("score0@1.service", box.run) == score
@@ -177,7 +178,8 @@ def test_django_startproject_serves_inside_the_sandbox(box: PrivateSystemd, name
 
 
 def sandbox_lines(text: str) -> list[str]:
-    return text.split("# `sockact generate --explain` says what each line does and how to lift it.\n", 1)[1].splitlines()
+    header = "# `sockact generate --explain` says what each line does and how to lift it.\n"
+    return text.split(header, 1)[1].splitlines()
 
 
 @pytest.mark.parametrize("options", [(), ("--user", "www-data", "--allow-jit"), ("--chdir", "/home/me/app")],

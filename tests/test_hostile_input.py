@@ -80,7 +80,8 @@ def exec_words(argv: list[str]) -> list[str]:
 
 
 def runtime_argv(python: str, app: str) -> list[str]:
-    return exec_words([python, "-m", "sockact", "run", app, "--stop-timeout", "30", "--request-timeout", "30", "--respawn"])
+    return exec_words([python, "-m", "sockact", "run", app, "--stop-timeout", "30", "--request-timeout", "30",
+                       "--respawn"])
 
 
 def command(argv: list[str]) -> list[list[Any]]:
@@ -249,7 +250,8 @@ def bus_properties(box: PrivateSystemd, queries: list[tuple[str, str, list[str]]
         f"busctl --json=short get-property org.freedesktop.systemd1 {shlex.quote(bus_path(unit))} {iface} "
         f"{' '.join(props)} || echo '\"ERROR\"'; echo '\"END\"'\n" for unit, iface, props in queries)
     out = box.run("bash", "-s", input=script, timeout=120).stdout
-    blocks, current = [], []
+    blocks: list[list[Any]] = []
+    current: list[Any] = []
     for line in out.splitlines():
         item = json.loads(line)
         if item == "END":
@@ -277,7 +279,8 @@ def verify_settings(box: PrivateSystemd, names: list[str], tmp: Path) -> list[st
             shutil.copy(box.unit_dir() / f"{name}{ext}", tmp / f"{name}{ext}")
         shutil.copy(tmp / f"{name}@.service", tmp / f"{name}@1.service")
     files = [str(tmp / f"{n}{ext}") for n in names for ext in (".socket", "@1.service", ".target")]
-    result = subprocess.run(["systemd-analyze", "verify", *files], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(["systemd-analyze", "verify", *files], capture_output=True, text=True, timeout=120,
+                            check=False)
     missing = re.compile(r"is not executable|No such file or directory|Failed to (?:prepare|set up) .*filename|"
                          r"has no executable|bad unit file setting|Unit .* not found|"
                          r"Command .* is not|Neither a valid executable")
@@ -316,8 +319,9 @@ def test_field_reaches_systemd_byte_for_byte(private_systemd: PrivateSystemd, la
                 (box.unit_dir() / f"{name}{ext}").unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("option", ["--listen", "--app", "--exec", "--env", "--chdir", "--user", "--python", "--env-file",
-                                    "--state-dir", "--writable", "--workers", "--watchdog", "--request-timeout",
+@pytest.mark.parametrize("option", ["--listen", "--app", "--exec", "--env", "--chdir", "--user", "--python",
+                                    "--env-file", "--state-dir", "--writable", "--workers", "--watchdog",
+                                    "--request-timeout",
                                     "--systemd-version", "--forwarded-allow-ips", "--max-body", "--max-headers",
                                     "--max-header-size", "--max-target", "--head-timeout", "--keep-alive",
                                     "--send-timeout"])
@@ -327,6 +331,7 @@ def test_a_lone_double_dash_value_is_one_line_exit_2(option: str, tmp_path: Path
     options[option] = "--"
     if option == "--exec":
         del options["--app"]
-    code, err = generate(["generate", "myapp", *(f"{k}={v}" for k, v in options.items()), "--output-dir", str(tmp_path)])
+    code, err = generate(["generate", "myapp", *(f"{k}={v}" for k, v in options.items()),
+                          "--output-dir", str(tmp_path)])
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []

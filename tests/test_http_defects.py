@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from httpwire import INTERFACES, Server, closed_within, parse_responses, read_until_close, serving
@@ -35,12 +36,12 @@ def targets_seen(server: Server, port: int) -> list[str]:
     return [head["target"] for head in server.heads(port)]
 
 
-def header_of(head: dict[str, object], name: str) -> object:
+def header_of(head: dict[str, Any], name: str) -> object:
     """A request header as the app saw it: from the ASGI headers list or the WSGI environ."""
     if "headers" in head:
-        values = [value for key, value in head["headers"] if key == name]  # type: ignore[union-attr]
+        values = [value for key, value in head["headers"] if key == name]
         return values[0] if len(values) == 1 else values
-    return head["environ"].get("HTTP_" + name.upper().replace("-", "_"))  # type: ignore[union-attr]
+    return head["environ"].get("HTTP_" + name.upper().replace("-", "_"))
 
 
 # 1. RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing: close after the response.

@@ -113,7 +113,7 @@ def chunked_body(draw: st.DrawFn, part: Part) -> str:
 @st.composite
 def request(draw: st.DrawFn) -> str:
     part = Part(draw)
-    eol = part("eol")
+    eol: str = part("eol")
     headers = [] if draw(st.integers(0, 30)) == 0 else [("Host", draw(st.sampled_from(["x", "x", "a.b:80", ""])))]
     headers += [(part("name"), part("value")) for _ in range(draw(st.integers(0, 3)))]
     body = ""
@@ -209,9 +209,10 @@ def h11_view(data: bytes) -> H11View:
         elif isinstance(event, h11.Data):
             view.requests[-1].body += bytes(event.data)
         elif isinstance(event, h11.EndOfMessage):
-            conn = finish(conn, view)
-            if conn is None:
+            following = finish(conn, view)
+            if following is None:
                 return view
+            conn = following
 
 
 def finish(conn: h11.Connection, view: H11View) -> h11.Connection | None:
@@ -343,8 +344,9 @@ def check_agreement(interface: str, view: H11View, calls: list[AppCall], respons
 
 def compare(interface: str, seen: Seen, call: AppCall) -> None:
     head = call.head
-    got = {"method": head["method"], "version": head["version"], "body": call.body["body"] if call.body else ""}
-    want = {"method": seen.method, "version": seen.version, "body": seen.body.decode("latin-1")}
+    got: dict[str, object] = {"method": head["method"], "version": head["version"],
+                              "body": call.body["body"] if call.body else ""}
+    want: dict[str, object] = {"method": seen.method, "version": seen.version, "body": seen.body.decode("latin-1")}
     if interface == "wsgi":
         got["target"], want["target"] = head["target"], seen.target
         got["headers"], want["headers"] = wsgi_headers(head["environ"]), expected_environ(seen.headers)

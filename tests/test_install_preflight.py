@@ -140,7 +140,8 @@ def test_an_upgrade_that_does_not_start_gets_its_previous_units_back(
     result = attempt(box, "upgr", 8605, "--app", "failstart:app", "--chdir", str(shared_apps))
     refused(result, f"upgr did not start: upgr@1.service: application startup failed: RuntimeError: database "
                     f"unreachable (at {shared_apps}/failstart.py:12); this was an upgrade: the previous units of upgr "
-                    "are back in place (its enablement is unchanged), its workers are stopped and its socket is stopped")
+                    "are back in place (its enablement is unchanged), its workers are stopped "
+                    "and its socket is stopped")
     assert (box.unit_dir() / "upgr@.service").read_text() == before
     assert box.show("upgr@1.service", "ActiveState", "NeedDaemonReload") == {
         "ActiveState": "inactive", "NeedDaemonReload": "no"}

@@ -1,4 +1,5 @@
-"""`sockact kube`: manifests valid for the newest three Kubernetes minors, the unit's meaning kept, bad input refused."""
+"""`sockact kube`: manifests valid for the newest three Kubernetes minors, the unit's meaning kept, bad input
+refused."""
 
 from __future__ import annotations
 
@@ -66,9 +67,10 @@ SPECS = {
     "minimal": ["--listen", "8000"],
     "everything": ["--listen", "127.0.0.1:8080", "--workers", "3", "--memory-max", "512M", "--memory-high", "400M",
                    "--env", "DJANGO_SETTINGS_MODULE=proj.settings", "--env", "FLAG=yes", "--state-dir", "myapp",
-                   "--cache-dir", "myapp", "--logs-dir", "myapp", "--writable", "/srv/myapp/media", "--chdir", "/srv/myapp",
-                   "--user", "1000", "--max-body", "1G", "--keep-alive", "15", "--forwarded-allow-ips", "10.0.0.0/8",
-                   "--max-requests", "1000", "--max-requests-jitter", "100", "--max-rss", "300", "--access-log"],
+                   "--cache-dir", "myapp", "--logs-dir", "myapp", "--writable", "/srv/myapp/media",
+                   "--chdir", "/srv/myapp", "--user", "1000", "--max-body", "1G", "--keep-alive", "15",
+                   "--forwarded-allow-ips", "10.0.0.0/8", "--max-requests", "1000", "--max-requests-jitter", "100",
+                   "--max-rss", "300", "--access-log"],
     "one-replica-no-watchdog": ["--listen", "8000", "--workers", "1", "--watchdog", "0"],
     "no-harden": ["--listen", "8000", "--no-harden"],
     "no-harden-root": ["--listen", "[::]:80", "--no-harden", "--user", "0", "--memory-max", "infinity"],
@@ -78,7 +80,8 @@ SPECS = {
 
 
 def test_the_versions_are_the_newest_three_bundled() -> None:
-    print(f"validating against Kubernetes {', '.join(VERSIONS)} (kubernetes-validate {kubernetes_validate.__version__})")
+    print(f"validating against Kubernetes {', '.join(VERSIONS)} "
+          f"(kubernetes-validate {kubernetes_validate.__version__})")
     assert len(VERSIONS) == 3
     assert tuple(int(p) for p in VERSIONS[-1].split(".")) >= (1, 37)
 
@@ -124,7 +127,8 @@ def test_service_and_ports_come_from_listen_and_health_listen() -> None:
 
 
 def test_the_command_carries_the_units_runtime_options() -> None:
-    """Between --bind and --health-listen, the pod's argv is ExecStart='s after MODULE:ATTR: one function builds both."""
+    """Between --bind and --health-listen, the pod's argv is ExecStart='s after MODULE:ATTR: one function builds
+    both."""
     options = ["--max-body", "1G", "--keep-alive", "15", "--forwarded-allow-ips", "10.0.0.0/8", "--max-requests", "50",
                "--access-log", "--request-timeout", "20", "--stop-timeout", "12"]
     service = sockact("generate", "myapp", *APP, "--listen", "8000", *options, "--only", "service", check=True).stdout
@@ -151,7 +155,8 @@ def test_the_command_parses_with_the_runtimes_own_parser() -> None:
     assert args.forwarded_allow_ips.text == argv[argv.index("--forwarded-allow-ips") + 1]
 
 
-@pytest.mark.parametrize("workers,replicas,budget", [("auto", 2, 1), ("1", 1, 1), ("3", 3, 1), ("8", 8, 2), ("100", 100, 25)])
+@pytest.mark.parametrize("workers,replicas,budget",
+                         [("auto", 2, 1), ("1", 1, 1), ("3", 3, 1), ("8", 8, 2), ("100", 100, 25)])
 def test_replicas_and_disruption_budget(workers: str, replicas: int, budget: int) -> None:
     result = kube("--listen", "8000", "--workers", workers)
     docs = {doc["kind"]: doc for doc in yaml.safe_load_all(result.stdout)}
@@ -182,7 +187,8 @@ def test_probes_ask_the_health_port_and_liveness_follows_the_watchdog() -> None:
     for name, path in (("startupProbe", "/ready"), ("readinessProbe", "/ready"), ("livenessProbe", "/live")):
         assert probes[name]["httpGet"] == {"path": path, "port": "health"}
     live = probes["livenessProbe"]
-    assert live["periodSeconds"] * live["failureThreshold"] >= 10 > live["periodSeconds"] * (live["failureThreshold"] - 1)
+    period, threshold = live["periodSeconds"], live["failureThreshold"]
+    assert period * threshold >= 10 > period * (threshold - 1)
     assert "livenessProbe" not in container(documents("--listen", "8000", "--watchdog", "0"))
 
 
@@ -223,7 +229,8 @@ def test_writable_directories_are_empty_dirs_named_by_their_variables() -> None:
                       "/tmp": "tmp", "/srv/myapp/media": "writable-1"}
     assert pod(docs)["volumes"] == [{"name": name, "emptyDir": {}} for name in mounts.values()]
     env = {item["name"]: item["value"] for item in container(docs)["env"]}
-    assert env == {"STATE_DIRECTORY": "/var/lib/myapp/db", "CACHE_DIRECTORY": "/elsewhere", "LOGS_DIRECTORY": "/var/log/myapp"}
+    assert env == {"STATE_DIRECTORY": "/var/lib/myapp/db", "CACHE_DIRECTORY": "/elsewhere",
+                   "LOGS_DIRECTORY": "/var/log/myapp"}
 
 
 TRICKY = ["yes", "no", "on", "0o10", "1e3", "null", "~", "- x", "#c", "a: b", "'", '"', "\\", "é ✓", "{x}", "*ref", "",
@@ -245,10 +252,12 @@ def test_emitter_round_trips_nested_structures_and_refuses_what_yaml_cannot_carr
 
 
 BAD = [
-    ([*APP, "--listen", "8000"], "sockact kube: the following arguments are required: --image (see sockact kube --help)"),
+    ([*APP, "--listen", "8000"],
+     "sockact kube: the following arguments are required: --image (see sockact kube --help)"),
     ([*APP, "--listen", "8000", "--image", "Registry.example.com/MyApp:1"],
      ("sockact: --image 'Registry.example.com/MyApp:1' is not an image reference; write "
-     "[REGISTRY/]REPOSITORY[:TAG][@DIGEST], the repository in lowercase, e.g. --image registry.example.com/myapp:1.4.2")),
+     "[REGISTRY/]REPOSITORY[:TAG][@DIGEST], the repository in lowercase, "
+     "e.g. --image registry.example.com/myapp:1.4.2")),
     ([*APP, "--listen", "8000", "--image", "myapp:1.0:2"], "sockact: --image 'myapp:1.0:2' is not an image reference"),
     ([*APP, "--listen", "8000", "--image", "my app"], "sockact: --image 'my app' is not an image reference"),
     ([*APP, "--listen", "8000", *IMAGE, "--memory-max", "25%"],
@@ -263,7 +272,8 @@ BAD = [
      ("sockact: sockact kube needs --app: a command given with --exec adopts systemd's socket (LISTEN_FDS), "
      "which no pod passes")),
     ([*APP, "--listen", "/run/myapp.sock", *IMAGE],
-     "sockact: --listen /run/myapp.sock: a pod is reached over TCP; give the port the Service sends to, e.g. --listen 8000"),
+     ("sockact: --listen /run/myapp.sock: a pod is reached over TCP; give the port the Service sends to, "
+      "e.g. --listen 8000")),
     ([*APP, "--listen", "8000", "--listen", "8001", *IMAGE], "sockact: sockact kube takes one --listen"),
     ([*APP, "--listen", "8000", *IMAGE, "--user", "www-data"],
      ("sockact: --user www-data: a pod runs as a numeric UID, not a name from this host's /etc/passwd; give the number "
@@ -271,7 +281,8 @@ BAD = [
     ([*APP, "--listen", "8000", *IMAGE, "--env-file", "/etc/myapp.env"],
      "sockact: --env-file /etc/myapp.env: a pod cannot read a file of this host"),
     ([*APP, "--listen", "9000", *IMAGE],
-     "sockact: the health port 9000 is the app's port too; give --health-listen another port, e.g. --health-listen 9001"),
+     ("sockact: the health port 9000 is the app's port too; give --health-listen another port, "
+      "e.g. --health-listen 9001")),
     ([*APP, "--listen", "8000", *IMAGE, "--writable", "/"], "sockact: --writable /: a pod cannot mount"),
     ([*APP, "--listen", "8000", *IMAGE, "--health-listen", "/run/h.sock"],
      ("sockact: --health-listen /run/h.sock: a pod's probes come over the network; give a port, e.g. "
@@ -312,8 +323,8 @@ def test_image_references_follow_the_distribution_grammar(reference: str, valid:
 def test_a_name_kubernetes_refuses_is_refused() -> None:
     result = sockact("kube", "My_App", *APP, "--listen", "8000", *IMAGE)
     assert result.returncode == 2
-    assert result.stderr == ("sockact: name 'My_App': Kubernetes names a Service with lowercase letters, digits and '-', "
-                             "starting with a letter, at most 63 characters, e.g. 'myapp'\n")
+    assert result.stderr == ("sockact: name 'My_App': Kubernetes names a Service with lowercase letters, "
+                             "digits and '-', starting with a letter, at most 63 characters, e.g. 'myapp'\n")
 
 
 def free_port() -> int:
@@ -354,7 +365,8 @@ def test_the_readiness_probe_answers_200_when_the_pods_command_runs_here(tmp_pat
     assert probe["port"] == "health"
     app_port, health_port = free_port(), free_port()
     argv = pod_command_on_loopback(container(docs)["command"], app_port, health_port)
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC")}
+    systemds = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC")
+    env = {k: v for k, v in os.environ.items() if k not in systemds}
     env["PYTHONPATH"] = str(REPO / "tests" / "apps")
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
@@ -383,7 +395,8 @@ def wait_for_status(proc: subprocess.Popen[bytes], port: int, path: str, log: Pa
             return status
         if proc.poll() is not None:
             said = log.read_text(errors="replace").strip().splitlines()
-            pytest.fail(f"`sockact run` exited {proc.returncode} on the manifest's command: {said[-1] if said else ''}; "
+            pytest.fail(f"`sockact run` exited {proc.returncode} on the manifest's command: "
+                        f"{said[-1] if said else ''}; "
                         "the runtime has no health endpoint yet (--health-listen and --drain-delay come with the "
                         "runtime's health checks), so the pod's probes would find nothing to ask")
         time.sleep(0.05)

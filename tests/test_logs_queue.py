@@ -21,17 +21,18 @@ from sockact.runtime import logs
 
 
 class BlockedTarget(logging.Handler):
-    """A writer stuck like one on a stopped journald, until `release` is set."""
+    """A writer stuck like one on a stopped journald, until `unblock` is set (not `release`: Handler's lock
+    method has that name)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.entered = threading.Event()
-        self.release = threading.Event()
+        self.unblock = threading.Event()
         self.written: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.entered.set()
-        self.release.wait()
+        self.unblock.wait()
         self.written.append(record.getMessage())
 
 
@@ -39,7 +40,7 @@ class BlockedTarget(logging.Handler):
 def blocked() -> Iterator[BlockedTarget]:
     target = BlockedTarget()
     yield target
-    target.release.set()
+    target.unblock.set()
 
 
 def wait_until(predicate: object, timeout: float = 10) -> None:
@@ -64,7 +65,7 @@ def test_a_blocked_writer_never_blocks_the_producer_and_drops_are_counted_then_s
     print(f"\n10,100 records against a stuck writer: {elapsed * 1e6 / 10_100:.1f} us each, {handler.dropped} dropped")
     assert elapsed < 2.0  # would never return were it blocking
     assert handler.dropped == 10_000  # 100 wait in the queue, the rest were dropped
-    blocked.release.set()
+    blocked.unblock.set()
     wait_until(lambda: len(blocked.written) == 102)
     assert blocked.written[:2] == ["first", "record 0"] and blocked.written[100] == "record 99"
     assert blocked.written[101] == "10000 log records dropped (journal not keeping up)"
@@ -88,7 +89,7 @@ def test_producers_on_many_threads_lose_no_count(blocked: BlockedTarget) -> None
         thread.join(10)
     queued = handler.queue.qsize()
     assert handler.dropped + queued == 16_000
-    blocked.release.set()
+    blocked.unblock.set()
     wait_until(lambda: blocked.written[-1:] == [f"{16_000 - queued} log records dropped (journal not keeping up)"])
     handler.close()
 
@@ -137,7 +138,7 @@ def test_the_message_is_built_when_logged_not_when_written(blocked: BlockedTarge
         failed = logging.LogRecord("test", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
     handler.handle(failed)
     assert failed.exc_info is None and failed.exc_text is not None and "ValueError: boom" in failed.exc_text
-    blocked.release.set()
+    blocked.unblock.set()
     wait_until(lambda: len(blocked.written) == 3)
     assert blocked.written[1] == "['before']"
     handler.close()
@@ -154,7 +155,8 @@ EXITING = textwrap.dedent("""
 
 
 def test_records_waiting_at_a_normal_exit_are_written() -> None:
-    result = subprocess.run([sys.executable, "-c", EXITING, "2000"], check=False, capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-c", EXITING, "2000"], check=False, capture_output=True, text=True,
+                            timeout=30)
     assert result.returncode == 0
     lines = [line for line in result.stderr.splitlines() if " app: line " in line]
     assert len(lines) == 2000 and lines[-1].split()[5] == "1999"
@@ -213,7 +215,8 @@ def test_journal_entries_carry_priority_worker_fields_and_multiline_messages(
     assert fields["SYSLOG_IDENTIFIER"] == "app@2" and fields["SOCKACT_WORKER"] == "2"
 
 
-def test_a_journal_entry_too_big_for_a_datagram_goes_as_a_sealed_memfd(journal_socket: tuple[str, socket.socket]) -> None:
+def test_a_journal_entry_too_big_for_a_datagram_goes_as_a_sealed_memfd(
+        journal_socket: tuple[str, socket.socket]) -> None:
     path, server = journal_socket
     handler = logs.JournalHandler({}, path=path)
     big = "y" * handler.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)  # above the largest datagram
@@ -253,7 +256,7 @@ def test_a_journal_that_reads_nothing_never_blocks_the_producer(journal_socket: 
 
 
 def test_stderr_lines_become_records_with_their_sd_daemon_priority(blocked: BlockedTarget) -> None:
-    blocked.release.set()
+    blocked.unblock.set()
     seen: list[tuple[int, str]] = []
 
     class Collect(logging.Handler):

@@ -74,7 +74,8 @@ def test_recycling_options_reach_execstart_and_are_off_by_default() -> None:
     assert "--max-" not in plain and "Memory" not in plain.replace("MemoryDenyWriteExecute", "")
     text = sockact("generate", "myapp", *APP, "--max-requests", "1000", "--max-requests-jitter", "50",
                    "--max-rss", "300", "--only", "service", check=True).stdout
-    assert "--stop-timeout 30 --request-timeout 30 --respawn --max-requests 1000 --max-requests-jitter 50 --max-rss 300\n" in text
+    assert ("--stop-timeout 30 --request-timeout 30 --respawn --max-requests 1000 --max-requests-jitter 50 "
+            "--max-rss 300\n") in text
     explained = sockact("generate", "myapp", *APP, "--max-requests", "1000", "--max-requests-jitter", "50",
                         "--memory-max", "1G", "--explain", check=True).stdout
     assert "MemoryMax=1G\n" in explained and "after 1000 to 1050 requests" in explained

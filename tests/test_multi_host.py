@@ -295,7 +295,9 @@ def stop_start_host1(cluster: Cluster) -> StopStart:
         cluster.wait_status("host1", "UP")
         marks["marked_up"] = time.monotonic() - began
         marks["host1_served_at_up"] = counter(cluster.stats(), "host1", "hrsp_2xx")
-        long["results"] = json.loads(client.communicate(timeout=30)[0])
+        # [status, X-Served-By, seconds] per request; status 0 and the error's repr for a failed one
+        long["results"] = [(status, host, seconds) for status, host, seconds in
+                           json.loads(client.communicate(timeout=30)[0])]
 
     figures = under_load(cluster, restart_host1)
     served_since_up = counter(cluster.stats(), "host1", "hrsp_2xx") - int(marks.pop("host1_served_at_up"))

@@ -83,9 +83,10 @@ def test_the_runtime_status_line_says_how_often_the_serving_process_was_replaced
 
 
 def test_status_text_with_stuck_threads_or_a_blocked_loop() -> None:
-    partly = "serving: 50 requests, 4 in flight, 2.0 req/s; 3 of 10 threads stuck for 45 s; ready since 2026-01-01 12:00:00"
+    partly = ("serving: 50 requests, 4 in flight, 2.0 req/s; 3 of 10 threads stuck for 45 s; "
+              "ready since 2026-01-01 12:00:00")
     counters = facts.parse_status_text(partly)
-    assert counters == (50, 4, 2.0, 3, 10, 45.0, None, 0)
+    assert counters == facts.Counters(50, 4, 2.0, 3, 10, 45.0, None, 0)
     assert counters.not_serving is None  # 7 threads still serve
     whole = facts.parse_status_text(partly.replace("3 of 10", "10 of 10"))
     assert whole.not_serving == "10 of 10 threads stuck for 45 s"

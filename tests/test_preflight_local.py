@@ -16,7 +16,7 @@ from sockact.errors import PreflightFailed
 from sockact.generator import spec
 from sockact.ops.preflight import bind_address, check_interpreter, check_paths, check_writable, link_chain, port_free
 from sockact.ops.ready import Before, app_reason, why_not
-from sockact.runtime.main import RuntimeFailure, load_app
+from sockact.runtime.main import load_app
 
 
 def build(python: str, *extra: tuple[str, str]) -> spec.UnitSpec:

@@ -115,7 +115,8 @@ def test_max_rss_recycles_the_grown_worker_alone_and_loses_nothing(private_syste
     line = next(line for line in journal.splitlines() if "recycling: RSS" in line)
     print(f"\n--max-rss 150 ({kind}): grew worker {worker} ({grown[-1]}); {line.strip()}; wrk {stats}; "
           f"probe {sum(probed['pids'].values())} answered, {len(probed['errors'])} failed, "
-          f"slowest {probed['slowest'][0]:.2f} s; restarts: worker {worker} {restarts(box, unit)}, worker {other} {restarts(box, f'{name}@{other}.service')}")
+          f"slowest {probed['slowest'][0]:.2f} s; restarts: worker {worker} {restarts(box, unit)}, "
+          f"worker {other} {restarts(box, f'{name}@{other}.service')}")
     assert re.search(r"RSS \d+ MiB over --max-rss 150 MiB", line)
     assert "recycled (exit 4); forking a new one" in journal  # by the unit's main process, at once
     assert restarts(box, unit) == 0 and restarts(box, f"{name}@{other}.service") == 0

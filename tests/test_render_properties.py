@@ -115,14 +115,16 @@ def test_quoted_round_trips_through_c_unescaping(value: str) -> None:
     assert unescaped == value
 
 
-sizes_text = st.tuples(st.integers(0, 1 << 41), st.sampled_from(["", "k", "K", "M", "G"])).map(lambda t: f"{t[0]}{t[1]}")
+sizes_text = st.tuples(st.integers(0, 1 << 41), st.sampled_from(["", "k", "K", "M", "G"])).map(
+    lambda t: f"{t[0]}{t[1]}")
 seconds_text = st.from_regex(r"0{0,2}[0-9]{1,5}(\.[0-9]{1,6})?", fullmatch=True)
 LIMIT_VALUES = {"max_body": sizes_text, "max_header_size": sizes_text, "max_target": sizes_text,
                 "max_headers": st.integers(0, 20000).map(str), "head_timeout": seconds_text,
                 "keep_alive": seconds_text, "send_timeout": seconds_text}
 # What `sockact run` must read back from the rendered option: the value as the user meant it.
+SIZE_UNITS = {"k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 READ_AS: dict[str, Callable[[str], float]] = {
-    "max_body": lambda v: int(v.rstrip("kKMG")) * {"k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(v[-1], 1),
+    "max_body": lambda v: int(v.rstrip("kKMG")) * SIZE_UNITS.get(v[-1], 1),
     "max_headers": int, "head_timeout": float, "keep_alive": float, "send_timeout": float}
 READ_AS["max_header_size"] = READ_AS["max_target"] = READ_AS["max_body"]
 RUN_FIELD = {"max_body": "max_body", "max_headers": "max_fields", "max_header_size": "max_field",

@@ -92,8 +92,8 @@ def test_refuses_fds_meant_for_another_pid() -> None:
 
 def test_no_socket_and_no_bind_is_one_clear_line() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-    result = subprocess.run([sys.executable, "-m", "sockact", "run", "x:app"], capture_output=True, text=True, env=env, check=False,
-                            timeout=30)
+    result = subprocess.run([sys.executable, "-m", "sockact", "run", "x:app"], capture_output=True, text=True,
+                            env=env, check=False, timeout=30)
     assert result.returncode != 0
     assert "no sockets" in result.stderr and "--bind" in result.stderr
     assert "Traceback" not in result.stderr

@@ -46,7 +46,8 @@ def test_packages_refuses_to_upgrade_installed_ones(tmp_path: Path) -> None:
     env = _fake_apt(tmp_path, UPGRADING)
     result = _packages(env, "libsystemd-dev", "curl")
     assert result.returncode == 1
-    assert "would upgrade installed packages: libsystemd0." in result.stderr and "nothing was installed" in result.stderr
+    assert "would upgrade installed packages: libsystemd0." in result.stderr
+    assert "nothing was installed" in result.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
     assert [call for call in calls if " install " in call and " -s " not in call] == []
     assert any("-s install --no-upgrade --no-install-recommends libsystemd-dev curl" in call for call in calls)

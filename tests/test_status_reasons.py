@@ -25,7 +25,8 @@ def test_exit_statuses_are_named_with_what_failed() -> None:
     assert chdir is not None and chdir.text() == "cannot enter the working directory (--chdir) (exit 200/CHDIR)"
     named = reasons.explain("web", "restarting", "", reasons.Exit("exited", 200), None, journal=False,
                             paths={"WorkingDirectory": "/srv/gone"})
-    assert named is not None and named.reason == "cannot enter the working directory /srv/gone (--chdir) (exit 200/CHDIR)"
+    assert named is not None
+    assert named.reason == "cannot enter the working directory /srv/gone (--chdir) (exit 200/CHDIR)"
     assert named.next_step.startswith("create /srv/gone or give another --chdir")
     exec_start = "{ path=/srv/venv/bin/python3 ; argv[]=/srv/venv/bin/python3 -m sockact run m:app ; ignore_errors=no }"
     program = reasons.explain("web", "restarting", "", reasons.Exit("exited", 203), None, journal=False,

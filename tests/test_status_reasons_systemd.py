@@ -100,8 +100,12 @@ def test_status_and_logs_name_the_reason(private_systemd: PrivateSystemd, shared
     # Without journal access the words still come from systemd (and STATUS=), with the way to the logs;
     # a worker restarted every 0.1 s shows its exit only between two starts.
     plain: list[dict[str, Any]] = []
-    box.wait_for(lambda: bool(plain.append(document(box, name, as_user=NOBODY)) or plain[-1]["workers"][0]["reason"]),
-                 timeout=10, what=f"{name}'s reason as nobody")
+
+    def reason_as_nobody() -> bool:
+        plain.append(document(box, name, as_user=NOBODY))
+        return bool(plain[-1]["workers"][0]["reason"])
+
+    box.wait_for(reason_as_nobody, timeout=10, what=f"{name}'s reason as nobody")
     assert plain[-1]["workers"][0]["reason"].startswith(words), plain[-1]["workers"][0]
     assert plain[-1]["ok"] is False and plain[-1]["next_step"]
     if words == "the app failed to start":

@@ -168,7 +168,7 @@ def stop_probe(probe: subprocess.Popen[str]) -> list[tuple[float, bool, float, s
     go(probe)
     results: list[Any] = json.loads(read_line(probe, "["))
     probe.wait(timeout=30)
-    return [tuple(item) for item in results]  # type: ignore[misc]
+    return [tuple(item) for item in results]
 
 
 def restarts(box: PrivateSystemd, unit: str) -> int:
@@ -182,7 +182,8 @@ def test_a_wsgi_worker_with_every_thread_hung_is_replaced_and_its_sibling_serves
     start_app(box, "hangw", 8450, 2, "--app", "wsgi_hang:app", "--chdir", str(shared_apps),
               "--request-timeout", str(timeout), "--watchdog", str(watchdog))
     sibling_pid = box.show("hangw@2.service", "MainPID")["MainPID"]
-    probe = box.popen(sys.executable, "-c", PROBE, "8450", "3", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    probe = box.popen(sys.executable, "-c", PROBE, "8450", "3", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      text=True)
     read_line(probe, "probing")
     hanger = box.popen(sys.executable, "-c", HANGER, "8450", "1", str(threads - 1), str(threads),
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -239,7 +240,8 @@ def test_an_asgi_loop_blocked_by_a_sync_call_is_restarted_by_the_default_watchdo
     start_app(box, "hanga", 8452, 2, "--app", "blocker:app", "--chdir", str(shared_apps))  # generate's defaults
     watchdog = int(box.show("hanga@1.service", "WatchdogUSec")["WatchdogUSec"].rstrip("s") or 0)
     assert watchdog == 10
-    probe = box.popen(sys.executable, "-c", PROBE, "8452", "3", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    probe = box.popen(sys.executable, "-c", PROBE, "8452", "3", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      text=True)
     read_line(probe, "probing")
     try:
         pids = {i: box.show(f"hanga@{i}.service", "MainPID")["MainPID"] for i in (1, 2)}
@@ -267,7 +269,8 @@ def test_an_asgi_loop_blocked_by_a_sync_call_is_restarted_by_the_default_watchdo
     answered = sum(ok for _, ok, _, _ in results)
     journal = box.journal("-u", unit, "-o", "cat")
     named = [line for line in journal.splitlines() if "the event loop has been blocked" in line]
-    print(f"\nASGI loop blocked by GET /block?s=60 in {unit} (default WatchdogSec={watchdog}): replaced {replaced:.1f} s "
+    print(f"\nASGI loop blocked by GET /block?s=60 in {unit} (default WatchdogSec={watchdog}): "
+          f"replaced {replaced:.1f} s "
           f"after the request; probes {answered}/{len(results)} answered; journal: {named[:1]}")
     assert replaced <= watchdog + 4
     assert len(named) == 1 and "by GET /block, at " in named[0] and "blocker.py" in named[0]

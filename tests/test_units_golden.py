@@ -19,8 +19,8 @@ EXAMPLES = {
     "tcp": ["myapp", "--app", "myproj.asgi:application", "--listen", "8000", "--workers", "4",
             "--chdir", "/srv/myproj", "--python", "/usr/bin/python3", "--watchdog", "10"],
     "unix": ["sockapp", "--app", "myproj.wsgi:application", "--listen", "/run/sockapp/http.sock", "--workers", "2",
-             "--chdir", "/srv/myproj", "--python", "/usr/bin/python3", "--env", "DJANGO_SETTINGS_MODULE=myproj.settings",
-             "--state-dir", "sockapp"],
+             "--chdir", "/srv/myproj", "--python", "/usr/bin/python3",
+             "--env", "DJANGO_SETTINGS_MODULE=myproj.settings", "--state-dir", "sockapp"],
 }
 GOLDENS = [(version, example) for version in versions.GOLDEN_VERSIONS for example in sorted(EXAMPLES)]
 
@@ -44,7 +44,8 @@ def test_golden_units_match_the_generator(case: tuple[int, str], tmp_path: Path)
         shutil.copytree(tmp_path, golden_dir)
     golden = {p.name: p.read_text() for p in golden_dir.iterdir()}
     rendered = {p.name: p.read_text() for p in tmp_path.iterdir()}
-    assert rendered == golden, f"units/{version}/{example} is stale: rerun with SOCKACT_UPDATE_GOLDENS=1 and review the diff"
+    assert rendered == golden, (f"units/{version}/{example} is stale: "
+                                "rerun with SOCKACT_UPDATE_GOLDENS=1 and review the diff")
 
 
 def test_every_golden_version_has_a_directory_and_nothing_else_is_there() -> None:
@@ -122,7 +123,8 @@ def test_units_for_the_installed_systemd_verify_clean(example: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("case", GOLDENS, ids=golden_id)
-def test_goldens_for_this_systemd_or_older_verify_clean_and_newer_ones_warn(case: tuple[int, str], tmp_path: Path) -> None:
+def test_goldens_for_this_systemd_or_older_verify_clean_and_newer_ones_warn(
+        case: tuple[int, str], tmp_path: Path) -> None:
     """The table's boundary, checked against the real parser: what it says 252 lacks, 252 warns about."""
     version, example = case
     shutil.copytree(UNITS / str(version) / example, tmp_path / example)

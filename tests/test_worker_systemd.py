@@ -86,7 +86,7 @@ def test_kill_9_restarts_that_worker_and_the_others_keep_serving(private_systemd
     # Only connections the killed worker held can fail: at most its share of wrk's 8.
     assert failures(stats) <= 8, stats
     result = concurrent_get(box, 8120, "/sleep?ms=10", total=60, parallel=6)
-    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}  # type: ignore[misc]
+    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}
 
 
 DRAIN_CLIENT = """
@@ -116,7 +116,8 @@ print(json.dumps(result), flush=True)
 
 
 @pytest.mark.parametrize("app", [HELLO, HELLO_WSGI], ids=["asgi", "wsgi"])
-def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(private_systemd: PrivateSystemd, app: str) -> None:
+def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(
+        private_systemd: PrivateSystemd, app: str) -> None:
     box = private_systemd
     name, port = ("drain", 8130) if app == HELLO else ("drainw", 8131)
     start_app(box, name, port, 1, "--app", app, "--stop-timeout", "10")
@@ -132,7 +133,8 @@ def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(private_s
     assert stopper.wait(20) == 0
     stopped_after = time.monotonic() - began
     print(f"\ndrain {name}: slow request {result['slow'][:2]} finished {result['slow'][2]:.2f} s after SIGTERM; "
-          f"idle keep-alive closed after {result['idle_closed_after']:.2f} s; worker stopped after {stopped_after:.2f} s")
+          f"idle keep-alive closed after {result['idle_closed_after']:.2f} s; "
+          f"worker stopped after {stopped_after:.2f} s")
     assert result["slow"][0] == 200
     assert result["idle_closed_after"] is not None and result["idle_closed_after"] < 2
     assert stopped_after < 10
@@ -180,7 +182,8 @@ def test_status_line_has_live_figures(private_systemd: PrivateSystemd) -> None:
     assert "in flight" in text and "req/s" in text and "ready since" in text
 
 
-def test_app_logs_reach_the_journal_with_priority_and_worker(private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+def test_app_logs_reach_the_journal_with_priority_and_worker(
+        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
     box = private_systemd
     start_app(box, "logs", 8170, 2, "--app", "blocker:app", "--chdir", str(shared_apps))
     http_get(box, "http://127.0.0.1:8170/log")
@@ -243,7 +246,7 @@ def test_starting_a_worker_leaves_the_shared_socket_non_blocking(private_systemd
     flags = int(box.run("sh", "-c", f"grep ^flags: /proc/{pid}/fdinfo/3").stdout.split()[1], 8)
     assert flags & 0o4000, oct(flags)  # O_NONBLOCK
     result = concurrent_get(box, 8190, "/sleep?ms=5", total=40, parallel=8)
-    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}  # type: ignore[misc]
+    assert result["errors"] == [] and {w for _, w in result["answers"]} == {"1", "2"}
 
 
 def autogroup_nice(box: PrivateSystemd, instance: str) -> int | None:

@@ -61,7 +61,7 @@ def raw(port: int, data: bytes, timeout: float = 10) -> bytes:
     """Send data as is; read until the server closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             chunk = sock.recv(65536)
             if not chunk:

@@ -86,7 +86,8 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
                   "exits with status 4, and systemd starts it again at once while the others serve")
     memory.add_argument("--memory-max", metavar="SIZE",
                         help="MemoryMax=: the kernel kills a worker above SIZE (OOM) and systemd restarts it; "
-                             "e.g. 512M, 2G or 25%% of the host (default: no limit; needs the cgroup v2 memory controller)")
+                             "e.g. 512M, 2G or 25%% of the host "
+                             "(default: no limit; needs the cgroup v2 memory controller)")
     memory.add_argument("--memory-high", metavar="SIZE",
                         help="MemoryHigh=: above SIZE the kernel reclaims the worker's memory and slows it down "
                              "(default: no limit)")
@@ -102,7 +103,8 @@ def add_unit_options(parser: argparse.ArgumentParser) -> None:
         "sandbox", "workers run as a dynamic user on a read-only system (systemd-analyze security: 1.1); "
                    "these options give an app that needs more exactly that")
     sandbox.add_argument("--state-dir", metavar="DIR", help="StateDirectory=: writable /var/lib/DIR ($STATE_DIRECTORY)")
-    sandbox.add_argument("--cache-dir", metavar="DIR", help="CacheDirectory=: writable /var/cache/DIR ($CACHE_DIRECTORY)")
+    sandbox.add_argument("--cache-dir", metavar="DIR",
+                         help="CacheDirectory=: writable /var/cache/DIR ($CACHE_DIRECTORY)")
     sandbox.add_argument("--logs-dir", metavar="DIR", help="LogsDirectory=: writable /var/log/DIR ($LOGS_DIRECTORY)")
     sandbox.add_argument("--writable", action="append", metavar="PATH",
                          help="ReadWritePaths=: let the workers write there (file permissions still apply); repeatable")
@@ -246,7 +248,8 @@ def register(sub: Sub) -> None:
     out.add_argument("--only", choices=("socket", "service", "target", "health-socket"),
                      help="print that one unit's text alone (health-socket: NAME-health.socket, with --health-listen)")
     out.add_argument("--explain", action="store_true",
-                     help="print what each sandbox and memory line of NAME@.service does and costs, instead of the units")
+                     help="print what each sandbox and memory line of NAME@.service does and costs, "
+                          "instead of the units")
     gen.add_argument("--systemd-version", metavar="N",
                      help="render for this systemd major version (default: the running one, see systemctl --version)")
     gen.set_defaults(func=cmd_generate)
@@ -256,7 +259,8 @@ def register(sub: Sub) -> None:
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_unit_options(kube)
     kube.add_argument("--image", required=True, metavar="IMAGE",
-                      help="the container image, with sockact and the app installed: [REGISTRY/]REPOSITORY[:TAG][@DIGEST]")
+                      help="the container image, with sockact and the app installed: "
+                           "[REGISTRY/]REPOSITORY[:TAG][@DIGEST]")
     kube.add_argument("--output-dir", metavar="DIR",
                       help="write NAME-deployment.yaml, NAME-service.yaml and NAME-pdb.yaml there (all or nothing)")
     kube.set_defaults(func=cmd_kube)

@@ -91,8 +91,9 @@ def build(unit: UnitSpec, *, image: str, workers: str, drain_given: bool) -> Kub
     if health == port:
         raise UsageError(f"the health port {health} is the app's port too; give --health-listen another port, "
                          f"e.g. --health-listen {port + 1}")
-    return KubeSpec(unit=unit, image=image_reference(image), replicas=AUTO_REPLICAS if workers == "auto" else unit.workers,
-                    port=port, health_port=health, run_as=uid(unit), memory=memory_quantity(unit.memory_max))
+    replicas = AUTO_REPLICAS if workers == "auto" else unit.workers
+    return KubeSpec(unit=unit, image=image_reference(image), replicas=replicas, port=port, health_port=health,
+                    run_as=uid(unit), memory=memory_quantity(unit.memory_max))
 
 
 def dns_name(value: str) -> str:

@@ -327,7 +327,8 @@ def env_pair(value: str) -> tuple[str, str]:
     reject_control("--env", value)
     key, sep, val = value.partition("=")
     if not sep:
-        raise UsageError(f"--env {value!r} has no '='; write KEY=VALUE, e.g. --env DJANGO_SETTINGS_MODULE=proj.settings")
+        raise UsageError(f"--env {value!r} has no '='; "
+                         "write KEY=VALUE, e.g. --env DJANGO_SETTINGS_MODULE=proj.settings")
     if not _ENV_KEY_RE.fullmatch(key):
         raise UsageError(f"--env {value!r}: {key!r} is not a variable name; use letters, digits and '_'")
     return key, val

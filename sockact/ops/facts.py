@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 TCP_LISTEN = "0A"  # st column of /proc/net/tcp for a listening socket
 _STATUS_SERVING = re.compile(r"serving: (\d+) requests, (\d+) in flight, ([0-9.]+) req/s")

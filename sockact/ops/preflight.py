@@ -333,7 +333,8 @@ def _import_failure(spec: UnitSpec, result: subprocess.CompletedProcess[str]) ->
         return f"{said}; fix the app or --app/--chdir (checked with {spec.python} as the workers run it)"
     if code == EXIT_NO_SOCKACT:
         return (f"{spec.python} cannot import sockact ({said}); install sockact into that venv "
-                f"({spec.python} -m pip install with the sockact wheel or checkout) or pass --python with one that has it")
+                f"({spec.python} -m pip install with the sockact wheel or checkout) "
+                "or pass --python with one that has it")
     if code == EXIT_EXEC:
         return (f"the workers' user cannot execute {spec.python} (systemd exit 203): every directory on its way, "
                 f"and on the way to its real file {os.path.realpath(spec.python)}, must be open to others (mode 755), "
@@ -394,7 +395,7 @@ def _own_socket_ports(spec: UnitSpec) -> set[int]:
 
 def port_owner(port: int) -> str | None:
     """'python3, pid 812' (or systemd's socket unit) for the process listening on a TCP port, if it can be seen."""
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     try:
         connections = psutil.net_connections(kind="tcp")
@@ -453,7 +454,8 @@ def unix_owner(path: str) -> str | None:
     except psutil.AccessDenied:
         return None
     for conn in connections:
-        if conn.laddr == path and conn.pid:
+        # types-psutil types laddr as (ip, port); for a Unix socket psutil gives its path, a str
+        if conn.laddr == path and conn.pid:  # type: ignore[comparison-overlap]
             if conn.pid == 1:
                 return "systemd, pid 1"
             try:

@@ -14,7 +14,8 @@
       "workers": [{
         "instance": 1, "unit": "demo@1.service",
         "wanted": true,                           # listed in Wants= of demo.target
-        "state": "running",                       # running|not serving|starting|retrying|restarting|draining|stopped|failed
+        "state": "running",                       # running|not serving|starting|retrying|restarting|draining|
+                                                  # stopped|failed
         "not_serving": null,                      # why a running worker serves nothing, from STATUS=:
                                                   # "10 of 10 threads stuck for 45 s", "event loop blocked for 12 s"
         "threads_stuck": null,                    # WSGI threads past the request timeout (null: none, or ASGI)

@@ -169,10 +169,8 @@ class Scoreboard:
 
     def close(self) -> None:
         SLOT.pack_into(self.own, 0, DRAINING, 0.0, 1)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def slot_prefix(app: str, directory: str = "/dev/shm") -> str:

@@ -23,6 +23,7 @@ after the requests pipelined before them are answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import socket
@@ -368,10 +369,8 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.server = address(sock.getsockname())
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 self.client = address(sock.getpeername())
-            except OSError:  # already gone
-                pass
             if self.server is not None:
                 self.tcp = sock
         else:  # a transport without a socket object (a test's): its names, if it has them
@@ -383,10 +382,8 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         the last response and the FIN leave together: one segment fewer per `Connection: close`
         request for both sides' kernels and the client to handle."""
         if self.tcp is not None and self.drained is None:
-            try:
+            with contextlib.suppress(OSError):
                 self.tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-            except OSError:
-                pass
             self.tcp = None
 
     def connection_lost(self, exc: Exception | None) -> None:

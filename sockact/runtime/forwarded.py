@@ -146,7 +146,9 @@ class ProxyTrust:
         """resolve() for a WSGI environ: REMOTE_ADDR, REMOTE_PORT, wsgi.url_scheme and HTTPS."""
         to_environ(environ, *self.resolve(peer, headers))
 
-    def _read_once(self, read: Callable[..., tuple[Found, str | None]], *values: list[bytes]) -> tuple[Found, str | None]:
+    def _read_once(
+        self, read: Callable[..., tuple[Found, str | None]], *values: list[bytes]
+    ) -> tuple[Found, str | None]:
         key = (read.__name__.encode(), *(b",".join(value) for value in values))
         found = self._read.get(key)
         if found is None:

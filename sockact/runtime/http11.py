@@ -200,7 +200,8 @@ class RequestReader:
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, Refused):
-                raise cause or exc  # the engine's own failure, not the client's
+                # the engine's own failure, not the client's: raised as itself, without httptools' wrapper
+                raise (cause or exc) from None
             self._fail(cause.status, cause.reason)
         except httptools.HttpParserInvalidMethodError:
             # llhttp knows the registered methods only: anything else is as likely garbage as an

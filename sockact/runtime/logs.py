@@ -1,10 +1,11 @@
 """Worker logging: a bounded queue drained by one thread into the journal or stderr, never blocking serving.
 
 A stopped or overwhelmed journald blocks whoever writes to it (measured with 2 workers logging on
-every request: journald stopped for 8 s left 24 % of new connections unanswered, 8 s without an answer). So no serving thread writes: records go into a
-bounded queue, a record that finds it full is dropped and counted, and one daemon thread owns the
-real handler. Under the journal that handler speaks journald's native protocol itself, from Python:
-systemd-python's sendv holds the GIL while it blocks, which would freeze every thread of the worker.
+every request: journald stopped for 8 s left 24 % of new connections unanswered, 8 s without an
+answer). So no serving thread writes: records go into a bounded queue, a record that finds it full
+is dropped and counted, and one daemon thread owns the real handler. Under the journal that handler
+speaks journald's native protocol itself, from Python: systemd-python's sendv holds the GIL while it
+blocks, which would freeze every thread of the worker.
 """
 
 from __future__ import annotations

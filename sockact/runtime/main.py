@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="MODULE:ATTR")
-    parser.add_argument("--bind", action="append", metavar="ADDR", help="bind this address when systemd passed no socket")
+    parser.add_argument("--bind", action="append", metavar="ADDR",
+                        help="bind this address when systemd passed no socket")
     parser.add_argument("--stop-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="drain deadline after SIGTERM (match TimeoutStopSec=)")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")

@@ -407,7 +407,8 @@ class WorkerServer(uvicorn.Server):
             admission.reconsider()
 
     def _drain_expired(self) -> None:
-        logger.warning("drain deadline passed with %d connection(s) open; closing them", len(self.server_state.connections))
+        logger.warning("drain deadline passed with %d connection(s) open; closing them",
+                       len(self.server_state.connections))
         for connection in list(self.server_state.connections):
             connection.transport.close()
         for task in list(self.server_state.tasks):

@@ -24,5 +24,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         log.warning("a warning from worker %s", os.environ.get("SOCKACT_WORKER"))
         log.error("an error from worker %s", os.environ.get("SOCKACT_WORKER"))
     body = f"worker {os.environ.get('SOCKACT_WORKER', '-')} pid {os.getpid()}\n".encode()
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})

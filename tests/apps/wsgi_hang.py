@@ -1,4 +1,5 @@
-"""A WSGI app whose GET /hang never returns: ?worker=N hangs only in worker N (SOCKACT_WORKER), answering at once elsewhere."""
+"""A WSGI app whose GET /hang never returns: ?worker=N hangs only in worker N (SOCKACT_WORKER), answering at
+once elsewhere."""
 
 from __future__ import annotations
 

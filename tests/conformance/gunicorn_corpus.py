@@ -10,6 +10,7 @@ expectation that holds only under a non-default gunicorn option is reported with
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -73,7 +74,7 @@ def _stand_ins() -> dict[str, types.ModuleType]:
     def error_class(name: str) -> type[Exception]:
         return type(name, (Exception,), {})
 
-    errors.__getattr__ = error_class  # type: ignore[attr-defined]
+    vars(errors)["__getattr__"] = error_class  # PEP 562: any name the module lacks is an exception class
     return {"gunicorn": package, "gunicorn.config": config, "gunicorn.http": http, "gunicorn.http.errors": errors}
 
 
@@ -227,10 +228,9 @@ def exchange(port: int, data: bytes, want: int, settle: float) -> Exchange:
     neither answered nor closed after `settle` seconds, end our side (a request cut short, as gunicorn's
     tests feed it) and read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) as sock:
-        try:
+        # the server may refuse before reading everything: what it answered is still readable
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server refused before reading everything: what it answered is still readable
         reader = Reader(sock)
         responses: list[Response] = []
         deadline = time.monotonic() + (settle or READ_TIMEOUT)
@@ -244,10 +244,8 @@ def exchange(port: int, data: bytes, want: int, settle: float) -> Exchange:
                 break
             if settle and not half_closed:
                 half_closed = True
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
                 deadline = time.monotonic() + READ_TIMEOUT
                 continue
             break

@@ -61,7 +61,8 @@ BOTH: dict[str, tuple[str, str]] = {
     "valid/pp_01": (NOT_APPLICABLE, "gunicorn's proxy_protocol (a PROXY v1 line before the request)"),
     "valid/pp_02": (NOT_APPLICABLE, "gunicorn's proxy_protocol (a PROXY v1 line before the request)"),
     "invalid/006": (BY_DESIGN, ("gunicorn limits the request line to 4094 bytes; sockact's --max-target is 8190 "
-                                "(the request target alone, nginx's header buffer size), so a 4112-byte line is served")),
+                                "(the request target alone, nginx's header buffer size), "
+                                "so a 4112-byte line is served")),
     "invalid/008": (BY_DESIGN, ("gunicorn also limits two lines of the same field together (8189 + 4108 bytes); "
                                 "sockact limits each line (--max-header-size 8190) and the whole head (64 KiB)")),
     "invalid/011": (NOT_APPLICABLE, "invalid only under gunicorn's limit_request_fields=2"),

@@ -20,7 +20,7 @@ from uvicorn.config import LOGGING_CONFIG, Config
 from uvicorn.importer import import_from_string
 from uvicorn.server import ServerState
 
-from sockact.runtime.connection import Exchange, HttpConnection, Site
+from sockact.runtime.connection import BaseExchange, Exchange, HttpConnection, Site
 
 # As uvicorn's conftest does: caplog sees only loggers that propagate.
 LOGGING_CONFIG["loggers"]["uvicorn"]["propagate"] = True
@@ -47,9 +47,11 @@ class SockactHttpProtocol(HttpConnection):
             self.loop = _loop  # uvicorn's MockLoop collects the tasks the protocol creates
         self._last_scope: dict[str, Any] | None = None
 
-    def _serve(self, exchange: Exchange) -> None:
+    def _serve(self, exchange: BaseExchange) -> None:
         # sockact keeps no scope on the connection once the response is complete; the tests read it after.
-        self._last_scope = exchange.scope
+        # (Always an ASGI Exchange: the Site above has no WSGI pool.)
+        if isinstance(exchange, Exchange):
+            self._last_scope = exchange.scope
         super()._serve(exchange)
 
     @property
@@ -81,7 +83,8 @@ def http_protocol_cls(request: pytest.FixtureRequest) -> type[SockactHttpProtoco
 @pytest.fixture(params=[
     pytest.param("uvicorn.protocols.websockets.wsproto_impl:WSProtocol", id="wsproto",
                  marks=pytest.mark.skipif(not importlib.util.find_spec("wsproto"), reason="wsproto not installed")),
-    pytest.param("uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol", id="websockets-sansio"),
+    pytest.param("uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol",
+                 id="websockets-sansio"),
 ])
 def ws_protocol_cls(request: pytest.FixtureRequest) -> Any:
     return import_from_string(request.param)
