@@ -31,8 +31,19 @@ HERE = pathlib.Path(__file__).resolve().parent
 # The page whose marked block a full run rewrites (bench/report.py BLOCK_START, BLOCK_END).
 BENCHMARKS_PAGE = HERE.parent / "docs" / "benchmarks.md"
 NOISY = 0.05  # others using more than this share of the machine make the numbers suspect
-PYTHON_PACKAGES = ("sockact", "uvicorn", "gunicorn", "uvicorn-worker", "granian", "uwsgi", "uvloop", "httptools",
-                   "fastapi", "pydantic", "flask")
+PYTHON_PACKAGES = (
+    "sockact",
+    "uvicorn",
+    "gunicorn",
+    "uvicorn-worker",
+    "granian",
+    "uwsgi",
+    "uvloop",
+    "httptools",
+    "fastapi",
+    "pydantic",
+    "flask",
+)
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -44,8 +55,12 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers per server (default: cores)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--only", action="append", metavar="KEY", help="run only these contenders (debugging)")
-    parser.add_argument("--from-json", type=pathlib.Path, metavar="PATH",
-                        help="measure nothing: write the report again from a run's results.json")
+    parser.add_argument(
+        "--from-json",
+        type=pathlib.Path,
+        metavar="PATH",
+        help="measure nothing: write the report again from a run's results.json",
+    )
     return parser.parse_args(argv)
 
 
@@ -67,10 +82,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    return {"cores": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(),
-            "date": time.strftime("%Y-%m-%d")}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    return {"cores": str(os.cpu_count()), "cpu": cpu, "kernel": platform.release(), "date": time.strftime("%Y-%m-%d")}
 
 
 def versions(bench: Bench) -> dict[str, str]:
@@ -97,8 +117,9 @@ def _output(argv: list[str]) -> str:
     return (done.stdout or done.stderr).strip()
 
 
-def run_rounds(bench: Bench, contenders: list[Contender], settings: Settings, results: Results,
-               group: pathlib.Path | None) -> None:
+def run_rounds(
+    bench: Bench, contenders: list[Contender], settings: Settings, results: Results, group: pathlib.Path | None
+) -> None:
     retry_until = time.monotonic() + settings.retry_budget_s
     for round_no in range(settings.rounds):
         # Alternate the order so drift (heat, caches, background work) does not favour one side.
@@ -109,8 +130,14 @@ def run_rounds(bench: Bench, contenders: list[Contender], settings: Settings, re
                 _one_round(bench, contender, settings, results, group, retry_until)
 
 
-def _one_round(bench: Bench, contender: Contender, settings: Settings, results: Results,
-               group: pathlib.Path | None, retry_until: float) -> None:
+def _one_round(
+    bench: Bench,
+    contender: Contender,
+    settings: Settings,
+    results: Results,
+    group: pathlib.Path | None,
+    retry_until: float,
+) -> None:
     """Measure; measure again, while the retry budget lasts, if other processes took a share meanwhile."""
     while True:
         meter = Meter(group)
@@ -126,8 +153,9 @@ def _one_round(bench: Bench, contender: Contender, settings: Settings, results: 
         share = meter.share()
         if share is None or share <= NOISY or time.monotonic() > retry_until:
             break
-        log.warning("  others (processes, steal time) took %.0f%% of the machine meanwhile: measuring again",
-                    100 * share)
+        log.warning(
+            "  others (processes, steal time) took %.0f%% of the machine meanwhile: measuring again", 100 * share
+        )
         wait_until_quiet(group, limit_s=max(0.0, min(15.0, retry_until - time.monotonic())))
     figures.add_to(results, contender.key)
     if share is not None:
@@ -184,8 +212,10 @@ def main(argv: Sequence[str]) -> int:
         if not settings.quick:
             share = wait_until_quiet(group, limit_s=60)
             if share is not None and share > NOISY:
-                log.warning("the machine is busy (others, steal time included, take %.0f%% of it); measuring anyway",
-                            100 * share)
+                log.warning(
+                    "the machine is busy (others, steal time included, take %.0f%% of it); measuring anyway",
+                    100 * share,
+                )
         run_rounds(bench, contenders, settings, results, group)
         run_all_deploys(bench, contenders, settings, results)
         results.imports_ms = import_times(bench, repeats=3 if settings.quick else 9)

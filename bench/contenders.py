@@ -63,16 +63,27 @@ class Bench:
 
     def get(self, port: int, path: str = HELLO, body: bytes = BODY) -> str | None:
         """None when GET answers 200 with the expected body, else what came back instead."""
-        done = self.box.run("curl", "-s", "-m", "5", "-o", "/dev/stdout", "-w", "\n%{http_code}",
-                            f"http://127.0.0.1:{port}{path}", check=False)
+        done = self.box.run(
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/stdout",
+            "-w",
+            "\n%{http_code}",
+            f"http://127.0.0.1:{port}{path}",
+            check=False,
+        )
         answer, _, code = done.stdout.rpartition("\n")
         if code == "200" and answer.encode() == body:
             return None
         return f"HTTP {code or 'no answer'} ({answer[:80]!r})" if code != "000" else "no answer"
 
     def wait_serving(self, port: int, body: bytes = BODY, timeout: float = START_TIMEOUT_S) -> None:
-        self.box.wait_for(lambda: self.get(port, body=body) is None, timeout=timeout, interval=0.05,
-                          what=f"a 200 on port {port}")
+        self.box.wait_for(
+            lambda: self.get(port, body=body) is None, timeout=timeout, interval=0.05, what=f"a 200 on port {port}"
+        )
 
 
 @dataclass
@@ -150,10 +161,25 @@ class Sockact(Contender):
             self.install(bench)
 
     def install(self, bench: Bench) -> None:
-        argv = [str(bench.venv_bin / "sockact"), "generate", self.unit, "--app", self.app_ref,
-                "--listen", f"127.0.0.1:{self.port}", "--workers", str(bench.workers),
-                "--chdir", bench.app_dir, "--python", bench.python, "--stop-timeout", "30",
-                "--output-dir", str(bench.box.unit_dir())]
+        argv = [
+            str(bench.venv_bin / "sockact"),
+            "generate",
+            self.unit,
+            "--app",
+            self.app_ref,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(bench.workers),
+            "--chdir",
+            bench.app_dir,
+            "--python",
+            bench.python,
+            "--stop-timeout",
+            "30",
+            "--output-dir",
+            str(bench.box.unit_dir()),
+        ]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise NotAvailable(f"sockact generate failed: {done.stderr.strip()}")
@@ -191,8 +217,13 @@ class Sockact(Contender):
         try:
             super().check(bench)
         except NotAvailable as exc:
-            log = bench.box.run("journalctl", "--no-pager", "-q", "-o", "cat", "-n", "3", "-u",
-                                f"{self.unit}@*", check=False).stdout.strip().replace("\n", " / ")
+            log = (
+                bench.box.run(
+                    "journalctl", "--no-pager", "-q", "-o", "cat", "-n", "3", "-u", f"{self.unit}@*", check=False
+                )
+                .stdout.strip()
+                .replace("\n", " / ")
+            )
             raise NotAvailable(f"`sockact run {self.app_ref}`: {exc}; its log: {log[-300:]}") from None
 
     def reload(self, bench: Bench) -> None:
@@ -228,8 +259,13 @@ class Process(Contender):
     def start(self, bench: Bench) -> None:
         log = open(bench.logs / f"{self.key}.log", "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
-            self.proc = bench.box.popen(*in_scope(self.argv_for(bench, self)), env=self.env_for(bench, self),
-                                        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = bench.box.popen(
+                *in_scope(self.argv_for(bench, self)),
+                env=self.env_for(bench, self),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         finally:
             log.close()
         self.master = 0
@@ -296,8 +332,11 @@ class Pm2(Contender):
         self.run_pm2(bench, "start", bench.node_app, "-i", str(bench.workers), "--name", self.name, scope=True)
 
     def wait_ready(self, bench: Bench) -> None:
-        bench.box.wait_for(lambda: len(self.worker_pids(bench)) == bench.workers, timeout=START_TIMEOUT_S,
-                           what=f"{bench.workers} pm2 workers online")
+        bench.box.wait_for(
+            lambda: len(self.worker_pids(bench)) == bench.workers,
+            timeout=START_TIMEOUT_S,
+            what=f"{bench.workers} pm2 workers online",
+        )
         bench.wait_serving(self.port, self.body)
 
     def stop(self, bench: Bench) -> None:
@@ -306,8 +345,11 @@ class Pm2(Contender):
 
     def worker_pids(self, bench: Bench) -> list[int]:
         listing = json.loads(self.run_pm2(bench, "jlist") or "[]")
-        return [proc["pid"] for proc in listing
-                if proc.get("name") == self.name and proc.get("pm2_env", {}).get("status") == "online" and proc["pid"]]
+        return [
+            proc["pid"]
+            for proc in listing
+            if proc.get("name") == self.name and proc.get("pm2_env", {}).get("status") == "online" and proc["pid"]
+        ]
 
     def reload(self, bench: Bench) -> None:
         old = set(self.worker_pids(bench))
@@ -378,19 +420,43 @@ def lineup(bench: Bench) -> list[Contender]:
 def hello_lineup(bench: Bench) -> list[Contender]:
     """The servers on the hello apps (and Node's for reference); their deploys are measured too."""
     return [
-        Sockact("sockact-asgi", "sockact", "ASGI", 8001, (HELLO, SLEEP), "sockact reload NAME",
-                "systemctl restart NAME.target", app_ref="bench.apps.asgi:app"),
+        Sockact(
+            "sockact-asgi",
+            "sockact",
+            "ASGI",
+            8001,
+            (HELLO, SLEEP),
+            "sockact reload NAME",
+            "systemctl restart NAME.target",
+            app_ref="bench.apps.asgi:app",
+        ),
         granian("granian-asgi", "ASGI", 8008, "bench.apps.asgi:app", (HELLO, SLEEP)),
         gunicorn_uvicorn("gunicorn-uvicorn", "ASGI", 8002, "bench.apps.asgi:app", (HELLO, SLEEP)),
         uvicorn_workers("uvicorn", "ASGI", 8003, "bench.apps.asgi:app", (HELLO, SLEEP)),
-        Sockact("sockact-wsgi", "sockact", "WSGI", 8004, (HELLO,), "sockact reload NAME",
-                "systemctl restart NAME.target", app_ref="bench.apps.wsgi:app"),
+        Sockact(
+            "sockact-wsgi",
+            "sockact",
+            "WSGI",
+            8004,
+            (HELLO,),
+            "sockact reload NAME",
+            "systemctl restart NAME.target",
+            app_ref="bench.apps.wsgi:app",
+        ),
         granian("granian-wsgi", "WSGI", 8009, "bench.apps.wsgi:app"),
         uwsgi("uwsgi", "WSGI", 8010, "bench.apps.wsgi:app"),
         gunicorn_sync("gunicorn-sync", "WSGI", 8005, "bench.apps.wsgi:app"),
-        Process("node-cluster", "node cluster", "Node", 8006, (HELLO, SLEEP), "", "kill -TERM PRIMARY; start",
-                argv_for=lambda b, c: ["node", b.node_app],
-                env_for=lambda b, c: {"BENCH_WORKERS": str(b.workers), "BENCH_PORT": str(c.port)}),
+        Process(
+            "node-cluster",
+            "node cluster",
+            "Node",
+            8006,
+            (HELLO, SLEEP),
+            "",
+            "kill -TERM PRIMARY; start",
+            argv_for=lambda b, c: ["node", b.node_app],
+            env_for=lambda b, c: {"BENCH_WORKERS": str(b.workers), "BENCH_PORT": str(c.port)},
+        ),
         Pm2("pm2", "pm2", "Node", 8007, (HELLO, SLEEP), "pm2 reload NAME", "pm2 restart NAME"),
     ]
 
@@ -400,13 +466,29 @@ def framework_lineup(bench: Bench) -> list[Contender]:
     their deploys are the hello rows' own."""
     fastapi_ref, flask_ref = "bench.apps.fastapi_app:app", "bench.apps.flask_app:app"
     found: list[Contender] = [
-        Sockact("sockact-fastapi", "sockact", "FastAPI", 8011, (HELLO,), "sockact reload NAME",
-                "systemctl restart NAME.target", app_ref=fastapi_ref),
+        Sockact(
+            "sockact-fastapi",
+            "sockact",
+            "FastAPI",
+            8011,
+            (HELLO,),
+            "sockact reload NAME",
+            "systemctl restart NAME.target",
+            app_ref=fastapi_ref,
+        ),
         granian("granian-fastapi", "FastAPI", 8012, fastapi_ref),
         gunicorn_uvicorn("gunicorn-uvicorn-fastapi", "FastAPI", 8013, fastapi_ref),
         uvicorn_workers("uvicorn-fastapi", "FastAPI", 8014, fastapi_ref),
-        Sockact("sockact-flask", "sockact", "Flask", 8015, (HELLO,), "sockact reload NAME",
-                "systemctl restart NAME.target", app_ref=flask_ref),
+        Sockact(
+            "sockact-flask",
+            "sockact",
+            "Flask",
+            8015,
+            (HELLO,),
+            "sockact reload NAME",
+            "systemctl restart NAME.target",
+            app_ref=flask_ref,
+        ),
         granian("granian-flask", "Flask", 8016, flask_ref),
         uwsgi("uwsgi-flask", "Flask", 8018, flask_ref),
         gunicorn_sync("gunicorn-sync-flask", "Flask", 8017, flask_ref),
@@ -433,11 +515,32 @@ def granian(key: str, app: str, port: int, app_ref: str, paths: tuple[str, ...] 
     """`granian --interface asgi|wsgi --workers N`: a Rust HTTP core; the master forks the workers,
     which share one listening socket. Its other settings are its defaults, as most users run it."""
     interface = "wsgi" if app in ("WSGI", "Flask") else "asgi"
-    return Process(key, "granian", app, port, paths, "kill -HUP MASTER", "kill -TERM MASTER; start",
-                   argv_for=lambda b, c: [str(b.venv_bin / "granian"), "--interface", interface,
-                                          "--workers", str(b.workers), "--host", "127.0.0.1", "--port", str(c.port),
-                                          "--working-dir", b.app_dir, "--no-access-log", *QUIET, app_ref],
-                   reload_signal=signal.SIGHUP)
+    return Process(
+        key,
+        "granian",
+        app,
+        port,
+        paths,
+        "kill -HUP MASTER",
+        "kill -TERM MASTER; start",
+        argv_for=lambda b, c: [
+            str(b.venv_bin / "granian"),
+            "--interface",
+            interface,
+            "--workers",
+            str(b.workers),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(c.port),
+            "--working-dir",
+            b.app_dir,
+            "--no-access-log",
+            *QUIET,
+            app_ref,
+        ],
+        reload_signal=signal.SIGHUP,
+    )
 
 
 def uwsgi(key: str, app: str, port: int, app_ref: str) -> Process:
@@ -449,35 +552,113 @@ def uwsgi(key: str, app: str, port: int, app_ref: str) -> Process:
     so (without it wrk counts each close as a read error, as clients would retry). --listen 1024 as
     granian's default backlog (uWSGI's own is 100); --die-on-term makes SIGTERM a stop, not uWSGI 2.0's
     brutal reload."""
-    return Process(key, "uWSGI", app, port, (HELLO,), "kill -HUP MASTER", "kill -TERM MASTER; start",
-                   argv_for=lambda b, c: [str(b.venv_bin / "uwsgi"), "--http-socket", f"127.0.0.1:{c.port}",
-                                          "--master", "--processes", str(b.workers), "--listen", "1024",
-                                          "--add-header", "Connection: close", "--chdir", b.app_dir,
-                                          "--pythonpath", b.app_dir, "--module", app_ref, "--need-app",
-                                          "--die-on-term", "--disable-logging"],
-                   reload_signal=signal.SIGHUP)
+    return Process(
+        key,
+        "uWSGI",
+        app,
+        port,
+        (HELLO,),
+        "kill -HUP MASTER",
+        "kill -TERM MASTER; start",
+        argv_for=lambda b, c: [
+            str(b.venv_bin / "uwsgi"),
+            "--http-socket",
+            f"127.0.0.1:{c.port}",
+            "--master",
+            "--processes",
+            str(b.workers),
+            "--listen",
+            "1024",
+            "--add-header",
+            "Connection: close",
+            "--chdir",
+            b.app_dir,
+            "--pythonpath",
+            b.app_dir,
+            "--module",
+            app_ref,
+            "--need-app",
+            "--die-on-term",
+            "--disable-logging",
+        ],
+        reload_signal=signal.SIGHUP,
+    )
 
 
 def gunicorn_uvicorn(key: str, app: str, port: int, app_ref: str, paths: tuple[str, ...] = (HELLO,)) -> Process:
-    return Process(key, "gunicorn + uvicorn-worker", app, port, paths, "kill -HUP MASTER", "kill -TERM MASTER; start",
-                   argv_for=lambda b, c: [str(b.venv_bin / "gunicorn"), "-k", "uvicorn_worker.UvicornWorker",
-                                          "-w", str(b.workers), "-b", f"127.0.0.1:{c.port}", "--chdir", b.app_dir,
-                                          *QUIET, app_ref],
-                   reload_signal=signal.SIGHUP)
+    return Process(
+        key,
+        "gunicorn + uvicorn-worker",
+        app,
+        port,
+        paths,
+        "kill -HUP MASTER",
+        "kill -TERM MASTER; start",
+        argv_for=lambda b, c: [
+            str(b.venv_bin / "gunicorn"),
+            "-k",
+            "uvicorn_worker.UvicornWorker",
+            "-w",
+            str(b.workers),
+            "-b",
+            f"127.0.0.1:{c.port}",
+            "--chdir",
+            b.app_dir,
+            *QUIET,
+            app_ref,
+        ],
+        reload_signal=signal.SIGHUP,
+    )
 
 
 def uvicorn_workers(key: str, app: str, port: int, app_ref: str, paths: tuple[str, ...] = (HELLO,)) -> Process:
-    return Process(key, "uvicorn --workers", app, port, paths, "kill -HUP MASTER", "kill -TERM MASTER; start",
-                   argv_for=lambda b, c: [str(b.venv_bin / "uvicorn"), app_ref, "--workers", str(b.workers),
-                                          "--host", "127.0.0.1", "--port", str(c.port), "--app-dir", b.app_dir,
-                                          "--no-access-log", *QUIET],
-                   # multiprocessing's spawned children; its resource tracker, if any, is no worker.
-                   is_worker=lambda cmdline: "spawn_main" in cmdline,
-                   reload_signal=signal.SIGHUP)
+    return Process(
+        key,
+        "uvicorn --workers",
+        app,
+        port,
+        paths,
+        "kill -HUP MASTER",
+        "kill -TERM MASTER; start",
+        argv_for=lambda b, c: [
+            str(b.venv_bin / "uvicorn"),
+            app_ref,
+            "--workers",
+            str(b.workers),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(c.port),
+            "--app-dir",
+            b.app_dir,
+            "--no-access-log",
+            *QUIET,
+        ],
+        # multiprocessing's spawned children; its resource tracker, if any, is no worker.
+        is_worker=lambda cmdline: "spawn_main" in cmdline,
+        reload_signal=signal.SIGHUP,
+    )
 
 
 def gunicorn_sync(key: str, app: str, port: int, app_ref: str) -> Process:
-    return Process(key, "gunicorn sync", app, port, (HELLO,), "kill -HUP MASTER", "kill -TERM MASTER; start",
-                   argv_for=lambda b, c: [str(b.venv_bin / "gunicorn"), "-w", str(b.workers),
-                                          "-b", f"127.0.0.1:{c.port}", "--chdir", b.app_dir, *QUIET, app_ref],
-                   reload_signal=signal.SIGHUP)
+    return Process(
+        key,
+        "gunicorn sync",
+        app,
+        port,
+        (HELLO,),
+        "kill -HUP MASTER",
+        "kill -TERM MASTER; start",
+        argv_for=lambda b, c: [
+            str(b.venv_bin / "gunicorn"),
+            "-w",
+            str(b.workers),
+            "-b",
+            f"127.0.0.1:{c.port}",
+            "--chdir",
+            b.app_dir,
+            *QUIET,
+            app_ref,
+        ],
+        reload_signal=signal.SIGHUP,
+    )

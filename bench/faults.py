@@ -59,8 +59,19 @@ class Timing:
 
     @classmethod
     def quick(cls) -> Timing:
-        return cls(lead_s=0.5, tail_s=1.0, crash_count=20, flood_connections=500, flood_hold_s=3.0, hang_s=6.0,
-                   grow_mb=50, grow_watch_s=3.0, journal_stop_s=3.0, shm_watch_s=3.0, recover_s=10.0)
+        return cls(
+            lead_s=0.5,
+            tail_s=1.0,
+            crash_count=20,
+            flood_connections=500,
+            flood_hold_s=3.0,
+            hang_s=6.0,
+            grow_mb=50,
+            grow_watch_s=3.0,
+            journal_stop_s=3.0,
+            shm_watch_s=3.0,
+            recover_s=10.0,
+        )
 
 
 @dataclass
@@ -94,10 +105,20 @@ class Window:
     def __init__(self, bench: Bench, server: Server, path: str, seconds: float) -> None:
         self.seconds = seconds
         self.began = time.monotonic()
-        self.wrk = load.Running(bench.box, load.Load(f"http://127.0.0.1:{server.port}{path}",
-                                                     LOAD_CONNECTIONS, 1, timeout_s=2))
-        self.probe = bench.box.popen(bench.python, CLIENTS, "probe", str(server.port), path, str(seconds),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.wrk = load.Running(
+            bench.box, load.Load(f"http://127.0.0.1:{server.port}{path}", LOAD_CONNECTIONS, 1, timeout_s=2)
+        )
+        self.probe = bench.box.popen(
+            bench.python,
+            CLIENTS,
+            "probe",
+            str(server.port),
+            path,
+            str(seconds),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def at(self, offset_s: float) -> None:
         """Sleep until offset_s into the window: the faults follow a schedule."""
@@ -133,13 +154,15 @@ def _clients(bench: Bench, *args: str, timeout: float) -> dict[str, Any]:
 
 # ---- the faults -------------------------------------------------------------------------------------
 
+
 def crash(bench: Bench, server: Server, t: Timing) -> Seen:
     """A route that makes the worker exit, hit crash_count times, one every crash_every_s."""
     span = t.crash_count * t.crash_every_s
     window = Window(bench, server, "/", t.lead_s + span + t.tail_s)
     window.at(t.lead_s)
-    hits = _clients(bench, "hit", str(server.port), "/crash", str(t.crash_count), str(t.crash_every_s),
-                    timeout=span + 30)
+    hits = _clients(
+        bench, "hit", str(server.port), "/crash", str(t.crash_count), str(t.crash_every_s), timeout=span + 30
+    )
     probe, wrk = window.finish()
     return Seen(probe, wrk, f"{t.crash_count} GET /crash in {span:.0f} s ({_outcomes(hits)})")
 
@@ -148,12 +171,15 @@ def fd_flood(bench: Bench, server: Server, t: Timing) -> Seen:
     """flood_connections idle keep-alive connections, one complete request each, held flood_hold_s."""
     window = Window(bench, server, "/", t.lead_s + t.flood_hold_s + t.tail_s)
     window.at(t.lead_s)
-    flood = _clients(bench, "flood", str(server.port), str(t.flood_connections), str(t.flood_hold_s),
-                     timeout=t.flood_hold_s + 60)
+    flood = _clients(
+        bench, "flood", str(server.port), str(t.flood_connections), str(t.flood_hold_s), timeout=t.flood_hold_s + 60
+    )
     probe, wrk = window.finish()
-    detail = (f"{flood['sent']} of {flood['count']} connections got their request out, {flood['answered']} "
-              f"answered, {flood['closed_by_server']} closed by the server, {flood['open_at_end']} open "
-              f"after {flood['seconds']:g} s")
+    detail = (
+        f"{flood['sent']} of {flood['count']} connections got their request out, {flood['answered']} "
+        f"answered, {flood['closed_by_server']} closed by the server, {flood['open_at_end']} open "
+        f"after {flood['seconds']:g} s"
+    )
     return Seen(probe, wrk, detail)
 
 
@@ -162,9 +188,20 @@ def hang(bench: Bench, server: Server, t: Timing) -> Seen:
     count = 2 * WORKERS
     window = Window(bench, server, "/", t.hang_s)
     window.at(t.lead_s)
-    hits = bench.box.popen(bench.python, CLIENTS, "hit", str(server.port), "/hang", str(count),
-                           str(t.hang_every_s), "--hold", str(t.hang_s - t.lead_s),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hits = bench.box.popen(
+        bench.python,
+        CLIENTS,
+        "hit",
+        str(server.port),
+        "/hang",
+        str(count),
+        str(t.hang_every_s),
+        "--hold",
+        str(t.hang_s - t.lead_s),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         probe, wrk = window.finish()
     finally:
@@ -181,14 +218,25 @@ def memory(bench: Bench, server: Server, t: Timing) -> Seen:
     window = Window(bench, server, "/", t.lead_s + t.grow_watch_s + t.tail_s)
     window.at(t.lead_s)
     before = server.rss_mb(bench)
-    bench.box.run("curl", "-sS", "-m", "30", "-o", "/dev/null", f"http://127.0.0.1:{server.port}/grow?mb={t.grow_mb}",
-                  check=False, timeout=40)
+    bench.box.run(
+        "curl",
+        "-sS",
+        "-m",
+        "30",
+        "-o",
+        "/dev/null",
+        f"http://127.0.0.1:{server.port}/grow?mb={t.grow_mb}",
+        check=False,
+        timeout=40,
+    )
     grown = server.rss_mb(bench)
     window.at(t.lead_s + t.grow_watch_s)
     after = server.rss_mb(bench)
     probe, wrk = window.finish()
-    detail = (f"GET /grow?mb={t.grow_mb}: RSS of all its processes {before:.0f} → {grown:.0f} MiB, "
-              f"{after:.0f} MiB {t.grow_watch_s:g} s later")
+    detail = (
+        f"GET /grow?mb={t.grow_mb}: RSS of all its processes {before:.0f} → {grown:.0f} MiB, "
+        f"{after:.0f} MiB {t.grow_watch_s:g} s later"
+    )
     return Seen(probe, wrk, detail, (before, grown, after))
 
 
@@ -204,8 +252,12 @@ def frozen_journal(bench: Bench, server: Server, t: Timing) -> Seen:
     finally:
         bench.box.systemctl("kill", "--kill-who=main", "--signal=SIGCONT", journald)
     probe, wrk = window.finish()
-    return Seen(probe, wrk, f"journald stopped from {t.lead_s:g} s to {t.lead_s + t.journal_stop_s:g} s; "
-                            f"the load and the probes GET {path}")
+    return Seen(
+        probe,
+        wrk,
+        f"journald stopped from {t.lead_s:g} s to {t.lead_s + t.journal_stop_s:g} s; "
+        f"the load and the probes GET {path}",
+    )
 
 
 SHM_FILL = "/dev/shm/bench-faults-fill"
@@ -232,8 +284,10 @@ def shm_full_kill(bench: Bench, server: Server, t: Timing) -> Seen:
     except BaseException:
         undo()
         raise
-    detail = (f"/dev/shm filled ({free} KiB left) at {t.lead_s:g} s, then worker {victim} killed (SIGKILL); "
-              "still full during the recovery check")
+    detail = (
+        f"/dev/shm filled ({free} KiB left) at {t.lead_s:g} s, then worker {victim} killed (SIGKILL); "
+        "still full during the recovery check"
+    )
     return Seen(probe, wrk, detail, undo=undo)
 
 
@@ -248,6 +302,7 @@ FAULTS: dict[str, tuple[str, Callable[[Bench, Server, Timing], Seen]]] = {
 
 
 # ---- reading what was seen ----------------------------------------------------------------------------
+
 
 def longest_failed_run(ok: list[bool]) -> int:
     longest = current = 0
@@ -294,8 +349,9 @@ def who_acted(bench: Bench, server: Server, t: Timing, seen: Seen) -> str:
             return "nobody (memory given back)"
         took = operator_acts(bench, server.memory_operator_act)
         serving = serves_again(bench, server, 30)
-        return (f"operator ran `{server.memory_operator}` ({took}; RSS then {server.rss_mb(bench):.0f} MiB)"
-                + ("" if serving else ": still not serving"))
+        return f"operator ran `{server.memory_operator}` ({took}; RSS then {server.rss_mb(bench):.0f} MiB)" + (
+            "" if serving else ": still not serving"
+        )
     if serves_again(bench, server, t.recover_s):
         return "nobody"
     took = operator_acts(bench, server.operator_act)
@@ -324,8 +380,11 @@ def run_fault(bench: Bench, server: Server, fault: str, t: Timing) -> Row:
             if why:
                 row.failures[why] = row.failures.get(why, 0) + 1
         if seen.wrk is not None:
-            row.load = {"requests": seen.wrk.requests, "errors": seen.wrk.errors.total,
-                        "seconds": round(seen.wrk.duration_s, 1)}
+            row.load = {
+                "requests": seen.wrk.requests,
+                "errors": seen.wrk.errors.total,
+                "seconds": round(seen.wrk.duration_s, 1),
+            }
         row.detail = seen.detail
         try:
             row.acted = who_acted(bench, server, t, seen)
@@ -337,26 +396,40 @@ def run_fault(bench: Bench, server: Server, fault: str, t: Timing) -> Row:
         log.warning("  %s: %s", server.name, row.unavailable)
     finally:
         server.stop(bench)
-    log.info("  %-26s answered %d/%d, longest outage %.1f s, %s", server.name, row.answered, row.probes,
-             row.longest_outage_s, row.acted or row.unavailable)
+    log.info(
+        "  %-26s answered %d/%d, longest outage %.1f s, %s",
+        server.name,
+        row.answered,
+        row.probes,
+        row.longest_outage_s,
+        row.acted or row.unavailable,
+    )
     return row
 
 
 # ---- the report --------------------------------------------------------------------------------------
 
+
 def table(rows: list[Row]) -> str:
-    lines = ["| fault | server | probes answered | longest outage | who had to act | what happened |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| fault | server | probes answered | longest outage | who had to act | what happened |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         if row.unavailable:
             lines.append(f"| {row.fault} | {row.server} | – | – | – | not run: {row.unavailable} |")
             continue
         failures = ", ".join(f"{kind} {n}" for kind, n in sorted(row.failures.items()))
-        wrk = (f"; load: {row.load['requests']} requests, {row.load['errors']} errors" if row.load else
-               "; load: wrk reported nothing")
-        lines.append(f"| {row.fault} | {row.server} | {row.answered} of {row.probes} | "
-                     f"{row.longest_outage_s:.1f} s | {row.acted} | {row.detail}"
-                     f"{f'; failed probes: {failures}' if failures else ''}{wrk} |")
+        wrk = (
+            f"; load: {row.load['requests']} requests, {row.load['errors']} errors"
+            if row.load
+            else "; load: wrk reported nothing"
+        )
+        lines.append(
+            f"| {row.fault} | {row.server} | {row.answered} of {row.probes} | "
+            f"{row.longest_outage_s:.1f} s | {row.acted} | {row.detail}"
+            f"{f'; failed probes: {failures}' if failures else ''}{wrk} |"
+        )
     return "\n".join(lines)
 
 
@@ -365,7 +438,7 @@ def markdown(rows: list[Row], servers: list[Server], t: Timing, meta: dict[str, 
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items())
     return f"""# Faults: what a new visitor sees
 
-`{command}`, {meta.get('date', '')}, {meta.get('cores', '?')} cores, {WORKERS} workers per server, all inside
+`{command}`, {meta.get("date", "")}, {meta.get("cores", "?")} cores, {WORKERS} workers per server, all inside
 one private systemd on loopback. Per fault and server: a fresh start, a wrk load ({LOAD_CONNECTIONS}
 connections) on the fault's route, and a probe that opens a new connection every 0.1 s and does one GET with a
 2 s timeout. *Longest outage* is the longest run of consecutive failed probes. *Who had to act*: after the
@@ -399,25 +472,34 @@ Versions: {versions}.
 """
 
 
-def write(rows: list[Row], servers: list[Server], t: Timing, meta: dict[str, Any], out: pathlib.Path,
-          command: str) -> str:
+def write(
+    rows: list[Row], servers: list[Server], t: Timing, meta: dict[str, Any], out: pathlib.Path, command: str
+) -> str:
     text = markdown(rows, servers, t, meta, command)
     out.mkdir(parents=True, exist_ok=True)
     (out / "faults.md").write_text(text)
-    data = {"timing": asdict(t), "workers": WORKERS, "meta": meta, "rows": [asdict(row) for row in rows],
-            "servers": {s.key: s.config for s in servers}}
+    data = {
+        "timing": asdict(t),
+        "workers": WORKERS,
+        "meta": meta,
+        "rows": [asdict(row) for row in rows],
+        "servers": {s.key: s.config for s in servers},
+    }
     (out / "faults.json").write_text(json.dumps(data, indent=1) + "\n")
     return text
 
 
 # ---- running it all ------------------------------------------------------------------------------------
 
+
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/run --faults", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench/run --faults", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short faults (smoke test)")
-    parser.add_argument("--only", action="append", metavar="SERVER",
-                        help="only these servers: sockact, gunicorn, uvicorn, node, pm2")
+    parser.add_argument(
+        "--only", action="append", metavar="SERVER", help="only these servers: sockact, gunicorn, uvicorn, node, pm2"
+    )
     parser.add_argument("--fault", action="append", choices=list(FAULTS), help="only these faults")
     parser.add_argument("--out", type=pathlib.Path, default=HERE, help="where faults.md/.json go")
     return parser.parse_args(argv)

@@ -76,8 +76,13 @@ def probe(port: int, path: str, seconds: float) -> dict[str, Any]:
         threads.append(thread)
     for thread in threads:
         thread.join(timeout=max(0.0, began + seconds + PROBE_TIMEOUT_S + 1 - time.monotonic()))
-    return {"every_s": PROBE_EVERY_S, "timeout_s": PROBE_TIMEOUT_S, "ok": [r[0] for r in results],
-            "why": [r[1] for r in results], "ms": [round(r[2] * 1000, 1) for r in results]}
+    return {
+        "every_s": PROBE_EVERY_S,
+        "timeout_s": PROBE_TIMEOUT_S,
+        "ok": [r[0] for r in results],
+        "why": [r[1] for r in results],
+        "ms": [round(r[2] * 1000, 1) for r in results],
+    }
 
 
 def hit(port: int, path: str, count: int, every: float, hold: float) -> dict[str, Any]:
@@ -159,8 +164,15 @@ def flood(port: int, count: int, seconds: float) -> dict[str, Any]:
                 closed += _drop(poller, pending, fd)
     for conn in pending.values():
         conn.close()
-    return {"count": count, "connect_failed": failed, "sent": len(sent), "answered": len(answered),
-            "closed_by_server": closed, "open_at_end": len(pending), "seconds": round(time.monotonic() - began, 1)}
+    return {
+        "count": count,
+        "connect_failed": failed,
+        "sent": len(sent),
+        "answered": len(answered),
+        "closed_by_server": closed,
+        "open_at_end": len(pending),
+        "seconds": round(time.monotonic() - began, 1),
+    }
 
 
 def _drop(poller: select.epoll, pending: dict[int, socket.socket], fd: int) -> int:

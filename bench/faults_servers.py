@@ -101,25 +101,45 @@ class Sockact(Server):
                 self.options += [option, value]
             else:
                 self.skipped.append(option)
-        argv = [sockact, "generate", self.unit, "--app", ASGI_APP, "--listen", f"127.0.0.1:{self.port}",
-                "--workers", str(WORKERS), "--chdir", bench.app_dir, "--python", bench.python, *self.options,
-                "--output-dir", str(bench.box.unit_dir())]
+        argv = [
+            sockact,
+            "generate",
+            self.unit,
+            "--app",
+            ASGI_APP,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--workers",
+            str(WORKERS),
+            "--chdir",
+            bench.app_dir,
+            "--python",
+            bench.python,
+            *self.options,
+            "--output-dir",
+            str(bench.box.unit_dir()),
+        ]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise NotAvailable(f"sockact generate failed: {done.stderr.strip()}")
         bench.box.daemon_reload()
         given = " ".join(self.options) or "none"
-        self.config = (f"`sockact generate` units (Type=notify workers, Restart=on-failure, socket held by "
-                       f"systemd); options: {given}" + (f"; not in this sockact: {', '.join(self.skipped)}"
-                                                        if self.skipped else ""))
+        self.config = (
+            f"`sockact generate` units (Type=notify workers, Restart=on-failure, socket held by "
+            f"systemd); options: {given}"
+            + (f"; not in this sockact: {', '.join(self.skipped)}" if self.skipped else "")
+        )
         self.operator = f"sockact start {self.unit}"
         # `start` leaves running workers alone; the rolling restart replaces them one at a time.
         self.memory_operator = f"sockact reload {self.unit}"
         self.patterns = (rf"{re.escape(self.unit)}@\d+\.service",)
 
     def units(self) -> list[str]:
-        return [f"{self.unit}.target", f"{self.unit}.socket",
-                *(f"{self.unit}@{i}.service" for i in range(1, WORKERS + 1))]
+        return [
+            f"{self.unit}.target",
+            f"{self.unit}.socket",
+            *(f"{self.unit}@{i}.service" for i in range(1, WORKERS + 1)),
+        ]
 
     def start(self, bench: Bench) -> None:
         bench.box.systemctl("start", f"{self.unit}.socket", f"{self.unit}.target")
@@ -192,9 +212,14 @@ def _main_pid(bench: Bench, unit: str) -> int:
 
 def pm2_config(bench: Bench, port: int) -> str:
     """An ecosystem file: cluster mode, 2 instances, the documented memory limit."""
-    app = {"name": "bench-faults", "script": str(bench.root / "apps" / "bench" / "apps" / "faults.js"),
-           "exec_mode": "cluster", "instances": WORKERS, "max_memory_restart": "200M",
-           "env": {"BENCH_PORT": str(port)}}
+    app = {
+        "name": "bench-faults",
+        "script": str(bench.root / "apps" / "bench" / "apps" / "faults.js"),
+        "exec_mode": "cluster",
+        "instances": WORKERS,
+        "max_memory_restart": "200M",
+        "env": {"BENCH_PORT": str(port)},
+    }
     return f"module.exports = {{ apps: [{json.dumps(app)}] }};\n"
 
 
@@ -208,10 +233,13 @@ def lineup(bench: Bench) -> list[Server]:
     pm2_file.chmod(0o644)
     return [
         Sockact("sockact", "sockact", 8101),
-        Plain("gunicorn", "gunicorn + uvicorn-worker", 8102,
-              config="Type=notify unit as in gunicorn's docs (+ Restart=on-failure); "
-                     "--max-requests 10000 --max-requests-jitter 1000, --timeout 30 (default)",
-              body=textwrap.dedent(f"""\
+        Plain(
+            "gunicorn",
+            "gunicorn + uvicorn-worker",
+            8102,
+            config="Type=notify unit as in gunicorn's docs (+ Restart=on-failure); "
+            "--max-requests 10000 --max-requests-jitter 1000, --timeout 30 (default)",
+            body=textwrap.dedent(f"""\
                   Type=notify
                   NotifyAccess=main
                   ExecStart={venv}/gunicorn -k uvicorn_worker.UvicornWorker -w {WORKERS} -b 127.0.0.1:8102 \\
@@ -220,28 +248,41 @@ def lineup(bench: Bench) -> list[Server]:
                   KillMode=mixed
                   TimeoutStopSec=5
                   Restart=on-failure
-                  """)),
-        Plain("uvicorn", "uvicorn --workers", 8103,
-              config="Type=exec unit, Restart=always; uvicorn defaults (its supervisor replaces dead workers)",
-              body=textwrap.dedent(f"""\
+                  """),
+        ),
+        Plain(
+            "uvicorn",
+            "uvicorn --workers",
+            8103,
+            config="Type=exec unit, Restart=always; uvicorn defaults (its supervisor replaces dead workers)",
+            body=textwrap.dedent(f"""\
                   Type=exec
                   ExecStart={venv}/uvicorn {ASGI_APP} --workers {WORKERS} --host 127.0.0.1 --port 8103 \\
                       --app-dir {app_dir} --no-access-log --log-level warning
                   Restart=always
-                  """), worker_mark="spawn_main"),
-        Plain("node", "node cluster", 8106,
-              config="Type=exec unit, Restart=always; the primary forks a new worker when one exits",
-              body=textwrap.dedent(f"""\
+                  """),
+            worker_mark="spawn_main",
+        ),
+        Plain(
+            "node",
+            "node cluster",
+            8106,
+            config="Type=exec unit, Restart=always; the primary forks a new worker when one exits",
+            body=textwrap.dedent(f"""\
                   Type=exec
                   Environment=BENCH_WORKERS={WORKERS} BENCH_PORT=8106
                   ExecStart=/usr/bin/node {node_app}
                   Restart=always
-                  """)),
-        Plain("pm2", "pm2", 8107,
-              config="the unit `pm2 startup systemd` writes (Type=forking, PIDFile=, LimitNOFILE=infinity, "
-                     "Restart=on-failure), starting an ecosystem file: cluster mode, 2 instances, "
-                     "max_memory_restart 200M; app logs go to PM2's files, not the journal",
-              body=textwrap.dedent(f"""\
+                  """),
+        ),
+        Plain(
+            "pm2",
+            "pm2",
+            8107,
+            config="the unit `pm2 startup systemd` writes (Type=forking, PIDFile=, LimitNOFILE=infinity, "
+            "Restart=on-failure), starting an ecosystem file: cluster mode, 2 instances, "
+            "max_memory_restart 200M; app logs go to PM2's files, not the journal",
+            body=textwrap.dedent(f"""\
                   Type=forking
                   LimitNOFILE=infinity
                   LimitNPROC=infinity
@@ -252,5 +293,7 @@ def lineup(bench: Bench) -> list[Server]:
                   ExecStart={bench.pm2} start {pm2_file}
                   ExecReload={bench.pm2} reload all
                   ExecStop={bench.pm2} kill
-                  """), state_dir=PM2_HOME),
+                  """),
+            state_dir=PM2_HOME,
+        ),
     ]

@@ -86,8 +86,16 @@ class Load:
 
     def argv(self, seconds: int) -> list[str]:
         script = SCRIPTS / ("fairness.lua" if self.count_workers else "summary.lua")
-        argv = ["wrk", f"-t{self.threads}", f"-c{self.connections}", f"-d{seconds}s",
-                f"--timeout={self.timeout_s}s", "--latency", "-s", str(script)]
+        argv = [
+            "wrk",
+            f"-t{self.threads}",
+            f"-c{self.connections}",
+            f"-d{seconds}s",
+            f"--timeout={self.timeout_s}s",
+            "--latency",
+            "-s",
+            str(script),
+        ]
         if self.close:
             argv += ["-H", "Connection: close"]
         return [*argv, self.url]
@@ -103,15 +111,17 @@ def parse(stdout: str) -> WrkResult:
         printed, unit_ms = distribution[percent]
         # Both come from one histogram; only wrk's 2-decimal rounding may tell them apart.
         if abs(printed - exact) > 0.005 * unit_ms + 1e-9:
-            raise HarnessError(f"wrk's p{percent:g} is {printed} ms in its distribution but {exact} ms in "
-                               f"its Lua summary; its output was:\n{stdout[-2000:]}")
+            raise HarnessError(
+                f"wrk's p{percent:g} is {printed} ms in its distribution but {exact} ms in "
+                f"its Lua summary; its output was:\n{stdout[-2000:]}"
+            )
     return replace(result, p75_ms=distribution[75.0][0], p90_ms=distribution[90.0][0])
 
 
 def _summary(stdout: str) -> WrkResult:
     for line in stdout.splitlines():
         if line.startswith(MARKER):
-            return WrkResult.from_json(json.loads(line[len(MARKER):]))
+            return WrkResult.from_json(json.loads(line[len(MARKER) :]))
     raise HarnessError(f"wrk printed no result line; its output was:\n{stdout[-2000:]}")
 
 

@@ -67,12 +67,26 @@ def results_from_json(data: dict[str, Any]) -> Results:
     def runs(table: dict[str, list[dict[str, Any]]]) -> dict[str, list[load.WrkResult]]:
         return {key: [_wrk_result(run) for run in rs] for key, rs in table.items()}
 
-    deploys = {key: {scenario: Deploy(d["how"], _wrk_result(d["result"]) if d["result"] else None, d["took_s"],
-                                      d["unavailable"]) for scenario, d in per_key.items()}
-               for key, per_key in data["deploys"].items()}
-    return Results(Settings(**data["settings"]), data["machine"], data["versions"], runs(data["throughput"]),
-                   runs(data["fairness"]), data["cold_start_ms"], data["memory_mb"], deploys, data["unavailable"],
-                   data["imports_ms"], data.get("background", {}))
+    deploys = {
+        key: {
+            scenario: Deploy(d["how"], _wrk_result(d["result"]) if d["result"] else None, d["took_s"], d["unavailable"])
+            for scenario, d in per_key.items()
+        }
+        for key, per_key in data["deploys"].items()
+    }
+    return Results(
+        Settings(**data["settings"]),
+        data["machine"],
+        data["versions"],
+        runs(data["throughput"]),
+        runs(data["fairness"]),
+        data["cold_start_ms"],
+        data["memory_mb"],
+        deploys,
+        data["unavailable"],
+        data["imports_ms"],
+        data.get("background", {}),
+    )
 
 
 def _wrk_result(data: dict[str, Any]) -> load.WrkResult:
@@ -140,8 +154,9 @@ def run_round(bench: Bench, contender: Contender, settings: Settings) -> Round:
 
 def _load_all(bench: Bench, contender: Contender, settings: Settings, figures: Round) -> None:
     def loaded(path: str, close: bool = False, count_workers: bool = False) -> load.Load:
-        return load.Load(url(contender, path), settings.connections, settings.threads, close,
-                         count_workers=count_workers)
+        return load.Load(
+            url(contender, path), settings.connections, settings.threads, close, count_workers=count_workers
+        )
 
     # Warm-up, not recorded: lazy imports, first connections and page faults happen here.
     load.run(bench.box, loaded(contender.paths[0]), settings.warmup_seconds)
@@ -149,8 +164,15 @@ def _load_all(bench: Bench, contender: Contender, settings: Settings, figures: R
         for close, mode in MODES.items():
             result = load.run(bench.box, loaded(path, close), settings.seconds)
             figures.throughput[cell(contender.key, path, close)] = result
-            log.info("  %-28s %-7s %-10s %8.0f req/s  p99 %6.2f ms  errors %d", contender.server, path,
-                     mode, result.rps, result.p99_ms, result.errors.total)
+            log.info(
+                "  %-28s %-7s %-10s %8.0f req/s  p99 %6.2f ms  errors %d",
+                contender.server,
+                path,
+                mode,
+                result.rps,
+                result.p99_ms,
+                result.errors.total,
+            )
     # A pass of its own: wrk's per-response Lua hook costs throughput.
     figures.fairness = load.run(bench.box, loaded(contender.paths[0], count_workers=True), settings.fairness_seconds)
 
@@ -181,10 +203,12 @@ def run_deploys(bench: Bench, contender: Contender, settings: Settings) -> dict[
     return deploys
 
 
-def _under_load(bench: Bench, contender: Contender, settings: Settings, deploy: Deploy,
-                action: Callable[[Bench], None]) -> None:
-    running = load.Running(bench.box, load.Load(url(contender, contender.paths[0]), settings.connections,
-                                                settings.threads))
+def _under_load(
+    bench: Bench, contender: Contender, settings: Settings, deploy: Deploy, action: Callable[[Bench], None]
+) -> None:
+    running = load.Running(
+        bench.box, load.Load(url(contender, contender.paths[0]), settings.connections, settings.threads)
+    )
     try:
         time.sleep(settings.deploy_lead_s)
         began = time.monotonic()
@@ -194,8 +218,14 @@ def _under_load(bench: Bench, contender: Contender, settings: Settings, deploy: 
     finally:
         result = running.stop()
     deploy.result = result
-    log.info("  %-28s %-8s %5.1f s  failed %d of %d", contender.server, deploy.how, deploy.took_s,
-             result.errors.total, result.requests)
+    log.info(
+        "  %-28s %-8s %5.1f s  failed %d of %d",
+        contender.server,
+        deploy.how,
+        deploy.took_s,
+        result.errors.total,
+        result.requests,
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -208,7 +238,7 @@ IMPORTS = {
     "python": "pass",
     "uvicorn": "import uvicorn.main",
     "sockact": "import sockact.__main__, sockact.runtime.main, sockact.runtime.logs, sockact.runtime.listen, "
-               "sockact.runtime.notify, sockact.runtime.server, sdnotify",
+    "sockact.runtime.notify, sockact.runtime.server, sdnotify",
 }
 
 

@@ -18,9 +18,11 @@ HANDLERS = {HELLO: "hello", SLEEP: "await 10 ms"}
 FRAMEWORK_INTERFACE = {"FastAPI": "ASGI", "Flask": "WSGI"}
 NOT_RUN = "—"
 # (app, path, Connection: close?) in the order of the table and the chart; Node rows join the ASGI ones.
-GROUPS = [(app, path, close)
-          for app, path in (("ASGI", HELLO), ("ASGI", SLEEP), ("WSGI", HELLO), ("FastAPI", HELLO), ("Flask", HELLO))
-          for close in MODES]
+GROUPS = [
+    (app, path, close)
+    for app, path in (("ASGI", HELLO), ("ASGI", SLEEP), ("WSGI", HELLO), ("FastAPI", HELLO), ("Flask", HELLO))
+    for close in MODES
+]
 
 
 def serves(contender: Contender, app: str, path: str) -> bool:
@@ -117,8 +119,9 @@ def throughput_table(summary: Summary) -> list[str]:
         for contender in summary.lineup:
             if serves(contender, app, path):
                 rows.append(_throughput_row(summary, contender, app, path, close, MODES[close]))
-    return table(["app", "handler", "connections", "server", "req/s median", "req/s best", "p50 ms", "p99 ms",
-                  "errors"], rows)
+    return table(
+        ["app", "handler", "connections", "server", "req/s median", "req/s best", "p50 ms", "p99 ms", "errors"], rows
+    )
 
 
 def _throughput_row(summary: Summary, c: Contender, app: str, path: str, close: bool, mode: str) -> list[str]:
@@ -127,9 +130,14 @@ def _throughput_row(summary: Summary, c: Contender, app: str, path: str, close: 
     if c.key in summary.results.unavailable:
         return [*head, f"not available: {summary.results.unavailable[c.key]}", "", "", "", ""]
     runs = summary.runs(c.key, path, close)
-    return [*head, fmt(summary.rps(c.key, path, close)), fmt(summary.best_rps(c.key, path, close)),
-            fmt(median(r.p50_ms for r in runs), 2), fmt(median(r.p99_ms for r in runs), 2),
-            str(sum(r.errors.total for r in runs)) if runs else NOT_RUN]
+    return [
+        *head,
+        fmt(summary.rps(c.key, path, close)),
+        fmt(summary.best_rps(c.key, path, close)),
+        fmt(median(r.p50_ms for r in runs), 2),
+        fmt(median(r.p99_ms for r in runs), 2),
+        str(sum(r.errors.total for r in runs)) if runs else NOT_RUN,
+    ]
 
 
 def peer_column(contender: Contender) -> str:
@@ -148,8 +156,9 @@ def versus_table(summary: Summary) -> list[str]:
             continue
         theirs = {peer_column(c): c for c in peers if serves(c, app, path)}
         row = [app_label(app), handler(app, path), MODES[close], _figures(summary, ours, path, close)]
-        row += [_versus(summary, ours, theirs[column], path, close) if column in theirs else NOT_RUN
-                for column in columns]
+        row += [
+            _versus(summary, ours, theirs[column], path, close) if column in theirs else NOT_RUN for column in columns
+        ]
         fastest = _fastest(summary, list(theirs.values()), path, close)
         row.append(f"{fastest.server}: {_versus(summary, ours, fastest, path, close)}" if fastest else NOT_RUN)
         rows.append(row)
@@ -158,18 +167,25 @@ def versus_table(summary: Summary) -> list[str]:
 
 
 def _figures(summary: Summary, c: Contender, path: str, close: bool) -> str:
-    return (f"{fmt(summary.rps(c.key, path, close))} · {fmt(summary.latency(c.key, path, close, 'p50_ms'), 2)} ms"
-            f" · {fmt(summary.latency(c.key, path, close, 'p99_ms'), 2)} ms")
+    return (
+        f"{fmt(summary.rps(c.key, path, close))} · {fmt(summary.latency(c.key, path, close, 'p50_ms'), 2)} ms"
+        f" · {fmt(summary.latency(c.key, path, close, 'p99_ms'), 2)} ms"
+    )
 
 
 def _versus(summary: Summary, ours: Contender, peer: Contender, path: str, close: bool) -> str:
     """sockact ÷ peer of median req/s, p50 and p99: above 1 is faster for req/s, slower for latency."""
     ratios = [summary.rps(ours.key, path, close) / summary.rps(peer.key, path, close)]
-    ratios += [summary.latency(ours.key, path, close, p) / summary.latency(peer.key, path, close, p)
-               for p in ("p50_ms", "p99_ms")]
+    ratios += [
+        summary.latency(ours.key, path, close, p) / summary.latency(peer.key, path, close, p)
+        for p in ("p50_ms", "p99_ms")
+    ]
     if all(math.isnan(ratio) for ratio in ratios):
-        return f"not available: {summary.results.unavailable[peer.key]}" if peer.key in summary.results.unavailable \
+        return (
+            f"not available: {summary.results.unavailable[peer.key]}"
+            if peer.key in summary.results.unavailable
             else NOT_RUN
+        )
     return " · ".join(fmt(ratio, 2, "×") for ratio in ratios)
 
 
@@ -185,10 +201,26 @@ def workers_table(summary: Summary) -> list[str]:
         if c.key in summary.results.unavailable:
             rows.append([*head, f"not available: {summary.results.unavailable[c.key]}", "", "", ""])
             continue
-        rows.append([*head, summary.shares(c.key), fmt(summary.fairness(c.key), 2),
-                     fmt(summary.cold_start(c.key)), fmt(summary.memory(c.key), 1)])
-    return table(["server", "app", "requests per worker (last round)", "max/min (median)", "cold start ms",
-                  "memory per worker MB (PSS)"], rows)
+        rows.append(
+            [
+                *head,
+                summary.shares(c.key),
+                fmt(summary.fairness(c.key), 2),
+                fmt(summary.cold_start(c.key)),
+                fmt(summary.memory(c.key), 1),
+            ]
+        )
+    return table(
+        [
+            "server",
+            "app",
+            "requests per worker (last round)",
+            "max/min (median)",
+            "cold start ms",
+            "memory per worker MB (PSS)",
+        ],
+        rows,
+    )
 
 
 def deploys_table(summary: Summary) -> list[str]:
@@ -218,32 +250,59 @@ def _deploy_cells(deploy: Any) -> list[str]:
 def targets(summary: Summary) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) — met is None when it could not be measured."""
     found: list[tuple[str, str, bool | None]] = []
-    for other, floor, app_key in (("gunicorn-uvicorn", 1.05, "sockact-asgi"), ("uvicorn", 1.0, "sockact-asgi"),
-                                  ("gunicorn-sync", 1.0, "sockact-wsgi")):
+    for other, floor, app_key in (
+        ("gunicorn-uvicorn", 1.05, "sockact-asgi"),
+        ("uvicorn", 1.0, "sockact-asgi"),
+        ("gunicorn-sync", 1.0, "sockact-wsgi"),
+    ):
         for close, mode in MODES.items():
             ratio = summary.ratio(app_key, other, HELLO, close)
             best = summary.best_ratio(app_key, other, HELLO, close)
             name = _server_name(summary, other)
-            found.append((f"{app_key.split('-')[1].upper()} req/s, {mode}: sockact ≥ {floor:.2f}× {name}",
-                          f"{fmt(ratio, 2, '×')} (best rounds: {fmt(best, 2, '×')})",
-                          None if math.isnan(ratio) else ratio >= floor))
+            found.append(
+                (
+                    f"{app_key.split('-')[1].upper()} req/s, {mode}: sockact ≥ {floor:.2f}× {name}",
+                    f"{fmt(ratio, 2, '×')} (best rounds: {fmt(best, 2, '×')})",
+                    None if math.isnan(ratio) else ratio >= floor,
+                )
+            )
     for scenario, label in (("reload", "`sockact reload`"), ("restart", "`systemctl restart NAME.target`")):
         deploy = summary.results.deploys.get("sockact-asgi", {}).get(scenario)
         result = deploy.result if deploy and not deploy.unavailable else None
         measured = str(result.errors.total) if result else f"not available: {deploy.unavailable if deploy else ''}"
-        found.append((f"0 failed requests during {label} under load", measured,
-                      None if result is None else result.errors.total == 0))
+        found.append(
+            (
+                f"0 failed requests during {label} under load",
+                measured,
+                None if result is None else result.errors.total == 0,
+            )
+        )
     for key in ("sockact-asgi", "sockact-wsgi"):
         ratio = summary.fairness(key)
-        found.append((f"fairness ({key.split('-')[1].upper()}): max/min requests per worker ≤ 1.2",
-                      fmt(ratio, 2), None if math.isnan(ratio) else ratio <= 1.2))
+        found.append(
+            (
+                f"fairness ({key.split('-')[1].upper()}): max/min requests per worker ≤ 1.2",
+                fmt(ratio, 2),
+                None if math.isnan(ratio) else ratio <= 1.2,
+            )
+        )
     extra = summary.memory("sockact-asgi") - summary.memory("uvicorn")
-    found.append(("memory (PSS) per worker ≤ uvicorn --workers' + 5 MB", _signed(extra, 1, "MB"),
-                  None if math.isnan(extra) else extra <= 5))
+    found.append(
+        (
+            "memory (PSS) per worker ≤ uvicorn --workers' + 5 MB",
+            _signed(extra, 1, "MB"),
+            None if math.isnan(extra) else extra <= 5,
+        )
+    )
     imports = summary.results.imports_ms
     extra_ms = imports.get("sockact", math.nan) - imports.get("uvicorn", math.nan)
-    found.append(("runtime imports ≤ uvicorn's own + 60 ms", _signed(extra_ms, 0, "ms"),
-                  None if math.isnan(extra_ms) else extra_ms <= 60))
+    found.append(
+        (
+            "runtime imports ≤ uvicorn's own + 60 ms",
+            _signed(extra_ms, 0, "ms"),
+            None if math.isnan(extra_ms) else extra_ms <= 60,
+        )
+    )
     return found
 
 
@@ -269,15 +328,19 @@ def markdown(results: Results, lineup: list[Contender], command: str) -> str:
     lines = [
         "# Benchmark results",
         "",
-        (f"Regenerate with `{command}`. Machine: {results.machine.get('cores')} cores "
-         f"({results.machine.get('cpu')}), Linux {results.machine.get('kernel')}, {results.machine.get('date')}."),
+        (
+            f"Regenerate with `{command}`. Machine: {results.machine.get('cores')} cores "
+            f"({results.machine.get('cpu')}), Linux {results.machine.get('kernel')}, {results.machine.get('date')}."
+        ),
         "",
         "Versions: " + ", ".join(f"{name} {version}" for name, version in results.versions.items()) + ".",
         "",
-        (f"Every server runs {s.workers} workers inside one private systemd (one network namespace, loopback). "
-         f"Load: wrk, {s.threads} thread, {s.connections} connections, {s.rounds} alternating round(s) of "
-         f"{s.seconds} s per cell; medians and bests are over rounds. Node rows serve the same routes and body "
-         "for reference."),
+        (
+            f"Every server runs {s.workers} workers inside one private systemd (one network namespace, loopback). "
+            f"Load: wrk, {s.threads} thread, {s.connections} connections, {s.rounds} alternating round(s) of "
+            f"{s.seconds} s per cell; medians and bests are over rounds. Node rows serve the same routes and body "
+            "for reference."
+        ),
         "",
         _background_line(summary),
         "",
@@ -287,10 +350,12 @@ def markdown(results: Results, lineup: list[Contender], command: str) -> str:
         "",
         "## sockact against each peer",
         "",
-        ("Each peer cell is sockact ÷ that peer for median req/s · p50 · p99 over the rounds: above 1× sockact "
-         "serves more requests, below 1× its latency is lower. The fastest peer is the one with the most req/s in "
-         "that cell. — : the server does not serve that app (uWSGI has no ASGI). Node is left out: it serves "
-         "its own app."),
+        (
+            "Each peer cell is sockact ÷ that peer for median req/s · p50 · p99 over the rounds: above 1× sockact "
+            "serves more requests, below 1× its latency is lower. The fastest peer is the one with the most req/s in "
+            "that cell. — : the server does not serve that app (uWSGI has no ASGI). Node is left out: it serves "
+            "its own app."
+        ),
         "",
         *versus_table(summary),
         "",
@@ -300,15 +365,19 @@ def markdown(results: Results, lineup: list[Contender], command: str) -> str:
         "",
         "## Fairness, cold start, memory",
         "",
-        ("Fairness comes from a separate keep-alive pass that counts the `X-Worker` header (the serving PID) "
-         "of every response. Cold start: from issuing the start command to the first 200."),
+        (
+            "Fairness comes from a separate keep-alive pass that counts the `X-Worker` header (the serving PID) "
+            "of every response. Cold start: from issuing the start command to the first 200."
+        ),
         "",
         *workers_table(summary),
         "",
         "## Reload and restart under load",
         "",
-        ("Failed requests are wrk's errors while it loads the server through the whole operation "
-         "(connect errors count refused connection attempts, which wrk retries at once)."),
+        (
+            "Failed requests are wrk's errors while it loads the server through the whole operation "
+            "(connect errors count refused connection attempts, which wrk retries at once)."
+        ),
         "",
         *deploys_table(summary),
         "",
@@ -330,9 +399,11 @@ def _background_line(summary: Summary) -> str:
     if not shares:
         return "Other load on the machine during the run: not measured (no cgroup2 group of its own)."
     worst = max(results.background.items(), key=lambda item: max(item[1]))
-    line = (f"Other processes, and other guests of the hypervisor (steal time), took {100 * median(shares):.0f}% "
-            f"of the machine's CPU (median over contender "
-            f"rounds; at most {100 * max(worst[1]):.0f}%, during {_server_name(summary, worst[0])} ({worst[0]})).")
+    line = (
+        f"Other processes, and other guests of the hypervisor (steal time), took {100 * median(shares):.0f}% "
+        f"of the machine's CPU (median over contender "
+        f"rounds; at most {100 * max(worst[1]):.0f}%, during {_server_name(summary, worst[0])} ({worst[0]}))."
+    )
     if max(shares) > 0.05:
         line += " **The machine was not quiet: rounds with other load understate their contender.**"
     return line
@@ -342,9 +413,11 @@ def _imports_line(results: Results) -> str:
     imports = results.imports_ms
     if not imports:
         return "Imports were not measured."
-    return (f"Fresh interpreter, median wall time: `python -c pass` {imports['python']:.0f} ms, importing what "
-            f"the `uvicorn` command loads before the app {imports['uvicorn']:.0f} ms, what `python -m sockact run` "
-            f"loads before the app {imports['sockact']:.0f} ms.")
+    return (
+        f"Fresh interpreter, median wall time: `python -c pass` {imports['python']:.0f} ms, importing what "
+        f"the `uvicorn` command loads before the app {imports['uvicorn']:.0f} ms, what `python -m sockact run` "
+        f"loads before the app {imports['sockact']:.0f} ms."
+    )
 
 
 def chart(results: Results, lineup: list[Contender], path: pathlib.Path) -> None:
@@ -372,8 +445,9 @@ def chart(results: Results, lineup: list[Contender], path: pathlib.Path) -> None
             p99 = median(r.p99_ms for r in summary.runs(c.key, p, close))
             p99_axis.bar(x, p99, width, color=colours[c.server])
             lowest_p99 = min(lowest_p99, p99)
-    names = [f"{'ASGI / Node' if app == 'ASGI' else app}\n{handler(app, p)}\n{MODES[close]}"
-             for app, p, close in GROUPS]
+    names = [
+        f"{'ASGI / Node' if app == 'ASGI' else app}\n{handler(app, p)}\n{MODES[close]}" for app, p, close in GROUPS
+    ]
     for axis, title in ((rps_axis, "requests/s (bar: median, tick: best)"), (p99_axis, "p99 latency, ms (median)")):
         axis.set_xticks(range(len(GROUPS)), names)
         axis.set_title(title)
@@ -387,8 +461,10 @@ def chart(results: Results, lineup: list[Contender], path: pathlib.Path) -> None
     p99_axis.yaxis.set_minor_formatter(NullFormatter())
     rps_axis.legend(fontsize=8, ncol=3, loc="upper right")
     s = results.settings
-    fig.suptitle(f"{s.workers} workers each, {results.machine.get('cores')} cores, wrk -c{s.connections}, "
-                 f"{s.rounds} round(s) × {s.seconds} s")
+    fig.suptitle(
+        f"{s.workers} workers each, {results.machine.get('cores')} cores, wrk -c{s.connections}, "
+        f"{s.rounds} round(s) × {s.seconds} s"
+    )
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -406,19 +482,38 @@ def overview_table(summary: Summary) -> list[str]:
             rows.append([c.server, c.app, f"not available: {summary.results.unavailable[c.key]}", *[""] * 9])
             continue
         deploys = summary.results.deploys.get(c.key, {})
-        rows.append([
-            f"**{c.server}**" if c.server == "sockact" else c.server, c.app,
-            fmt(summary.rps(c.key, HELLO, False)), fmt(summary.rps(c.key, HELLO, True)),
-            fmt(summary.rps(c.key, SLEEP, False)) if SLEEP in c.paths else NOT_RUN,
-            fmt(summary.latency(c.key, HELLO, False, "p50_ms"), 2),
-            fmt(summary.latency(c.key, HELLO, False, "p99_ms"), 2),
-            fmt(summary.fairness(c.key), 2),
-            *(_failed(deploys.get(scenario)) for scenario in ("reload", "restart")),
-            fmt(summary.cold_start(c.key)), fmt(summary.memory(c.key), 1),
-        ])
-    return table(["server", "app", "req/s keep-alive", "req/s close", "req/s, await 10 ms", "p50 ms", "p99 ms",
-                  "max/min per worker", "failed in reload", "failed in stop+start", "cold start ms",
-                  "PSS/worker MB"], rows)
+        rows.append(
+            [
+                f"**{c.server}**" if c.server == "sockact" else c.server,
+                c.app,
+                fmt(summary.rps(c.key, HELLO, False)),
+                fmt(summary.rps(c.key, HELLO, True)),
+                fmt(summary.rps(c.key, SLEEP, False)) if SLEEP in c.paths else NOT_RUN,
+                fmt(summary.latency(c.key, HELLO, False, "p50_ms"), 2),
+                fmt(summary.latency(c.key, HELLO, False, "p99_ms"), 2),
+                fmt(summary.fairness(c.key), 2),
+                *(_failed(deploys.get(scenario)) for scenario in ("reload", "restart")),
+                fmt(summary.cold_start(c.key)),
+                fmt(summary.memory(c.key), 1),
+            ]
+        )
+    return table(
+        [
+            "server",
+            "app",
+            "req/s keep-alive",
+            "req/s close",
+            "req/s, await 10 ms",
+            "p50 ms",
+            "p99 ms",
+            "max/min per worker",
+            "failed in reload",
+            "failed in stop+start",
+            "cold start ms",
+            "PSS/worker MB",
+        ],
+        rows,
+    )
 
 
 def _failed(deploy: Any) -> str:
@@ -432,23 +527,28 @@ def _failed(deploy: Any) -> str:
 def results_block(results: Results, lineup: list[Contender]) -> str:
     """The overview for docs/benchmarks.md; its links are relative to docs/."""
     s = results.settings
-    return "\n".join([
-        BLOCK_START,
-        (f"{s.workers} workers per server on {results.machine.get('cores')} cores ({results.machine.get('cpu')}); "
-         f"wrk with {s.connections} connections; medians of {s.rounds} alternating rounds of {s.seconds} s. "
-         "Node rows serve the same app for reference. Failed requests are wrk's errors under load, refused "
-         "connections included. Versions, latency, per-worker shares and the targets: "
-         "[bench/results.md](../bench/results.md)."),
-        "",
-        *overview_table(Summary(results, lineup)),
-        "",
-        "sockact ÷ each peer (median req/s · p50 · p99; above 1× more requests, below 1× lower latency):",
-        "",
-        *versus_table(Summary(results, lineup)),
-        "",
-        "![requests per second and p99 latency](../bench/results.png)",
-        BLOCK_END,
-    ])
+    return "\n".join(
+        [
+            BLOCK_START,
+            (
+                f"{s.workers} workers per server on {results.machine.get('cores')} cores "
+                f"({results.machine.get('cpu')}); "
+                f"wrk with {s.connections} connections; medians of {s.rounds} alternating rounds of {s.seconds} s. "
+                "Node rows serve the same app for reference. Failed requests are wrk's errors under load, refused "
+                "connections included. Versions, latency, per-worker shares and the targets: "
+                "[bench/results.md](../bench/results.md)."
+            ),
+            "",
+            *overview_table(Summary(results, lineup)),
+            "",
+            "sockact ÷ each peer (median req/s · p50 · p99; above 1× more requests, below 1× lower latency):",
+            "",
+            *versus_table(Summary(results, lineup)),
+            "",
+            "![requests per second and p99 latency](../bench/results.png)",
+            BLOCK_END,
+        ]
+    )
 
 
 def update_block(page: pathlib.Path, block: str) -> bool:

@@ -64,8 +64,9 @@ class Demo:
         began = time.monotonic()
         while self.states(workers) != [wanted] * workers:
             if time.monotonic() - began > timeout:
-                raise SystemdError(f"workers did not become {wanted} within {timeout:.0f} s: "
-                                   f"see journalctl -u '{NAME}@*'")
+                raise SystemdError(
+                    f"workers did not become {wanted} within {timeout:.0f} s: see journalctl -u '{NAME}@*'"
+                )
             time.sleep(0.05)
         return time.monotonic() - began
 
@@ -79,12 +80,19 @@ class Demo:
         return answers
 
     def install(self, workers: int) -> None:
-        spec = build(unit_name=NAME, listen=[str(self.port)], python_path=sys.executable, app_ref=APP,
-                     worker_count=str(workers), stop_timeout="5")
+        spec = build(
+            unit_name=NAME,
+            listen=[str(self.port)],
+            python_path=sys.executable,
+            app_ref=APP,
+            worker_count=str(workers),
+            stop_timeout="5",
+        )
         write_units(render(spec), str(self.unit_dir))
         self.systemctl("daemon-reload")
-        self.say(f"generated {NAME}.socket, {NAME}@.service, {NAME}.target: "
-                 f"{workers} workers of {APP} on port {self.port}")
+        self.say(
+            f"generated {NAME}.socket, {NAME}@.service, {NAME}.target: {workers} workers of {APP} on port {self.port}"
+        )
 
     def remove(self) -> None:
         self.run("systemctl", "stop", f"{NAME}.target", f"{NAME}.socket", check=False)
@@ -96,8 +104,10 @@ class Demo:
     def show(self, workers: int, requests: int) -> None:
         self.install(workers)
         self.systemctl("start", f"{NAME}.socket")
-        self.say(f"$ systemctl start {NAME}.socket   -> listening on :{self.port}; "
-                 f"workers: {', '.join(self.states(workers))}")
+        self.say(
+            f"$ systemctl start {NAME}.socket   -> listening on :{self.port}; "
+            f"workers: {', '.join(self.states(workers))}"
+        )
         began = time.monotonic()
         first = self.request()
         self.say(f"first request answered by {first} after {time.monotonic() - began:.2f} s (socket activation)")
@@ -105,8 +115,10 @@ class Demo:
         self.say(f"all {workers} workers active {time.monotonic() - began:.2f} s after the first connection")
         self.tally(requests, min(workers * 2, requests))
         self.systemctl("stop", f"{NAME}.target")
-        self.say(f"$ systemctl stop {NAME}.target    -> workers: {', '.join(self.states(workers))}; "
-                 f"socket: {self.systemctl('is-active', f'{NAME}.socket')}")
+        self.say(
+            f"$ systemctl stop {NAME}.target    -> workers: {', '.join(self.states(workers))}; "
+            f"socket: {self.systemctl('is-active', f'{NAME}.socket')}"
+        )
         self.say(f"next request answered by {self.request()} (the socket started the workers again)")
 
     def tally(self, requests: int, parallel: int) -> None:
@@ -153,8 +165,10 @@ def _private_demo(workers: int, requests: int) -> int:
             return box.run(*argv, check=check, timeout=120)
 
         version = box.systemd_version()
-        print(f"systemd is not PID 1 here: booted a private systemd {version} in its own namespaces "
-              f"in {time.monotonic() - began:.2f} s")
+        print(
+            f"systemd is not PID 1 here: booted a private systemd {version} in its own namespaces "
+            f"in {time.monotonic() - began:.2f} s"
+        )
         Demo(runner, box.unit_dir(), 8000).show(workers, requests)
         print(f"journal of worker 1 (journalctl -u {NAME}@1):")
         for line in box.journal("-u", f"{NAME}@1.service", "-o", "cat").splitlines()[-4:]:

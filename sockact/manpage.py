@@ -436,8 +436,9 @@ def subcommands(parser: argparse.ArgumentParser) -> Commands:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: str(choice.help) for choice in sub._choices_actions}
     # `sockact run` hands its arguments to the runtime, whose parser holds the real options.
-    return {name: (helps[name], runtime_parser() if name == "run" else command)
-            for name, command in sub.choices.items()}
+    return {
+        name: (helps[name], runtime_parser() if name == "run" else command) for name, command in sub.choices.items()
+    }
 
 
 def shared_options(commands: Commands) -> set[str]:
@@ -449,12 +450,20 @@ def shared_options(commands: Commands) -> set[str]:
 
 def head(parser: argparse.ArgumentParser, commands: Commands) -> list[str]:
     name = lowercase_first(escape(str(parser.description or "").rstrip(".")))
-    out = [f'.TH SOCKACT 1 "" "sockact {__version__}" "User Commands"', ".SH NAME", f"sockact \\- {name}",
-           ".SH SYNOPSIS"]
+    out = [
+        f'.TH SOCKACT 1 "" "sockact {__version__}" "User Commands"',
+        ".SH NAME",
+        f"sockact \\- {name}",
+        ".SH SYNOPSIS",
+    ]
     for command_name, (_, command) in commands.items():
         out += synopsis(command_name, command)
-    return [*out, "\\fBsockact\\fR [\\fB\\-\\-version\\fR | \\fB\\-\\-help\\fR]", ".SH DESCRIPTION",
-            DESCRIPTION.rstrip("\n")]
+    return [
+        *out,
+        "\\fBsockact\\fR [\\fB\\-\\-version\\fR | \\fB\\-\\-help\\fR]",
+        ".SH DESCRIPTION",
+        DESCRIPTION.rstrip("\n"),
+    ]
 
 
 def command_sections(commands: Commands, shared: set[str]) -> list[str]:
@@ -474,18 +483,33 @@ def unit_options(commands: Commands, shared: set[str]) -> list[str]:
         return []
     install = commands["install"][1]
     only_install = {key(a) for a in documented(install)} - shared
-    return [".SH UNIT OPTIONS", "For", ".B install", "and", ".BR generate .",
-            *options_list(install, only_install, "sockact install")]
+    return [
+        ".SH UNIT OPTIONS",
+        "For",
+        ".B install",
+        "and",
+        ".BR generate .",
+        *options_list(install, only_install, "sockact install"),
+    ]
 
 
 def render(parser: argparse.ArgumentParser) -> str:
     """The whole page, roff, for parser (sockact.cli.build_parser())."""
     commands = subcommands(parser)
     shared = shared_options(commands)
-    out = [*head(parser, commands), *command_sections(commands, shared), *unit_options(commands, shared),
-           ".SH OPTIONS", ".TP", ".B \\-\\-version", "print the version and exit.",
-           ".TP", '.BR \\-h ", " \\-\\-help',
-           "print a summary of the command line, of sockact or of one command, and exit.", TAIL.rstrip("\n")]
+    out = [
+        *head(parser, commands),
+        *command_sections(commands, shared),
+        *unit_options(commands, shared),
+        ".SH OPTIONS",
+        ".TP",
+        ".B \\-\\-version",
+        "print the version and exit.",
+        ".TP",
+        '.BR \\-h ", " \\-\\-help',
+        "print a summary of the command line, of sockact or of one command, and exit.",
+        TAIL.rstrip("\n"),
+    ]
     return "\n".join(out) + "\n"
 
 

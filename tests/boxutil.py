@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from helpers import sockact
 
@@ -55,8 +55,9 @@ class Answered(TypedDict):
     errors: list[str]
 
 
-def concurrent_get(box: PrivateSystemd, port: int, path: str, total: int, parallel: int,
-                   host: str = "127.0.0.1") -> Answered:
+def concurrent_get(
+    box: PrivateSystemd, port: int, path: str, total: int, parallel: int, host: str = "127.0.0.1"
+) -> Answered:
     """Requests from `parallel` clients at once, each on a new connection; which worker answered each."""
     out = box.run(sys.executable, "-c", CONCURRENT, host, str(port), path, str(total), str(parallel), timeout=120)
     seen = json.loads(out.stdout)
@@ -130,8 +131,17 @@ class Probe:
     """What a new visitor sees: a new connection and one GET every 0.1 s (2 s timeout), from inside the box."""
 
     def __init__(self, box: PrivateSystemd, port: int, seconds: float, every: float = 0.1) -> None:
-        self.process = box.popen(sys.executable, "-c", PROBE, "127.0.0.1", str(port), str(seconds), str(every),
-                                 stdout=subprocess.PIPE, text=True)
+        self.process = box.popen(
+            sys.executable,
+            "-c",
+            PROBE,
+            "127.0.0.1",
+            str(port),
+            str(seconds),
+            str(every),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == "probing"
 
@@ -141,7 +151,7 @@ class Probe:
 
 
 class ProbeResult:
-    def __init__(self, results: list[list[object]]) -> None:
+    def __init__(self, results: list[list[Any]]) -> None:  # JSON rows: [seconds, ok, ...]
         self.results = results
         self.total = len(results)
         self.answered = sum(1 for _, ok, *_ in results if ok)
@@ -155,19 +165,21 @@ class ProbeResult:
         longest, start = 0.0, None
         for at, ok, *_ in self.results:
             if not ok and start is None:
-                start = float(at)  # type: ignore[arg-type]
+                start = float(at)
             if ok and start is not None:
-                longest, start = max(longest, float(at) - start), None  # type: ignore[arg-type]
+                longest, start = max(longest, float(at) - start), None
         if start is not None:
-            longest = max(longest, float(self.results[-1][0]) - start)  # type: ignore[arg-type]
+            longest = max(longest, float(self.results[-1][0]) - start)
         return longest
 
     def failures(self) -> list[list[object]]:
         return [result for result in self.results if not result[1]]
 
     def __str__(self) -> str:
-        return (f"{self.answered} of {self.total} probes answered ({self.share:.1%}), "
-                f"longest outage {self.longest_outage():.1f} s")
+        return (
+            f"{self.answered} of {self.total} probes answered ({self.share:.1%}), "
+            f"longest outage {self.longest_outage():.1f} s"
+        )
 
 
 def serving_pid(box: PrivateSystemd, unit: str) -> str:

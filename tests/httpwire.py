@@ -90,14 +90,31 @@ def serving(interface: str, *extra: str, app: str | None = None) -> Iterator[Ser
     reference, kind = APP_FOR[interface]
     workdir = Path(tempfile.mkdtemp(prefix=f"sockact-wire-{interface}-"))
     (workdir / "tmp").mkdir()
-    env = {**os.environ, "PYTHONPATH": str(APPS), "SOCKACT_TEST_RECORD": str(workdir / "record.jsonl"),
-           "TMPDIR": str(workdir / "tmp")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(APPS),
+        "SOCKACT_TEST_RECORD": str(workdir / "record.jsonl"),
+        "TMPDIR": str(workdir / "tmp"),
+    }
     for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC"):
         env.pop(name, None)
     threads = ("--threads", "2") if interface == "wsgi" else ()
     port = free_port()
-    argv = [sys.executable, "-m", "sockact", "run", app or reference, "--bind", f"127.0.0.1:{port}",
-            "--interface", kind, "--log-level", "warning", *threads, *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "sockact",
+        "run",
+        app or reference,
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--interface",
+        kind,
+        "--log-level",
+        "warning",
+        *threads,
+        *extra,
+    ]
     with open(workdir / "server.log", "wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
     server = Server(interface, port, proc, workdir)
@@ -204,7 +221,7 @@ def parse_responses(data: bytes) -> Responses:
         if end < 0:
             out.incomplete = True
             return out
-        head, data = data[:end], data[end + 4:]
+        head, data = data[:end], data[end + 4 :]
         lines = head.split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
@@ -247,11 +264,11 @@ def _chunked(data: bytes) -> tuple[bytes, bytes, bool]:
         if line_end < 0:
             return b"".join(parts), b"", False
         size = int(data[:line_end].split(b";")[0].strip() or b"0", 16)
-        data = data[line_end + 2:]
+        data = data[line_end + 2 :]
         if size == 0:
             if data.startswith(b"\r\n"):
                 return b"".join(parts), data[2:], True
             end = data.find(b"\r\n\r\n")
-            return b"".join(parts), (data[end + 4:] if end >= 0 else b""), end >= 0
+            return b"".join(parts), (data[end + 4 :] if end >= 0 else b""), end >= 0
         parts.append(data[:size])
-        data = data[size + 2:]
+        data = data[size + 2 :]

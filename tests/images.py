@@ -29,8 +29,16 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 # Parts of the standard library no server needs: leaving them out halves the image.
-_STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
-                f"config-{sys.version_info.major}.{sys.version_info.minor}-x86_64-linux-gnu"}
+_STDLIB_SKIP = {
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "pydoc_data",
+    f"config-{sys.version_info.major}.{sys.version_info.minor}-x86_64-linux-gnu",
+}
 SITE = "usr/local/lib/python3/dist-packages"  # on sys.path through a .pth file written below
 _LDD_PATH = re.compile(r"(/\S+) \(0x")
 NOBODY = "65534"
@@ -123,8 +131,13 @@ def _stdlib(tree: _Tree) -> list[Path]:
     extensions = []
     for directory, subdirs, files in os.walk(stdlib):
         here = Path(directory)
-        subdirs[:] = sorted(d for d in subdirs if d not in _STDLIB_SKIP and d != "__pycache__"
-                            and not (here == stdlib and d in ("site-packages", "dist-packages")))
+        subdirs[:] = sorted(
+            d
+            for d in subdirs
+            if d not in _STDLIB_SKIP
+            and d != "__pycache__"
+            and not (here == stdlib and d in ("site-packages", "dist-packages"))
+        )
         for name in sorted(files):
             source = here / name
             tree.file(source, str(source))
@@ -151,8 +164,11 @@ def root_tar(extra_modules: dict[str, Path] | None = None) -> bytes:
     # Debian's interpreter reads /usr/local/lib/python3.X/dist-packages; a .pth there adds SITE.
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
     tree.data(f"usr/local/lib/{version}/dist-packages/sockact-image.pth", f"/{SITE}\n".encode())
-    tree.data("usr/local/bin/sockact", b"#!/usr/bin/python3\nimport sys\nfrom sockact.cli import entry\n"
-              b"sys.exit(entry())\n", 0o755)
+    tree.data(
+        "usr/local/bin/sockact",
+        b"#!/usr/bin/python3\nimport sys\nfrom sockact.cli import entry\nsys.exit(entry())\n",
+        0o755,
+    )
     for library in sorted(_shared_libraries([interpreter, *extensions])):
         tree.file(library, str(library))
     accounts = f"root:x:0:0:root:/root:/nonexistent\nnobody:x:{NOBODY}:{NOBODY}:nobody:/nonexistent:/nonexistent\n"
@@ -164,8 +180,12 @@ def root_tar(extra_modules: dict[str, Path] | None = None) -> bytes:
     return tree.close()
 
 
-def build(run: _Runner, name: str = "localhost/sockact-test", extra_modules: dict[str, Path] | None = None,
-          host_path: Callable[[str], Path] = Path) -> str:
+def build(
+    run: _Runner,
+    name: str = "localhost/sockact-test",
+    extra_modules: dict[str, Path] | None = None,
+    host_path: Callable[[str], Path] = Path,
+) -> str:
     """Import the image into podman's store through `run` (host or box), once per content; returns NAME:TAG.
 
     `run(*argv, check=..., timeout=...)` runs a command where podman's store lives: the box's
@@ -181,8 +201,9 @@ def build(run: _Runner, name: str = "localhost/sockact-test", extra_modules: dic
     tar_path = host_path(seen_as)
     tar_path.write_bytes(content)
     try:
-        imported = run("podman", "import", "--change", "ENTRYPOINT [\"sockact\"]", seen_as, reference,
-                       check=False, timeout=300)
+        imported = run(
+            "podman", "import", "--change", 'ENTRYPOINT ["sockact"]', seen_as, reference, check=False, timeout=300
+        )
         if imported.returncode != 0:
             raise RuntimeError(f"podman import failed: {imported.stderr.strip()}")
     finally:

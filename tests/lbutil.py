@@ -50,8 +50,10 @@ def render_haproxy(backend: Backend, listen: str, stats: str) -> str:
     inter = f"{backend.inter_ms}ms"
     timing = f"inter {inter} fastinter {inter} downinter {inter} fall {backend.fall} rise {backend.rise}"
     check_port = f" port {backend.check.port}" if backend.check.port is not None else ""
-    servers = "\n".join(f"    server {name} {address}:{backend.port} check{check_port}"
-                        for name, address in zip(backend.names, backend.addresses))
+    servers = "\n".join(
+        f"    server {name} {address}:{backend.port} check{check_port}"
+        for name, address in zip(backend.names, backend.addresses)
+    )
     return f"""\
 global
     maxconn 4096
@@ -99,8 +101,22 @@ def link(lb: PrivateSystemd, host: PrivateSystemd, index: int) -> tuple[str, str
     """A veth pair from the load balancer's namespace to a host's: (lb address, host address), /24 each."""
     lb_side, host_side = f"lb{index}", f"up{index}"
     # Created straight inside the two namespaces: the names never exist in the machine's own.
-    command = ["ip", "link", "add", "name", lb_side, "netns", str(lb.pid), "type", "veth",
-               "peer", "name", host_side, "netns", str(host.pid)]
+    command = [
+        "ip",
+        "link",
+        "add",
+        "name",
+        lb_side,
+        "netns",
+        str(lb.pid),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        host_side,
+        "netns",
+        str(host.pid),
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     lb_address, host_address = LB_ADDRESS.format(index=index), HOST_ADDRESS.format(index=index)
     for box, device, address in ((lb, lb_side, lb_address), (host, host_side, host_address)):

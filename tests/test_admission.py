@@ -49,8 +49,7 @@ def made(count: int) -> Callable[[], bool]:
     return lambda: len(Recorder.made) == count
 
 
-async def paused_by_its_lead(listener: socket.socket, board: Scoreboard,
-                             clients: list[socket.socket]) -> Admission:
+async def paused_by_its_lead(listener: socket.socket, board: Scoreboard, clients: list[socket.socket]) -> Admission:
     """An Admission that took PAUSE_AHEAD connections while its sibling took none, and so stopped accepting."""
     admission = Admission([listener], Recorder, board)
     await admission.open()
@@ -73,7 +72,8 @@ def listener() -> Iterator[socket.socket]:
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_a_worker_ahead_of_its_sibling_stops_accepting_until_the_sibling_catches_up(
-        loop_name: str, listener: socket.socket, tmp_path: Path) -> None:
+    loop_name: str, listener: socket.socket, tmp_path: Path
+) -> None:
     me, sibling = Scoreboard("app", "1", str(tmp_path)), Scoreboard("app", "2", str(tmp_path))
     me.refresh()
     Recorder.made = []
@@ -110,7 +110,8 @@ def test_a_worker_ahead_of_its_sibling_stops_accepting_until_the_sibling_catches
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
 def test_a_paused_worker_looks_again_soon_without_waiting_for_the_tick(
-        loop_name: str, listener: socket.socket, tmp_path: Path) -> None:
+    loop_name: str, listener: socket.socket, tmp_path: Path
+) -> None:
     """No sibling stops accepting for a paused worker, so the paused one must not wait for the
     server's tick to take its share again: here no tick runs at all."""
     me, sibling = Scoreboard("app", "1", str(tmp_path)), Scoreboard("app", "2", str(tmp_path))

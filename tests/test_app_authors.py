@@ -67,8 +67,20 @@ def remove_state() -> None:
 def app(private_systemd: PrivateSystemd, shared_apps: Path) -> Iterator[PrivateSystemd]:
     box = private_systemd
     remove_state()
-    install_units(box, NAME, "--app", "per_worker:application", "--listen", f"127.0.0.1:{PORT}",
-                  "--workers", str(WORKERS), "--chdir", str(shared_apps), "--state-dir", STATE)
+    install_units(
+        box,
+        NAME,
+        "--app",
+        "per_worker:application",
+        "--listen",
+        f"127.0.0.1:{PORT}",
+        "--workers",
+        str(WORKERS),
+        "--chdir",
+        str(shared_apps),
+        "--state-dir",
+        STATE,
+    )
     try:
         box.systemctl("start", f"{NAME}.socket")
         http_get(box, f"http://127.0.0.1:{PORT}/")  # the first connection starts every worker
@@ -94,17 +106,18 @@ def highest_per_worker(answers: list[dict[str, object]]) -> dict[str, int]:
     return highest
 
 
-def test_in_memory_state_splits_across_workers_and_the_shared_file_counts_every_request(
-        app: PrivateSystemd) -> None:
+def test_in_memory_state_splits_across_workers_and_the_shared_file_counts_every_request(app: PrivateSystemd) -> None:
     box, total = app, 200
     answers = visit(box, total)
     served = Counter(str(answer["worker"]) for answer in answers)
     in_memory = highest_per_worker(answers)
     shared = sorted(int(str(answer["shared"])) for answer in answers)
     first = 1  # the request that started the workers
-    print(f"\n{total} requests from 4 clients on {WORKERS} workers: served {dict(sorted(served.items()))}; "
-          f"in-memory counter per worker {dict(sorted(in_memory.items()))} (highest seen); "
-          f"shared SQLite counter {shared[-1]} (after {first} request that started the workers)")
+    print(
+        f"\n{total} requests from 4 clients on {WORKERS} workers: served {dict(sorted(served.items()))}; "
+        f"in-memory counter per worker {dict(sorted(in_memory.items()))} (highest seen); "
+        f"shared SQLite counter {shared[-1]} (after {first} request that started the workers)"
+    )
     assert sorted(served) == [str(k) for k in range(1, WORKERS + 1)], served  # both workers served
     # Each in-memory counter saw only its own worker's requests: none reached the total.
     assert all(count < total for count in in_memory.values()), in_memory
@@ -117,7 +130,9 @@ def test_in_memory_state_splits_across_workers_and_the_shared_file_counts_every_
     again = visit(box, 40)
     in_memory_after = highest_per_worker(again)
     shared_after = max(int(str(answer["shared"])) for answer in again)
-    print(f"after systemctl restart {NAME}.target, 40 more requests: in-memory counters "
-          f"{dict(sorted(in_memory_after.items()))} (started again from 0), shared {shared_after}")
+    print(
+        f"after systemctl restart {NAME}.target, 40 more requests: in-memory counters "
+        f"{dict(sorted(in_memory_after.items()))} (started again from 0), shared {shared_after}"
+    )
     assert sum(in_memory_after.values()) == 40, in_memory_after
     assert shared_after == first + total + 40

@@ -87,8 +87,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def respond(send: Any, body: bytes, more: bool = False) -> None:
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
+        }
+    )
     await send({"type": "http.response.body", "body": body, "more_body": more})
 
 
@@ -207,12 +212,14 @@ def test_a_large_request_body_streams_through_in_parts(loop_name: str) -> None:
         reader, writer = await served.connect()
         writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(payload))
         for start in range(0, len(payload), 100_000):
-            writer.write(payload[start:start + 100_000])
+            writer.write(payload[start : start + 100_000])
             await writer.drain()
         _, _, body = await read_response(reader)
         assert body == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
-        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
         _, _, body = await read_response(reader)
         assert body == f"11 {hashlib.sha256(b'hello world').hexdigest()}".encode()
         writer.close()
@@ -301,13 +308,17 @@ def test_an_app_failing_after_its_response_does_not_cut_the_next_one(loop_name: 
 
 
 @both_loops
-@pytest.mark.parametrize(("request_bytes", "status"), [
-    (b"NOT HTTP AT ALL\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (70 * 1024) + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\nHost: t\r\nX-Unfinished: " + b"a" * (200 * 1024), 431),  # one line, never ended
-])
-def test_a_bad_request_gets_its_status_and_the_connection_closes(loop_name: str, request_bytes: bytes,
-                                                                status: int) -> None:
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * (70 * 1024) + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Unfinished: " + b"a" * (200 * 1024), 431),  # one line, never ended
+    ],
+)
+def test_a_bad_request_gets_its_status_and_the_connection_closes(
+    loop_name: str, request_bytes: bytes, status: int
+) -> None:
     async def scenario(served: Served) -> None:
         reader, writer = await served.connect()
         writer.write(request_bytes)
@@ -514,8 +525,9 @@ def segments_received(loop_name: str, path: bytes) -> int:
 
 
 @both_loops
-def test_the_end_of_a_close_response_and_the_fin_arrive_in_one_segment(loop_name: str,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_end_of_a_close_response_and_the_fin_arrive_in_one_segment(
+    loop_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     corked = segments_received(loop_name, b"/a")
     monkeypatch.setattr(HttpConnection, "cork", lambda self: None)
     uncorked = segments_received(loop_name, b"/a")

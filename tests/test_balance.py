@@ -107,8 +107,9 @@ def test_a_session_leader_follows_the_worker_count_and_lowers_only_after_it_sett
         "print(' '.join(seen))\n"
         "print(CpuShare('worker').applied)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                          start_new_session=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, start_new_session=True, timeout=30
+    )
     enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
     if enabled.exists() and enabled.read_text().strip() == "1":
         seen, worker = done.stdout.splitlines()

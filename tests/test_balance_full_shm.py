@@ -34,8 +34,9 @@ def test_a_sized_but_unallocated_slot_is_never_mapped(tmp_path: Path) -> None:
     assert list(one.siblings) == [two.path]
 
 
-def test_no_room_for_a_slot_is_one_warning_and_no_scoreboard(monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_no_room_for_a_slot_is_one_warning_and_no_scoreboard(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def full(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -45,5 +46,6 @@ def test_no_room_for_a_slot_is_one_warning_and_no_scoreboard(monkeypatch: pytest
     with caplog.at_level(logging.WARNING, logger="sockact.runtime"):
         assert balance.for_this_worker() is None
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
-        "serving without the /dev/shm scoreboard ([Errno 28] No space left on device)"]
+        "serving without the /dev/shm scoreboard ([Errno 28] No space left on device)"
+    ]
     assert not [name for name in os.listdir("/dev/shm") if f"nospace{os.getpid()}" in name]  # nothing left behind

@@ -23,12 +23,30 @@ import pytest
 from sockact.testing import HarnessError, unavailable_reason
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-SERVERS = ("sockact", "granian", "gunicorn + uvicorn-worker", "uvicorn --workers", "uWSGI", "gunicorn sync",
-           "node cluster", "pm2")
+SERVERS = (
+    "sockact",
+    "granian",
+    "gunicorn + uvicorn-worker",
+    "uvicorn --workers",
+    "uWSGI",
+    "gunicorn sync",
+    "node cluster",
+    "pm2",
+)
 # The peers and apps added beside the hello apps: each must start and answer in every mode.
-NEW_CONTENDERS = ("granian-asgi", "granian-wsgi", "uwsgi", "sockact-fastapi", "granian-fastapi",
-                  "gunicorn-uvicorn-fastapi", "uvicorn-fastapi", "sockact-flask", "granian-flask", "uwsgi-flask",
-                  "gunicorn-sync-flask")
+NEW_CONTENDERS = (
+    "granian-asgi",
+    "granian-wsgi",
+    "uwsgi",
+    "sockact-fastapi",
+    "granian-fastapi",
+    "gunicorn-uvicorn-fastapi",
+    "uvicorn-fastapi",
+    "sockact-flask",
+    "granian-flask",
+    "uwsgi-flask",
+    "gunicorn-sync-flask",
+)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true")
 
 
@@ -40,8 +58,14 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
             pytest.fail(f"CI must be able to run the benchmark: {reason}", pytrace=False)
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([str(REPO / "bench" / "run"), "--quick", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [str(REPO / "bench" / "run"), "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, f"bench/run --quick failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return out
 
@@ -49,8 +73,14 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def section(markdown: str, title: str) -> list[str]:
     """The table rows under a '## title' heading."""
     body = markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
-    return [line for line in body.splitlines() if line.startswith("| ") and not line.startswith("| server |")
-            and not line.startswith("| app |") and not line.startswith("| target |")]
+    return [
+        line
+        for line in body.splitlines()
+        if line.startswith("| ")
+        and not line.startswith("| server |")
+        and not line.startswith("| app |")
+        and not line.startswith("| target |")
+    ]
 
 
 def test_writes_markdown_chart_and_raw_numbers(quick_run: pathlib.Path) -> None:
@@ -64,8 +94,16 @@ def test_writes_markdown_chart_and_raw_numbers(quick_run: pathlib.Path) -> None:
 def test_every_contender_has_its_throughput_rows(quick_run: pathlib.Path) -> None:
     rows = section((quick_run / "results.md").read_text(), "Requests per second and latency")
     # 2 connection modes each: ASGI hello and await 10 ms, WSGI hello, FastAPI JSON (ASGI), Flask JSON (WSGI).
-    expected = {"sockact": 10, "granian": 10, "gunicorn + uvicorn-worker": 6, "uvicorn --workers": 6,
-                "uWSGI": 4, "gunicorn sync": 4, "node cluster": 4, "pm2": 4}
+    expected = {
+        "sockact": 10,
+        "granian": 10,
+        "gunicorn + uvicorn-worker": 6,
+        "uvicorn --workers": 6,
+        "uWSGI": 4,
+        "gunicorn sync": 4,
+        "node cluster": 4,
+        "pm2": 4,
+    }
     for server, count in expected.items():
         mine = [row for row in rows if row.split(" | ")[3].strip("* ") == server]
         assert len(mine) == count, f"{server}: {len(mine)} rows, expected {count}"
@@ -87,8 +125,16 @@ def test_fairness_coldstart_memory_and_deploy_rows(quick_run: pathlib.Path) -> N
 def test_targets_are_all_listed(quick_run: pathlib.Path) -> None:
     rows = section((quick_run / "results.md").read_text(), "Targets")
     text = "\n".join(rows)
-    for target in ("gunicorn + uvicorn-worker", "uvicorn --workers", "gunicorn sync", "sockact reload",
-                   "systemctl restart", "fairness", "memory (PSS)", "imports"):
+    for target in (
+        "gunicorn + uvicorn-worker",
+        "uvicorn --workers",
+        "gunicorn sync",
+        "sockact reload",
+        "systemctl restart",
+        "fairness",
+        "memory (PSS)",
+        "imports",
+    ):
         assert target in text, target
 
 
@@ -123,13 +169,23 @@ def test_every_run_has_its_latency_percentiles(quick_run: pathlib.Path) -> None:
 
 def test_sockact_against_each_peer(quick_run: pathlib.Path) -> None:
     markdown = (quick_run / "results.md").read_text()
-    header = next(line for line in markdown.split("## sockact against each peer\n", 1)[1].splitlines()
-                  if line.startswith("| app |"))
+    header = next(
+        line
+        for line in markdown.split("## sockact against each peer\n", 1)[1].splitlines()
+        if line.startswith("| app |")
+    )
     columns = [cell.strip() for cell in header.strip("| ").split(" | ")]
-    assert columns[4:] == ["granian", "gunicorn (uvicorn-worker / sync)", "uvicorn --workers", "uWSGI",
-                           "vs fastest peer"], columns
-    rows = [[cell.strip() for cell in row.strip("| ").split(" | ")]
-            for row in section(markdown, "sockact against each peer")]
+    assert columns[4:] == [
+        "granian",
+        "gunicorn (uvicorn-worker / sync)",
+        "uvicorn --workers",
+        "uWSGI",
+        "vs fastest peer",
+    ], columns
+    rows = [
+        [cell.strip() for cell in row.strip("| ").split(" | ")]
+        for row in section(markdown, "sockact against each peer")
+    ]
     # ASGI hello, ASGI await 10 ms, WSGI hello, FastAPI, Flask; keep-alive and close each.
     assert len(rows) == 10, rows
     for row in rows:
@@ -192,8 +248,10 @@ def _real_wrk_run(bench_load: ModuleType, port: int) -> str:
 def test_wrk_latency_distribution_is_read_from_a_real_run(bench_load: ModuleType, hello_server: int) -> None:
     out = _real_wrk_run(bench_load, hello_server)
     result = bench_load.parse(out)
-    print(f"\nwrk against a threaded Python server: {result.rps:.0f} req/s, p50 {result.p50_ms:.3f} ms, "
-          f"p75 {result.p75_ms:.3f}, p90 {result.p90_ms:.3f}, p99 {result.p99_ms:.3f}, max {result.max_ms:.3f}")
+    print(
+        f"\nwrk against a threaded Python server: {result.rps:.0f} req/s, p50 {result.p50_ms:.3f} ms, "
+        f"p75 {result.p75_ms:.3f}, p90 {result.p90_ms:.3f}, p99 {result.p99_ms:.3f}, max {result.max_ms:.3f}"
+    )
     assert result.requests > 0 and result.errors.total == 0, out
     assert 0 < result.p50_ms <= result.p75_ms <= result.p90_ms <= result.p99_ms <= result.max_ms, out
     printed = bench_load.latency_distribution(out)
@@ -205,8 +263,7 @@ def test_wrk_latency_distribution_is_read_from_a_real_run(bench_load: ModuleType
         assert value == pytest.approx(float(number) * bench_load.UNIT_MS[unit]), line
 
 
-def test_wrk_latency_that_disagrees_with_the_lua_summary_is_refused(bench_load: ModuleType,
-                                                                     hello_server: int) -> None:
+def test_wrk_latency_that_disagrees_with_the_lua_summary_is_refused(bench_load: ModuleType, hello_server: int) -> None:
     out = _real_wrk_run(bench_load, hello_server)
     line = next(line for line in out.splitlines() if line.strip().startswith("99%"))
     # A p99 a thousand times off, as a unit read wrongly would make it.
@@ -215,8 +272,9 @@ def test_wrk_latency_that_disagrees_with_the_lua_summary_is_refused(bench_load: 
         bench_load.parse(tampered)
 
 
-def test_docs_benchmarks_holds_the_results_block_bench_run_writes(monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: pathlib.Path) -> None:
+def test_docs_benchmarks_holds_the_results_block_bench_run_writes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
     # The overview lives in docs/benchmarks.md, not the README: the committed block must be what a full
     # run writes from the committed bench/results.json, so the page and the raw numbers cannot part.
     monkeypatch.syspath_prepend(str(REPO))

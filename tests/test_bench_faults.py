@@ -29,16 +29,33 @@ def test_one_fault_against_sockact(tmp_path: pathlib.Path) -> None:
             pytest.fail(f"CI must be able to run the fault benchmark: {reason}", pytrace=False)
         pytest.skip(reason)
     began = time.monotonic()
-    done = subprocess.run([str(REPO / "bench" / "run"), "--faults", "--quick", "--only", "sockact",
-                           "--fault", "crash", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [
+            str(REPO / "bench" / "run"),
+            "--faults",
+            "--quick",
+            "--only",
+            "sockact",
+            "--fault",
+            "crash",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     took = time.monotonic() - began
     assert done.returncode == 0, f"bench/run --faults failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     printed = ROW.search(done.stdout)
     assert printed, f"no sockact crash row in what was printed:\n{done.stdout}"
     answered, probes, outage, acted = int(printed[1]), int(printed[2]), float(printed[3]), printed[4].strip()
-    print(f"\ncrash URL, sockact, quick: {answered} of {probes} probes answered, longest outage {outage} s, "
-          f"who had to act: {acted} ({took:.0f} s in all)")
+    print(
+        f"\ncrash URL, sockact, quick: {answered} of {probes} probes answered, longest outage {outage} s, "
+        f"who had to act: {acted} ({took:.0f} s in all)"
+    )
     # A quick run probes for lead + 20 crashes x 0.3 s + tail = 7.5 s, a probe every 0.1 s.
     assert probes == 75
     assert 0 <= answered <= probes and outage <= probes * 0.1

@@ -16,6 +16,7 @@ from sockact.testing import PrivateSystemd
 
 # --- small CLI fixes -------------------------------------------------------------------------------
 
+
 def _console_script(*args: str) -> subprocess.CompletedProcess[str]:
     """`sockact ARGS` through the console script's entry (cli.entry), not `python -m sockact`."""
     code = "import sys\nfrom sockact.cli import entry\nsys.argv = ['sockact', *sys.argv[1:]]\nentry()"
@@ -48,6 +49,7 @@ def test_a_port_out_of_range_says_so() -> None:
 
 # --- generate | tee --------------------------------------------------------------------------------
 
+
 def test_generate_to_a_pipe_says_how_to_split_and_the_three_tee_lines_work(tmp_path: Path) -> None:
     options = ["generate", "web", "--app", "m:app", "--listen", "8000", "--workers", "2", "--python", sys.executable]
     piped = sockact(*options)  # stdout is a pipe here
@@ -56,8 +58,11 @@ def test_generate_to_a_pipe_says_how_to_split_and_the_three_tee_lines_work(tmp_p
     assert lines[0].startswith("sockact: stdout holds three units in one listing")
     tees = [line.strip() for line in lines if " | sudo tee /etc/systemd/system/" in line]
     assert [line.split()[-2].rsplit("/", 1)[1] for line in tees] == ["web.socket", "web@.service", "web.target"]
-    assert any(line.startswith("or all three at once: sudo sockact generate ") and
-               line.endswith("--output-dir /etc/systemd/system") for line in lines)
+    assert any(
+        line.startswith("or all three at once: sudo sockact generate ")
+        and line.endswith("--output-dir /etc/systemd/system")
+        for line in lines
+    )
     # Run the three lines as printed, writing to a scratch directory instead of /etc and without sudo.
     written = tmp_path / "tee"
     written.mkdir()
@@ -73,12 +78,18 @@ def test_generate_to_a_pipe_says_how_to_split_and_the_three_tee_lines_work(tmp_p
     assert sorted(path.name for path in written.iterdir()) == names == ["web.socket", "web.target", "web@.service"]
     for name in names:
         assert (written / name).read_text() == (reference / name).read_text(), name
-    analyze = subprocess.run(["systemd-analyze", "verify", "--man=no", *(str(written / n) for n in names)],
-                             capture_output=True, text=True, timeout=60, check=False)
+    analyze = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(str(written / n) for n in names)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert "Unknown section" not in analyze.stderr and "Unknown key" not in analyze.stderr, analyze.stderr
 
 
 # --- uninstall keeps the app's data ----------------------------------------------------------------
+
 
 def test_uninstall_names_the_directories_it_keeps(tmp_path: Path) -> None:
     (tmp_path / "var/lib/private/web").mkdir(parents=True)
@@ -88,26 +99,49 @@ def test_uninstall_names_the_directories_it_keeps(tmp_path: Path) -> None:
     kept = kept_directories(props, root=tmp_path)
     assert [(str(path.relative_to(tmp_path)), what) for path, what in kept] == [
         ("var/lib/private/web", f"StateDirectory=, the app's data, linked from {tmp_path}/var/lib/web"),
-        ("var/log/web", "LogsDirectory=, its log files")]
+        ("var/log/web", "LogsDirectory=, its log files"),
+    ]
     assert kept_directories({}, root=tmp_path) == []
 
 
 def test_uninstall_says_which_state_directory_it_kept(private_systemd: PrivateSystemd) -> None:
     box = private_systemd
     name = "keepsdata"  # its state lands in the host's /var/lib (the box shares it): removed below
-    installed = box.run(sys.executable, "-m", "sockact", "install", name, "--app", "sockact.examples.hello:app",
-                        "--listen", "127.0.0.1:8506", "--workers", "1", "--python", sys.executable, "--state-dir", name,
-                        "--unit-dir", "/run/systemd/system", "--now", check=False, timeout=120)
+    installed = box.run(
+        sys.executable,
+        "-m",
+        "sockact",
+        "install",
+        name,
+        "--app",
+        "sockact.examples.hello:app",
+        "--listen",
+        "127.0.0.1:8506",
+        "--workers",
+        "1",
+        "--python",
+        sys.executable,
+        "--state-dir",
+        name,
+        "--unit-dir",
+        "/run/systemd/system",
+        "--now",
+        check=False,
+        timeout=120,
+    )
     assert installed.returncode == 0, installed.stderr
     try:
         box.systemctl("start", f"{name}.target")
-        box.wait_for(lambda: box.show(f"{name}@1.service", "ActiveState")["ActiveState"] == "active",
-                     what=f"{name}@1 active")
+        box.wait_for(
+            lambda: box.show(f"{name}@1.service", "ActiveState")["ActiveState"] == "active", what=f"{name}@1 active"
+        )
         removed = box.run(sys.executable, "-m", "sockact", "uninstall", name, check=False, timeout=120)
         print(f"\n$ sockact uninstall {name}\n{removed.stdout}")
         assert removed.returncode == 0, removed.stderr
-        assert (f"kept /var/lib/private/{name} (StateDirectory=, the app's data, linked from /var/lib/{name})"
-                in removed.stdout)
+        assert (
+            f"kept /var/lib/private/{name} (StateDirectory=, the app's data, linked from /var/lib/{name})"
+            in removed.stdout
+        )
         assert removed.stdout.rstrip().endswith(", 1 directory kept")
     finally:
         box.run("rm", "-rf", f"/var/lib/private/{name}", f"/var/lib/{name}", check=False)

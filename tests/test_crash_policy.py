@@ -44,15 +44,18 @@ print("done", flush=True)
 
 @pytest.mark.parametrize("app", ["crashy:app", "crashy:application"], ids=["asgi", "wsgi"])
 def test_a_url_that_crashes_its_worker_100_times_in_30_s_never_closes_the_port(
-        private_systemd: PrivateSystemd, shared_apps: Path, app: str) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path, app: str
+) -> None:
     box = private_systemd
     name, port = ("crashurl", 8400) if app.endswith(":app") else ("crashurlw", 8401)
     start_app(box, name, port, 2, "--app", app, "--chdir", str(shared_apps))
     probe = Probe(box, port, CRASH_SECONDS + 2)
-    load = box.popen("wrk", "-t1", "-c4", f"-d{int(CRASH_SECONDS)}s", f"http://127.0.0.1:{port}/",
-                     stdout=subprocess.PIPE, text=True)
-    hitter = box.popen(sys.executable, "-c", HITTER, str(port), str(CRASH_HITS), str(CRASH_SECONDS),
-                       stdout=subprocess.PIPE, text=True)
+    load = box.popen(
+        "wrk", "-t1", "-c4", f"-d{int(CRASH_SECONDS)}s", f"http://127.0.0.1:{port}/", stdout=subprocess.PIPE, text=True
+    )
+    hitter = box.popen(
+        sys.executable, "-c", HITTER, str(port), str(CRASH_HITS), str(CRASH_SECONDS), stdout=subprocess.PIPE, text=True
+    )
     socket_states = set()
     while hitter.poll() is None:
         socket_states.add(box.show(f"{name}.socket", "ActiveState")["ActiveState"])
@@ -63,9 +66,11 @@ def test_a_url_that_crashes_its_worker_100_times_in_30_s_never_closes_the_port(
     journal = box.journal("-u", f"{name}@*", "-o", "cat")
     replaced = len(re.findall(r"serving process \d+ died \(exit 1\)", journal))
     box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="both workers active")
-    print(f"\n{app}: /crash hit {CRASH_HITS} times in {CRASH_SECONDS:.0f} s: {replaced} serving processes "
-          f"forked again, {restarts} unit restarts; {seen}; socket states seen {sorted(socket_states)}; "
-          f"wrk on /: {stats}")
+    print(
+        f"\n{app}: /crash hit {CRASH_HITS} times in {CRASH_SECONDS:.0f} s: {replaced} serving processes "
+        f"forked again, {restarts} unit restarts; {seen}; socket states seen {sorted(socket_states)}; "
+        f"wrk on /: {stats}"
+    )
     assert replaced + restarts >= CRASH_HITS * 0.9  # every hit really killed a serving process
     box.wait_for(lambda: _status_restarts(box, name) >= replaced + restarts, what="status counting the crashes")
     assert seen.share >= 0.99, seen.failures()
@@ -92,7 +97,8 @@ def attempts(box: PrivateSystemd, unit: str) -> list[tuple[float, str]]:
 
 
 def test_a_broken_deploy_keeps_the_port_open_spaces_its_attempts_and_recovers_once_fixed(
-        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
     box = private_systemd
     app_dir = shared_apps / "brokendeploy"
     app_dir.mkdir(exist_ok=True)
@@ -113,20 +119,29 @@ def test_a_broken_deploy_keeps_the_port_open_spaces_its_attempts_and_recovers_on
     assert starts <= 6  # not ~8 a second
     assert "Traceback" not in box.journal("-u", "broke@1.service", "-o", "cat")
     assert box.show("broke.socket", "ActiveState")["ActiveState"] == "active"
-    assert box.run("python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8410), timeout=2)",
-                   check=False).returncode == 0  # the port is open: clients wait in the backlog
+    assert (
+        box.run(
+            "python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 8410), timeout=2)", check=False
+        ).returncode
+        == 0
+    )  # the port is open: clients wait in the backlog
     status = box.run(sys.executable, "-m", "sockact", "status", "broke", check=False)
     print(status.stdout)
-    assert re.search(r"@1 retrying: the app failed to start: cannot import deploy: ModuleNotFoundError.*"
-                     r"retrying in \d+ s", status.stdout)
+    assert re.search(
+        r"@1 retrying: the app failed to start: cannot import deploy: ModuleNotFoundError.*"
+        r"retrying in \d+ s",
+        status.stdout,
+    )
     assert status.returncode == 3 and "Next: fix the app" in status.stdout
 
     (app_dir / "deploy.py").write_text("from sockact.examples.hello import app\n")
     fixed = time.monotonic()
     answer, _ = waiting.communicate(timeout=60)  # the request sent during the outage is served
     box.wait_for(lambda: instance_states(box, "broke", 2) == ["active"] * 2, timeout=40, what="workers active")
-    print(f"fixed: both workers serving {time.monotonic() - fixed:.1f} s later, no operator action; "
-          f"the waiting request got {answer.strip()!r}")
+    print(
+        f"fixed: both workers serving {time.monotonic() - fixed:.1f} s later, no operator action; "
+        f"the waiting request got {answer.strip()!r}"
+    )
     assert answer.startswith("worker ")
     assert box.show("broke@1.service", "StatusText")["StatusText"].startswith("serving")
 
@@ -177,7 +192,8 @@ print(json.dumps({"opened": len(conns), "refused": refused, "answered_per_round"
 
 @pytest.mark.parametrize("app", ["crashy:app", "crashy:application"], ids=["asgi", "wsgi"])
 def test_5000_keep_alive_connections_crash_no_worker_and_new_visitors_are_served(
-        private_systemd: PrivateSystemd, shared_apps: Path, app: str) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path, app: str
+) -> None:
     box = private_systemd
     name, port = ("flood", 8420) if app.endswith(":app") else ("floodw", 8421)
     start_app(box, name, port, 2, "--app", app, "--chdir", str(shared_apps))
@@ -189,8 +205,10 @@ def test_5000_keep_alive_connections_crash_no_worker_and_new_visitors_are_served
     seen = probe.result()
     figures = json.loads(flood.communicate(timeout=120)[0].splitlines()[-1])
     after = [box.show(f"{name}@{i}.service", "MainPID", "NRestarts") for i in (1, 2)]
-    print(f"\n{app}: {figures['opened']} keep-alive connections (answers per round {figures['answered_per_round']}); "
-          f"{seen}; workers {after}")
+    print(
+        f"\n{app}: {figures['opened']} keep-alive connections (answers per round {figures['answered_per_round']}); "
+        f"{seen}; workers {after}"
+    )
     assert figures["opened"] == 5000 and min(figures["answered_per_round"]) >= 4950
     assert [worker["MainPID"] for worker in after] == pids and all(w["NRestarts"] == "0" for w in after)
     assert "died" not in box.journal("-u", f"{name}@*", "-o", "cat")  # no serving process forked again either
@@ -198,7 +216,8 @@ def test_5000_keep_alive_connections_crash_no_worker_and_new_visitors_are_served
 
 
 def test_a_worker_at_its_descriptor_limit_stops_accepting_instead_of_failing(
-        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
     """With the old default limit (1024) forced back by a drop-in: the worker holds what it can, the
     rest wait in the listen backlog, and nothing fails or exits."""
     box = private_systemd
@@ -213,8 +232,10 @@ def test_a_worker_at_its_descriptor_limit_stops_accepting_instead_of_failing(
     figures = json.loads(flood.communicate(timeout=120)[0].splitlines()[-1])
     after = Probe(box, 8430, 3).result()  # the flood is over: served again at once
     journal = box.journal("-u", "lowfd@1.service", "-o", "cat")
-    print(f"\n2,000 connections to one worker limited to 1,024 descriptors: answers per round "
-          f"{figures['answered_per_round']}; after the flood {after}")
+    print(
+        f"\n2,000 connections to one worker limited to 1,024 descriptors: answers per round "
+        f"{figures['answered_per_round']}; after the flood {after}"
+    )
     assert box.show("lowfd@1.service", "MainPID", "NRestarts") == {"MainPID": pid, "NRestarts": "0"}
     assert "near the file descriptor limit" in journal and "Too many open files" not in journal
     assert "died" not in journal

@@ -40,7 +40,7 @@ OVERLAID = ("/usr", "/etc", "/var")
 SCRATCH = "/run/sockact-pkgtest"
 APP_DIR = f"{SCRATCH}/app"
 # Both protocols, each answering with the interpreter and the sockact that serve it.
-APP = '''\
+APP = """\
 import sys
 
 import sockact
@@ -60,7 +60,7 @@ async def asgi(scope, receive, send):
 def wsgi(environ, start_response):
     start_response("200 OK", HEADERS)
     return [BODY]
-'''
+"""
 # What the apps answer when Debian's python3 runs the packaged sockact.
 PACKAGED = "/usr/bin/python3 /usr/lib/python3/dist-packages/sockact/__init__.py\n"
 
@@ -160,8 +160,9 @@ def test_build_dependencies_come_from_the_distribution(build_tools: None, tmp_pa
     # With an empty package status apt must find every one of them, and what they need, in the
     # distribution's archive, whatever this machine has installed already.
     (tmp_path / "debian").symlink_to(DEBIAN)
-    _apt_with_fresh_lists(["apt-get", "build-dep", "--simulate", "-q", "-o", "Dir::State::status=/dev/null", "./"],
-                          cwd=tmp_path)
+    _apt_with_fresh_lists(
+        ["apt-get", "build-dep", "--simulate", "-q", "-o", "Dir::State::status=/dev/null", "./"], cwd=tmp_path
+    )
 
 
 def test_lintian_reports_no_errors_or_warnings(deb: Path) -> None:
@@ -176,8 +177,7 @@ def test_lintian_reports_no_errors_or_warnings(deb: Path) -> None:
 
 def test_package_metadata_and_contents(deb: Path) -> None:
     fields = {name: _run(["dpkg-deb", "--field", str(deb), name]).stdout.strip() for name in ("Depends", "Recommends")}
-    needed = ("python3-uvicorn", "python3-httptools", "python3-jinja2", "python3-systemd",
-              "python3-sdnotify")
+    needed = ("python3-uvicorn", "python3-httptools", "python3-jinja2", "python3-systemd", "python3-sdnotify")
     for package in (*needed, "python3-psutil"):
         assert package in fields["Depends"], fields
     # The optional accelerator, and a2wsgi, which Debian 12 does not ship, must not block installing.
@@ -202,9 +202,14 @@ def _download_packages(deb: Path, archives: Path) -> None:
     """Fetch the .deb's dependencies that this machine lacks from Debian's archive, into archives."""
     (archives / "partial").mkdir(parents=True)
     command = [
-        "apt-get", "install", "--download-only", *APT_OPTIONS,
-        "-o", f"Dir::Cache::Archives={archives}/",
-        "-o", "APT::Sandbox::User=root",  # the download directory is root's private temporary directory
+        "apt-get",
+        "install",
+        "--download-only",
+        *APT_OPTIONS,
+        "-o",
+        f"Dir::Cache::Archives={archives}/",
+        "-o",
+        "APT::Sandbox::User=root",  # the download directory is root's private temporary directory
         str(deb),
     ]
     _apt_with_fresh_lists(command)
@@ -215,8 +220,16 @@ def _overlay_system_directories(box: PrivateSystemd) -> None:
     for top in OVERLAID:
         layer = f"{SCRATCH}/layers{top}"
         _inside(box, "mkdir", "-p", f"{layer}/upper", f"{layer}/work")
-        _inside(box, "mount", "-t", "overlay", "overlay",
-                "-o", f"lowerdir={top},upperdir={layer}/upper,workdir={layer}/work", top)
+        _inside(
+            box,
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={top},upperdir={layer}/upper,workdir={layer}/work",
+            top,
+        )
 
 
 def _package_files(box: PrivateSystemd) -> list[str]:
@@ -226,8 +239,22 @@ def _package_files(box: PrivateSystemd) -> list[str]:
 
 def _serve(box: PrivateSystemd, name: str, reference: str, port: int) -> None:
     """Units from the packaged sockact for one app, its socket started, one request answered, all stopped."""
-    _inside(box, "/usr/bin/sockact", "generate", name, "--app", reference, "--listen", f"127.0.0.1:{port}",
-            "--workers", "2", "--chdir", APP_DIR, "--output-dir", "/etc/systemd/system")
+    _inside(
+        box,
+        "/usr/bin/sockact",
+        "generate",
+        name,
+        "--app",
+        reference,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--chdir",
+        APP_DIR,
+        "--output-dir",
+        "/etc/systemd/system",
+    )
     service = box.path(f"/etc/systemd/system/{name}@.service").read_text()
     # No --python given: the packaged sockact runs on Debian's interpreter, and so do its workers.
     exec_start = rf"^ExecStart=/usr/bin/python3 -m sockact run {re.escape(reference)}( |$)"
@@ -235,20 +262,31 @@ def _serve(box: PrivateSystemd, name: str, reference: str, port: int) -> None:
     _inside(box, "systemctl", "daemon-reload")
     _inside(box, "systemctl", "start", f"{name}.socket")
     # The first connection waits in the socket's backlog while systemd starts the workers.
-    answer = _inside(box, "curl", "--silent", "--show-error", "--max-time", "30",
-                     "--write-out", "%{http_code}", f"http://127.0.0.1:{port}/", timeout=40, check=False)
+    answer = _inside(
+        box,
+        "curl",
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "30",
+        "--write-out",
+        "%{http_code}",
+        f"http://127.0.0.1:{port}/",
+        timeout=40,
+        check=False,
+    )
     if answer.returncode != 0 or answer.stdout != PACKAGED + "200":
         log = box.journal("-q", "-n", "40", "-u", f"{name}@*", "-u", f"{name}.socket")
-        raise AssertionError(f"{reference}: expected 200 and {PACKAGED!r} from the packaged runtime, got "
-                             f"{answer.stdout!r} {answer.stderr.strip()!r}; log:\n{log}")
+        raise AssertionError(
+            f"{reference}: expected 200 and {PACKAGED!r} from the packaged runtime, got "
+            f"{answer.stdout!r} {answer.stderr.strip()!r}; log:\n{log}"
+        )
     for instance in (1, 2):
         box.wait_active(f"{name}@{instance}.service", timeout=30)
     _inside(box, "systemctl", "stop", f"{name}.socket", f"{name}.target", timeout=60)
 
 
-def test_installed_package_serves_and_purges_cleanly(
-    deb: Path, tmp_path: Path, fresh_systemd: PrivateSystemd
-) -> None:
+def test_installed_package_serves_and_purges_cleanly(deb: Path, tmp_path: Path, fresh_systemd: PrivateSystemd) -> None:
     box = fresh_systemd
     host_status = _digest(Path("/var/lib/dpkg/status"))
     host_had_sockact = Path("/usr/bin/sockact").exists()

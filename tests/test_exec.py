@@ -14,6 +14,7 @@ import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_ops_commands import UNIT_DIR, sockact_in
@@ -27,27 +28,54 @@ from sockact.testing import PrivateSystemd
 VENV_BIN = os.path.dirname(sys.executable)
 
 
-def worker_unit(**options: object) -> str:
-    built = spec.build(unit_name="web", listen=["8000"], python_path=sys.executable, app_ref="proj.wsgi:app",
-                       systemd_version=252, **options)  # type: ignore[arg-type]
+def worker_unit(**options: Any) -> str:
+    built = spec.build(
+        unit_name="web",
+        listen=["8000"],
+        python_path=sys.executable,
+        app_ref="proj.wsgi:app",
+        systemd_version=252,
+        **options,
+    )
     return next(unit.text for unit in render(built) if unit.kind == "service")
 
 
 # --- the unit file, read without systemd ------------------------------------------------------------
 
+
 def test_properties_are_the_workers_minus_what_only_a_server_needs() -> None:
-    text = worker_unit(chdir="/srv/proj", env=["GREETING=50% off \"now\""], state_dir="proj")
+    text = worker_unit(chdir="/srv/proj", env=['GREETING=50% off "now"'], state_dir="proj")
     settings = list(oneoff.service_settings(text, "web@.service"))
     props = oneoff.one_off_properties(settings, "web", "/opt/venv/bin:/usr/bin")
     keys = [prop.split("=", 1)[0] for prop in props]
-    assert not set(keys) & {"Type", "Sockets", "NonBlocking", "ExecStart", "Restart", "WatchdogSec", "KillMode",
-                            "TimeoutStopSec", "NotifyAccess"}
-    for expected in ("DynamicUser=yes", "User=sockact-web", "WorkingDirectory=/srv/proj", "StateDirectory=proj",
-                     "ProtectSystem=strict", "SystemCallFilter=~@privileged @resources", "CapabilityBoundingSet=",
-                     "NoNewPrivileges=yes", "LimitNOFILE=524288", "UMask=0077", "SyslogIdentifier=web@exec",
-                     "Environment=SOCKACT_APP=web SOCKACT_WORKER=exec",
-                     'Environment="GREETING=50% off \\"now\\""',  # %% unescaped; quotes kept for systemd-run
-                     "RuntimeDirectory=web", "Environment=PATH=/opt/venv/bin:/usr/bin"):
+    assert not set(keys) & {
+        "Type",
+        "Sockets",
+        "NonBlocking",
+        "ExecStart",
+        "Restart",
+        "WatchdogSec",
+        "KillMode",
+        "TimeoutStopSec",
+        "NotifyAccess",
+    }
+    for expected in (
+        "DynamicUser=yes",
+        "User=sockact-web",
+        "WorkingDirectory=/srv/proj",
+        "StateDirectory=proj",
+        "ProtectSystem=strict",
+        "SystemCallFilter=~@privileged @resources",
+        "CapabilityBoundingSet=",
+        "NoNewPrivileges=yes",
+        "LimitNOFILE=524288",
+        "UMask=0077",
+        "SyslogIdentifier=web@exec",
+        "Environment=SOCKACT_APP=web SOCKACT_WORKER=exec",
+        'Environment="GREETING=50% off \\"now\\""',  # %% unescaped; quotes kept for systemd-run
+        "RuntimeDirectory=web",
+        "Environment=PATH=/opt/venv/bin:/usr/bin",
+    ):
         assert expected in props
     # whatever the unit says, the one-off never removes the directory the running workers share
     drop_in = oneoff.Setting("RuntimeDirectoryPreserve", "no", "50-local.conf")
@@ -57,8 +85,10 @@ def test_properties_are_the_workers_minus_what_only_a_server_needs() -> None:
 
 
 def test_drop_in_syntax_comments_continuations_and_sections() -> None:
-    text = "[Unit]\nDescription=x\n[Service]\n# a comment\n; another\nEnvironment=A=1 \\\n  B=2\nUser = bob\n" \
-           "[Install]\nWantedBy=multi-user.target\n"
+    text = (
+        "[Unit]\nDescription=x\n[Service]\n# a comment\n; another\nEnvironment=A=1 \\\n  B=2\nUser = bob\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
     settings = list(oneoff.service_settings(text, "d.conf"))
     assert [(s.key, s.value) for s in settings] == [("Environment", "A=1 B=2"), ("User", "bob")]
 
@@ -163,9 +193,30 @@ def remove_state(state: str = STATE) -> None:
 def box(private_systemd: PrivateSystemd, shared_apps: Path) -> Iterator[PrivateSystemd]:
     """execapp: a WSGI app with a dynamic user and a state directory, its socket listening, no worker yet."""
     remove_state()
-    sockact_in(private_systemd, "install", NAME, "--app", "state_db:application", "--listen", f"127.0.0.1:{PORT}",
-               "--workers", "1", "--python", sys.executable, "--chdir", str(shared_apps), "--state-dir", STATE,
-               "--env", "EXEC_PROBE=seen by exec", "--env", TRICKY, "--unit-dir", UNIT_DIR, "--now")
+    sockact_in(
+        private_systemd,
+        "install",
+        NAME,
+        "--app",
+        "state_db:application",
+        "--listen",
+        f"127.0.0.1:{PORT}",
+        "--workers",
+        "1",
+        "--python",
+        sys.executable,
+        "--chdir",
+        str(shared_apps),
+        "--state-dir",
+        STATE,
+        "--env",
+        "EXEC_PROBE=seen by exec",
+        "--env",
+        TRICKY,
+        "--unit-dir",
+        UNIT_DIR,
+        "--now",
+    )
     try:
         yield private_systemd
     finally:
@@ -220,8 +271,20 @@ def test_exec_runs_as_the_workers_and_its_database_is_theirs(box: PrivateSystemd
 def test_exit_status_stdin_and_arguments_pass_through(box: PrivateSystemd) -> None:
     failed = sockact_in(box, "exec", NAME, "--", "python3", "-c", "import sys; sys.exit(7)", check=False)
     assert (failed.returncode, failed.stderr) == (7, "")
-    piped = box.run(sys.executable, "-m", "sockact", "exec", NAME, "--", "sh", "-c", 'read line; echo "got $line"',
-                    input="hello\n", check=False, timeout=60)
+    piped = box.run(
+        sys.executable,
+        "-m",
+        "sockact",
+        "exec",
+        NAME,
+        "--",
+        "sh",
+        "-c",
+        'read line; echo "got $line"',
+        input="hello\n",
+        check=False,
+        timeout=60,
+    )
     assert (piped.returncode, piped.stdout) == (0, "got hello\n"), piped.stderr
     literal = sockact_in(box, "exec", NAME, "--", "printf", "%s|", "$HOME", "${X}", "%i", "a b", check=False)
     assert (literal.returncode, literal.stdout) == (0, "$HOME|${X}|%i|a b|"), literal.stderr
@@ -254,15 +317,16 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(box: PrivateSystemd) -> None:
     as_user = sockact_in(box, "exec", NAME, "--", "true", check=False, as_user=nobody)
     assert as_user.returncode == 1 and as_user.stderr == (
         "sockact: exec starts the command as a systemd unit with the workers' user and sandbox, which needs root: "
-        f"run `sudo sockact exec {NAME} -- true`\n")
-
+        f"run `sudo sockact exec {NAME} -- true`\n"
+    )
 
 
 def test_drop_ins_count_and_the_workers_runtime_directory_survives(box: PrivateSystemd) -> None:
     # A drop-in saying RuntimeDirectoryPreserve=no would have the one-off remove, when it ends, the
     # directory the running workers keep their boot-failure counters in.
-    box.write_unit(f"{NAME}@.service.d/50-local.conf", "[Service]\nRuntimeDirectoryPreserve=no\n"
-                   "Environment=FROM_DROP_IN=yes\n")
+    box.write_unit(
+        f"{NAME}@.service.d/50-local.conf", "[Service]\nRuntimeDirectoryPreserve=no\nEnvironment=FROM_DROP_IN=yes\n"
+    )
     box.daemon_reload()
     get(box)
     assert box.path(f"/run/{NAME}").is_dir()
@@ -284,8 +348,9 @@ def test_a_sandbox_systemd_cannot_set_up_is_named_in_one_line(box: PrivateSystem
         box.daemon_reload()
     print(f"\n{result.stderr.strip()}")
     assert result.returncode == 226  # systemd's NAMESPACE status, passed on
-    assert result.stderr.startswith("sockact: systemd could not start the command as the workers run "
-                                    "(exit 226/NAMESPACE)")
+    assert result.stderr.startswith(
+        "sockact: systemd could not start the command as the workers run (exit 226/NAMESPACE)"
+    )
     assert "/no-such-dir-for-exec: No such file or directory" in result.stderr and len(result.stderr.splitlines()) == 1
     # a command's own exit status in systemd's range is passed on without that line
     own = sockact_in(box, "exec", NAME, "--", "sh", "-c", "exit 203", check=False)
@@ -322,30 +387,77 @@ ADMIN_LOGIN = textwrap.dedent("""
 def test_django_migrate_and_createsuperuser_then_the_admin_login_works(box: PrivateSystemd) -> None:
     project = Path(tempfile.mkdtemp(prefix="sockact-test-django-", dir="/opt"))
     try:
-        subprocess.run([sys.executable, "-m", "django", "startproject", "myproj", str(project)], check=True,
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "django", "startproject", "myproj", str(project)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         with open(project / "myproj" / "settings.py", "a") as settings:
             settings.write(django_settings_from_the_docs())
         for path in [project, *project.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         remove_state(DJANGO_STATE)
-        sockact_in(box, "install", DJANGO, "--app", "myproj.wsgi:application", "--listen", f"127.0.0.1:{DJANGO_PORT}",
-                   "--workers", "1", "--python", sys.executable, "--chdir", str(project), "--state-dir", DJANGO_STATE,
-                   "--env", "DJANGO_SETTINGS_MODULE=myproj.settings", "--env", "DJANGO_ALLOWED_HOSTS=127.0.0.1",
-                   "--unit-dir", UNIT_DIR, "--now")
+        sockact_in(
+            box,
+            "install",
+            DJANGO,
+            "--app",
+            "myproj.wsgi:application",
+            "--listen",
+            f"127.0.0.1:{DJANGO_PORT}",
+            "--workers",
+            "1",
+            "--python",
+            sys.executable,
+            "--chdir",
+            str(project),
+            "--state-dir",
+            DJANGO_STATE,
+            "--env",
+            "DJANGO_SETTINGS_MODULE=myproj.settings",
+            "--env",
+            "DJANGO_ALLOWED_HOSTS=127.0.0.1",
+            "--unit-dir",
+            UNIT_DIR,
+            "--now",
+        )
         migrate = sockact_in(box, "exec", DJANGO, "--", "python3", "manage.py", "migrate", "--noinput", check=False)
         assert migrate.returncode == 0 and "Applying auth.0001_initial... OK" in migrate.stdout, migrate.stderr
-        superuser = sockact_in(box, "exec", DJANGO, "--", "env", "DJANGO_SUPERUSER_PASSWORD=s3cret-pass",
-                               "python3", "manage.py", "createsuperuser", "--noinput", "--username", "admin",
-                               "--email", "admin@example.com", check=False)
+        superuser = sockact_in(
+            box,
+            "exec",
+            DJANGO,
+            "--",
+            "env",
+            "DJANGO_SUPERUSER_PASSWORD=s3cret-pass",
+            "python3",
+            "manage.py",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            "admin",
+            "--email",
+            "admin@example.com",
+            check=False,
+        )
         assert superuser.returncode == 0, superuser.stderr
-        login = box.run(sys.executable, "-c", ADMIN_LOGIN, f"http://127.0.0.1:{DJANGO_PORT}", "s3cret-pass",
-                        timeout=60).stdout.split()
+        login = box.run(
+            sys.executable, "-c", ADMIN_LOGIN, f"http://127.0.0.1:{DJANGO_PORT}", "s3cret-pass", timeout=60
+        ).stdout.split()
         print(f"\nadmin login: ended on {login[0]}, site administration {login[1]}, log out link {login[2]}")
         assert login == [f"http://127.0.0.1:{DJANGO_PORT}/admin/", "True", "True"]
         # collectstatic as the docs say: at deploy time, as root, into STATIC_ROOT, readable by all
-        box.run("env", "DJANGO_SETTINGS_MODULE=myproj.settings", f"STATE_DIRECTORY=/var/lib/{DJANGO_STATE}",
-                sys.executable, str(project / "manage.py"), "collectstatic", "--noinput", timeout=120)
+        box.run(
+            "env",
+            "DJANGO_SETTINGS_MODULE=myproj.settings",
+            f"STATE_DIRECTORY=/var/lib/{DJANGO_STATE}",
+            sys.executable,
+            str(project / "manage.py"),
+            "collectstatic",
+            "--noinput",
+            timeout=120,
+        )
         collected = project / "static" / "admin" / "css" / "base.css"
         assert collected.stat().st_mode & 0o004, oct(collected.stat().st_mode)
         # the database migrate made belongs to the workers' dynamic user: no chown after a deploy

@@ -65,8 +65,17 @@ print(json.dumps({"total": len(results), "answered": len(answers), "longest_gap"
 
 class Probe:
     def __init__(self, box: PrivateSystemd, port: int, path: str = "/") -> None:
-        self.proc = box.popen(sys.executable, "-c", PROBE, "127.0.0.1", str(port), path,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = box.popen(
+            sys.executable,
+            "-c",
+            PROBE,
+            "127.0.0.1",
+            str(port),
+            path,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "probing"
 
     def finish(self) -> dict[str, float]:
@@ -106,8 +115,11 @@ def test_a_full_dev_shm_costs_a_restarted_worker_its_balance_not_its_life(fresh_
     start_app(box, "shm", 8400, 2, "--app", HELLO)
     box.wait_for(lambda: len([f for f in shm_files(box) if f.startswith("sockact.shm@")]) == 2, what="two slots")
     # Fill it, then leave a slot as a worker that died of a full /dev/shm leaves it: sized, never allocated.
-    box.run("sh", "-c", "dd if=/dev/zero of=/dev/shm/fill bs=64k 2>/dev/null || true; "
-            "truncate -s 24 /dev/shm/sockact.shm@3.999999")
+    box.run(
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/shm/fill bs=64k 2>/dev/null || true; truncate -s 24 /dev/shm/sockact.shm@3.999999",
+    )
     assert box.run("df", "--output=avail", "/dev/shm").stdout.split()[-1] == "0"
     before = {unit: show(box, unit) for unit in ("shm@1.service", "shm@2.service")}
     load = wrk(box, "http://127.0.0.1:8400/sleep?ms=5", 8, "-H", "Connection: close")
@@ -121,9 +133,11 @@ def test_a_full_dev_shm_costs_a_restarted_worker_its_balance_not_its_life(fresh_
     stats = parse_wrk(load.communicate(timeout=60)[0])
     seen = probe.finish()
     after = {unit: show(box, unit) for unit in ("shm@1.service", "shm@2.service")}
-    print(f"\nfull /dev/shm, kill -9 of shm@2 under wrk: {stats}; probes answered {seen['answered']}/{seen['total']} "
-          f"({100 * seen['answered'] / seen['total']:.1f} %), longest gap {seen['longest_gap']:.2f} s; "
-          f"after: {after}")
+    print(
+        f"\nfull /dev/shm, kill -9 of shm@2 under wrk: {stats}; probes answered {seen['answered']}/{seen['total']} "
+        f"({100 * seen['answered'] / seen['total']:.1f} %), longest gap {seen['longest_gap']:.2f} s; "
+        f"after: {after}"
+    )
     assert after["shm@1.service"] == before["shm@1.service"]  # the sibling never died: same PID, no restart
     assert after["shm@2.service"]["ActiveState"] == "active" and after["shm@2.service"]["NRestarts"] == "1"
     assert "status=7/BUS" not in box.journal("-u", "shm@*")  # systemd's line for a worker killed by SIGBUS
@@ -154,9 +168,11 @@ def test_a_stopped_journald_does_not_stall_serving(fresh_systemd: PrivateSystemd
     box.run("kill", "-CONT", journald)
     stats = parse_wrk(load.communicate(timeout=60)[0])
     seen = probe.finish()
-    print(f"\njournald stopped {frozen:g} s under wrk on /log ({app}): {stats}; probes answered {seen['answered']}/"
-          f"{seen['total']} ({100 * seen['answered'] / seen['total']:.1f} %), longest gap {seen['longest_gap']:.2f} s, "
-          f"slowest answer {seen['slowest']:.2f} s")
+    print(
+        f"\njournald stopped {frozen:g} s under wrk on /log ({app}): {stats}; probes answered {seen['answered']}/"
+        f"{seen['total']} ({100 * seen['answered'] / seen['total']:.1f} %), longest gap {seen['longest_gap']:.2f} s, "
+        f"slowest answer {seen['slowest']:.2f} s"
+    )
     assert seen["total"] >= 80
     assert seen["answered"] >= 0.99 * seen["total"]
     assert seen["longest_gap"] < 1.0
@@ -169,5 +185,6 @@ def test_a_stopped_journald_does_not_stall_serving(fresh_systemd: PrivateSystemd
     counts = [line for line in box.journal("-u", "jfreeze@*", "-o", "cat").splitlines() if DROPPED in line]
     print(f"drop lines: {counts}")
     assert {"jfreeze@1.service", "jfreeze@2.service"} == {
-        unit for unit in ("jfreeze@1.service", "jfreeze@2.service") if box.show(unit, "NRestarts")["NRestarts"] == "0"}
+        unit for unit in ("jfreeze@1.service", "jfreeze@2.service") if box.show(unit, "NRestarts")["NRestarts"] == "0"
+    }
     assert "died" not in box.journal("-u", "jfreeze@*", "-o", "cat")  # no serving process forked again either

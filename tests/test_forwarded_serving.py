@@ -39,8 +39,12 @@ def serving(app: str, bind: str, options: list[str], connect: Any) -> Iterator[s
     env = {**os.environ, "PYTHONPATH": str(APPS)}
     for name in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID"):
         env.pop(name, None)
-    proc = subprocess.Popen([sys.executable, "-m", "sockact", "run", app, "--bind", bind, "--log-level", "warning",
-                             *options], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockact", "run", app, "--bind", bind, "--log-level", "warning", *options],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -85,8 +89,11 @@ def tcp(port: int) -> Any:
 def test_the_app_sees_the_forwarded_client_only_from_a_listed_proxy(engine: str) -> None:
     app, extra = ENGINES[engine]
     results: dict[str, tuple[Any, str]] = {}
-    for label, options in (("off", []), ("trusted", ["--forwarded-allow-ips", "127.0.0.1"]),
-                           ("other proxy", ["--forwarded-allow-ips", "10.0.0.1,::1"])):
+    for label, options in (
+        ("off", []),
+        ("trusted", ["--forwarded-allow-ips", "127.0.0.1"]),
+        ("other proxy", ["--forwarded-allow-ips", "10.0.0.1,::1"]),
+    ):
         port = free_port()
         with serving(app, f"127.0.0.1:{port}", [*extra, *options], tcp(port)):
             results[label] = seen(engine, ask(tcp(port), FORGED))
@@ -132,8 +139,15 @@ def test_a_unix_socket_proxy_is_believed_only_when_unix_is_listed(engine: str, t
 def websocket_scope(port: int, head: dict[str, str]) -> dict[str, Any]:
     """Open a WebSocket by hand and read the one text frame the app sends."""
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = ["GET /ws HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
-             f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13", *(f"{k}: {v}" for k, v in head.items())]
+    lines = [
+        "GET /ws HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{k}: {v}" for k, v in head.items()),
+    ]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         data = b""
@@ -144,7 +158,7 @@ def websocket_scope(port: int, head: dict[str, str]) -> dict[str, Any]:
         while len(data) < 2 or len(data) < 2 + (data[1] & 0x7F):
             data += sock.recv(65536)
         assert data[0] & 0x0F == 1 and data[1] < 126, data  # an unmasked short text frame
-        return dict(json.loads(data[2:2 + data[1]]))
+        return dict(json.loads(data[2 : 2 + data[1]]))
 
 
 def test_a_websocket_scope_gets_the_forwarded_client_and_wss() -> None:
@@ -161,10 +175,24 @@ def test_a_websocket_scope_gets_the_forwarded_client_and_wss() -> None:
 
 def test_a_bad_list_stops_sockact_run_in_one_line_before_serving() -> None:
     port = free_port()
-    proc = subprocess.run([sys.executable, "-m", "sockact", "run", "forwarded_echo:asgi", "--bind",
-                           f"127.0.0.1:{port}", "--forwarded-allow-ips", "10.0.0.1/8"],
-                          env={**os.environ, "PYTHONPATH": str(APPS)}, capture_output=True, text=True, timeout=60,
-                          check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sockact",
+            "run",
+            "forwarded_echo:asgi",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--forwarded-allow-ips",
+            "10.0.0.1/8",
+        ],
+        env={**os.environ, "PYTHONPATH": str(APPS)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert "--forwarded-allow-ips" in last and "10.0.0.0/8" in last and "Traceback" not in proc.stderr

@@ -56,8 +56,10 @@ def test_output_dir_writes_the_three_files(tmp_path: Path) -> None:
         (["127.0.0.1:8080"], ["ListenStream=127.0.0.1:8080"]),
         (["[::1]:8080"], ["ListenStream=[::1]:8080"]),
         (["/run/myapp/http.sock"], ["ListenStream=/run/myapp/http.sock"]),
-        (["8000", "[::1]:9000", "/run/a.sock"],
-         ["ListenStream=8000", "ListenStream=[::1]:9000", "ListenStream=/run/a.sock"]),
+        (
+            ["8000", "[::1]:9000", "/run/a.sock"],
+            ["ListenStream=8000", "ListenStream=[::1]:9000", "ListenStream=/run/a.sock"],
+        ),
     ],
 )
 def test_listen_forms(listen: list[str], rendered: list[str]) -> None:
@@ -68,14 +70,35 @@ def test_listen_forms(listen: list[str], rendered: list[str]) -> None:
 
 
 def test_exec_runs_any_command_and_escapes_it() -> None:
-    text = sockact("generate", "myapp", "--exec", "/usr/bin/env FOO='a b' my$var 50%", "--listen", "8000",
-                   "--only", "service", check=True).stdout
+    text = sockact(
+        "generate",
+        "myapp",
+        "--exec",
+        "/usr/bin/env FOO='a b' my$var 50%",
+        "--listen",
+        "8000",
+        "--only",
+        "service",
+        check=True,
+    ).stdout
     assert 'ExecStart=/usr/bin/env "FOO=a b" my$$var 50%%\n' in text
 
 
 def test_watchdog_and_stop_timeout() -> None:
-    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--watchdog", "10", "--stop-timeout", "12",
-                   "--only", "service", check=True).stdout
+    text = sockact(
+        "generate",
+        "myapp",
+        *APP,
+        "--listen",
+        "8000",
+        "--watchdog",
+        "10",
+        "--stop-timeout",
+        "12",
+        "--only",
+        "service",
+        check=True,
+    ).stdout
     assert "WatchdogSec=10\n" in text
     assert "TimeoutStopSec=12\n" in text
     assert "--stop-timeout 12 --request-timeout 30 --respawn\n" in text
@@ -85,12 +108,25 @@ def test_the_builtin_runtime_gets_a_watchdog_and_a_request_timeout_by_default() 
     text = sockact("generate", "myapp", *APP, "--listen", "8000", "--only", "service", check=True).stdout
     assert "WatchdogSec=10\n" in text
     assert "--request-timeout 30" in text
-    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--watchdog", "0", "--request-timeout", "4.5",
-                   "--only", "service", check=True).stdout
+    text = sockact(
+        "generate",
+        "myapp",
+        *APP,
+        "--listen",
+        "8000",
+        "--watchdog",
+        "0",
+        "--request-timeout",
+        "4.5",
+        "--only",
+        "service",
+        check=True,
+    ).stdout
     assert "WatchdogSec=" not in text
     assert "--request-timeout 4.5" in text
-    off = sockact("generate", "myapp", *APP, "--listen", "8000", "--request-timeout", "0", "--only", "service",
-                  check=True).stdout
+    off = sockact(
+        "generate", "myapp", *APP, "--listen", "8000", "--request-timeout", "0", "--only", "service", check=True
+    ).stdout
     assert "--request-timeout 0" in off and "WatchdogSec=10\n" in off
 
 
@@ -145,28 +181,38 @@ BAD_INPUTS = [
     (["myapp", *APP, "--listen", "8000", "--max-header-size", "16KB"], "--max-header-size '16KB' is not a size"),
     (["myapp", *APP, "--listen", "8000", "--max-target", "1M"], "from 1 to 64K"),
     (["myapp", *APP, "--listen", "8000", "--max-target", "²"], "--max-target '²' is not a size"),
-    (["myapp", *APP, "--listen", "8000", "--head-timeout", "0"],
-     "--head-timeout '0': give a number of seconds above 0"),
+    (
+        ["myapp", *APP, "--listen", "8000", "--head-timeout", "0"],
+        "--head-timeout '0': give a number of seconds above 0",
+    ),
     (["myapp", *APP, "--listen", "8000", "--head-timeout", "nan"], "--head-timeout 'nan'"),
     (["myapp", *APP, "--listen", "8000", "--keep-alive", "-5"], "--keep-alive '-5'"),
     (["myapp", *APP, "--listen", "8000", "--keep-alive", "inf"], "--keep-alive 'inf'"),
     (["myapp", *APP, "--listen", "8000", "--send-timeout", "1e3"], "--send-timeout '1e3'"),
     (["myapp", *APP, "--listen", "8000", "--send-timeout", "86401"], "at most 86400"),
-    (["myapp", "--exec", "/bin/x", "--listen", "8000", "--max-body", "1G"],
-     "--max-body applies to the built-in runtime"),
+    (
+        ["myapp", "--exec", "/bin/x", "--listen", "8000", "--max-body", "1G"],
+        "--max-body applies to the built-in runtime",
+    ),
     (["myapp", "--exec", "/bin/x", "--listen", "8000", "--keep-alive", "15"], "--keep-alive applies to the built-in"),
     (["myapp", "--exec", "myserver --port 1", "--listen", "8000"], "absolute path"),
     (["myapp", "--exec", "/bin/x 'unclosed", "--listen", "8000"], "quot"),
-    (["myapp", *APP, "--listen", "8000", "--drain-delay", "30"],
-     "--drain-delay 30 is not below --stop-timeout 30: the delay counts inside the stop timeout"),
-    (["myapp", *APP, "--listen", "8000", "--drain-delay", "5", "--stop-timeout", "4.5"], "is not below --stop-timeout 4.5"),
+    (
+        ["myapp", *APP, "--listen", "8000", "--drain-delay", "30"],
+        "--drain-delay 30 is not below --stop-timeout 30: the delay counts inside the stop timeout",
+    ),
+    (
+        ["myapp", *APP, "--listen", "8000", "--drain-delay", "5", "--stop-timeout", "4.5"],
+        "is not below --stop-timeout 4.5",
+    ),
     (["myapp", *APP, "--listen", "8000", "--drain-delay", "-1"], "--drain-delay '-1': give a number of seconds"),
     (["myapp", *APP, "--listen", "8000", "--health-listen", "70000"], "--health-listen '70000': port 70000 is out of"),
 ]
 
 
-@pytest.mark.parametrize("args,expected", BAD_INPUTS,
-                         ids=[repr(a[0] if i < 4 else a) for i, (a, _) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    "args,expected", BAD_INPUTS, ids=[repr(a[0] if i < 4 else a) for i, (a, _) in enumerate(BAD_INPUTS)]
+)
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args: list[str], expected: str) -> None:
     result = sockact("generate", *args, "--output-dir", str(tmp_path))
     assert result.returncode == 2
@@ -188,37 +234,58 @@ def test_missing_output_dir_is_a_usage_error(tmp_path: Path) -> None:
 def test_access_log_is_off_unless_asked() -> None:
     plain = sockact("generate", "myapp", *APP, "--listen", "8000", "--only", "service", check=True).stdout
     assert "--access-log" not in plain
-    logged = sockact("generate", "myapp", *APP, "--listen", "8000", "--access-log", "--only", "service",
-                     check=True).stdout
+    logged = sockact(
+        "generate", "myapp", *APP, "--listen", "8000", "--access-log", "--only", "service", check=True
+    ).stdout
     assert "--stop-timeout 30 --request-timeout 30 --respawn --access-log\n" in logged
 
 
-@pytest.mark.parametrize("given,rendered", [
-    ("127.0.0.1", "127.0.0.1"),
-    (" 10.0.0.0/8 , ::1 ,UNIX", "10.0.0.0/8,::1,unix"),
-    ("::ffff:10.1.2.3", "10.1.2.3"),
-    ("*", "*"),
-])
+@pytest.mark.parametrize(
+    "given,rendered",
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        (" 10.0.0.0/8 , ::1 ,UNIX", "10.0.0.0/8,::1,unix"),
+        ("::ffff:10.1.2.3", "10.1.2.3"),
+        ("*", "*"),
+    ],
+)
 def test_forwarded_allow_ips_reaches_exec_start_in_canonical_form(given: str, rendered: str) -> None:
-    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", given, "--only", "service",
-                   check=True).stdout
+    text = sockact(
+        "generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", given, "--only", "service", check=True
+    ).stdout
     assert f"--respawn --forwarded-allow-ips {rendered}\n" in text
     plain = sockact("generate", "myapp", *APP, "--listen", "8000", "--only", "service", check=True).stdout
     assert "--forwarded-allow-ips" not in plain  # off unless asked
 
 
 def test_forwarded_allow_ips_is_explained() -> None:
-    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "10.0.0.0/8",
-                   "--explain", check=True).stdout
+    text = sockact(
+        "generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "10.0.0.0/8", "--explain", check=True
+    ).stdout
     assert "--forwarded-allow-ips 10.0.0.0/8\n" in text and "only on connections from 10.0.0.0/8" in text
-    everyone = sockact("generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "*", "--explain",
-                       check=True).stdout
+    everyone = sockact(
+        "generate", "myapp", *APP, "--listen", "8000", "--forwarded-allow-ips", "*", "--explain", check=True
+    ).stdout
     assert "from every peer" in everyone
     assert "forwarded" not in sockact("generate", "myapp", *APP, "--listen", "8000", "--explain", check=True).stdout
 
 
-LIMITS = ["--max-body", "1G", "--head-timeout", "20", "--keep-alive", "15", "--send-timeout", "60",
-          "--max-headers", "200", "--max-header-size", "16K", "--max-target", "16K"]
+LIMITS = [
+    "--max-body",
+    "1G",
+    "--head-timeout",
+    "20",
+    "--keep-alive",
+    "15",
+    "--send-timeout",
+    "60",
+    "--max-headers",
+    "200",
+    "--max-header-size",
+    "16K",
+    "--max-target",
+    "16K",
+]
 
 
 def exec_start_args(*options: str) -> list[str]:
@@ -229,28 +296,44 @@ def exec_start_args(*options: str) -> list[str]:
     line = next(line for line in text.splitlines() if line.startswith("ExecStart="))
     assert not set("%$\\\"'") & set(line)  # plain words only: shlex splits them as systemd does
     argv = shlex.split(line.removeprefix("ExecStart="))
-    return argv[argv.index("run") + 1:]
+    return argv[argv.index("run") + 1 :]
 
 
 def test_http_limits_reach_exec_start_in_order() -> None:
     assert exec_start_args(*LIMITS)[-14:] == [
-        "--max-body", "1G", "--max-headers", "200", "--max-header-size", "16K", "--max-target", "16K",
-        "--head-timeout", "20", "--keep-alive", "15", "--send-timeout", "60"]
+        "--max-body",
+        "1G",
+        "--max-headers",
+        "200",
+        "--max-header-size",
+        "16K",
+        "--max-target",
+        "16K",
+        "--head-timeout",
+        "20",
+        "--keep-alive",
+        "15",
+        "--send-timeout",
+        "60",
+    ]
 
 
-@pytest.mark.parametrize("option,given,rendered", [
-    ("--max-body", "1073741824", "1G"),
-    ("--max-body", "1024m", "1G"),
-    ("--max-body", "0", "0"),
-    ("--max-body", "1536K", "1536K"),
-    ("--max-body", "000100001", "100001"),
-    ("--max-headers", "0200", "200"),
-    ("--max-header-size", "16384", "16K"),
-    ("--max-target", "64k", "64K"),
-    ("--head-timeout", "020.50", "20.5"),
-    ("--keep-alive", "15.000", "15"),
-    ("--send-timeout", "0.25", "0.25"),
-])
+@pytest.mark.parametrize(
+    "option,given,rendered",
+    [
+        ("--max-body", "1073741824", "1G"),
+        ("--max-body", "1024m", "1G"),
+        ("--max-body", "0", "0"),
+        ("--max-body", "1536K", "1536K"),
+        ("--max-body", "000100001", "100001"),
+        ("--max-headers", "0200", "200"),
+        ("--max-header-size", "16384", "16K"),
+        ("--max-target", "64k", "64K"),
+        ("--head-timeout", "020.50", "20.5"),
+        ("--keep-alive", "15.000", "15"),
+        ("--send-timeout", "0.25", "0.25"),
+    ],
+)
 def test_http_limits_are_rendered_in_canonical_form(option: str, given: str, rendered: str) -> None:
     assert exec_start_args(option, given)[-2:] == [option, rendered]
 
@@ -259,9 +342,25 @@ def test_http_limits_equal_to_the_runtime_defaults_are_not_rendered() -> None:
     """Golden units stay as they are: a value that changes nothing is left out, however it is written."""
     plain = exec_start_args()
     assert plain == ["myproj.asgi:application", "--stop-timeout", "30", "--request-timeout", "30", "--respawn"]
-    assert exec_start_args("--max-body", "100M", "--max-headers", "100", "--max-header-size", "8190",
-                           "--max-target", "8190", "--head-timeout", "10.0", "--keep-alive", "05",
-                           "--send-timeout", "30") == plain
+    assert (
+        exec_start_args(
+            "--max-body",
+            "100M",
+            "--max-headers",
+            "100",
+            "--max-header-size",
+            "8190",
+            "--max-target",
+            "8190",
+            "--head-timeout",
+            "10.0",
+            "--keep-alive",
+            "05",
+            "--send-timeout",
+            "30",
+        )
+        == plain
+    )
     assert exec_start_args("--max-body", "104857600", "--keep-alive", "6")[-2:] == ["--keep-alive", "6"]
 
 
@@ -272,15 +371,24 @@ def test_rendered_http_limits_read_back_by_sockact_run_as_given() -> None:
 
     assert limits_of(parse(exec_start_args())) == http11.DEFAULT_LIMITS
     limits = limits_of(parse(exec_start_args(*LIMITS)))
-    assert limits == http11.Limits(max_body=1 << 30, head_timeout=20.0, keep_alive=15.0, send_timeout=60.0,
-                                   max_fields=200, max_field=16 << 10, max_target=16 << 10)
+    assert limits == http11.Limits(
+        max_body=1 << 30,
+        head_timeout=20.0,
+        keep_alive=15.0,
+        send_timeout=60.0,
+        max_fields=200,
+        max_field=16 << 10,
+        max_target=16 << 10,
+    )
     assert limits_of(parse(exec_start_args("--max-body", "0", "--keep-alive", "0.5"))) == http11.Limits(
-        max_body=0, keep_alive=0.5)
+        max_body=0, keep_alive=0.5
+    )
 
 
 def test_http_limits_leave_the_stop_timeout_alone() -> None:
-    text = sockact("generate", "myapp", *APP, "--listen", "8000", "--stop-timeout", "12", *LIMITS, "--only", "service",
-                   check=True).stdout
+    text = sockact(
+        "generate", "myapp", *APP, "--listen", "8000", "--stop-timeout", "12", *LIMITS, "--only", "service", check=True
+    ).stdout
     assert "TimeoutStopSec=12\n" in text
     assert "--stop-timeout 12 --request-timeout 30 --respawn --max-body 1G" in text
 
@@ -305,16 +413,19 @@ def test_generate_help_states_the_runtime_defaults() -> None:
 def test_http_limits_are_explained_when_set() -> None:
     text = sockact("generate", "myapp", *APP, "--listen", "8000", *LIMITS, "--explain", check=True).stdout
     flat = " ".join(text.split())
-    for said in ("--max-body 1G A request body above 1G is refused with 413",
-                 "--max-headers 200 A request with more than 200 header fields is refused with 431",
-                 "--max-header-size 16K A request with a header field line above 16K is refused with 431",
-                 "--max-target 16K A request target (path and query) above 16K is refused with 414",
-                 "--head-timeout 20 A request head still arriving after 20 s",
-                 "--keep-alive 15 An idle keep-alive connection is closed after 15 s. Default of sockact run: 5.",
-                 "--send-timeout 60 A client that takes no byte of its response for 60 s is dropped"):
+    for said in (
+        "--max-body 1G A request body above 1G is refused with 413",
+        "--max-headers 200 A request with more than 200 header fields is refused with 431",
+        "--max-header-size 16K A request with a header field line above 16K is refused with 431",
+        "--max-target 16K A request target (path and query) above 16K is refused with 414",
+        "--head-timeout 20 A request head still arriving after 20 s",
+        "--keep-alive 15 An idle keep-alive connection is closed after 15 s. Default of sockact run: 5.",
+        "--send-timeout 60 A client that takes no byte of its response for 60 s is dropped",
+    ):
         assert said in flat, said
-    unlimited = sockact("generate", "myapp", *APP, "--listen", "8000", "--max-body", "0", "--explain",
-                        check=True).stdout
+    unlimited = sockact(
+        "generate", "myapp", *APP, "--listen", "8000", "--max-body", "0", "--explain", check=True
+    ).stdout
     assert "Request bodies have no size limit" in unlimited
     plain = sockact("generate", "myapp", *APP, "--listen", "8000", "--explain", check=True).stdout
     assert not any(option in plain for option in ("--max-body", "--max-headers", "--keep-alive", "--send-timeout"))

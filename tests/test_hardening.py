@@ -36,8 +36,19 @@ APPS: dict[str, tuple[int, tuple[str, ...]]] = {
 
 def generate(box: PrivateSystemd, name: str, port: int, *options: str) -> None:
     """`sockact generate ... --output-dir` in this process (the CLI's own code path, no interpreter start-up)."""
-    argv = ["generate", name, "--listen", str(port), "--workers", "1", "--python", sys.executable,
-            "--output-dir", str(box.unit_dir()), *options]
+    argv = [
+        "generate",
+        name,
+        "--listen",
+        str(port),
+        "--workers",
+        "1",
+        "--python",
+        sys.executable,
+        "--output-dir",
+        str(box.unit_dir()),
+        *options,
+    ]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         code = cli_main(argv)
     assert code == 0, err.getvalue()
@@ -45,8 +56,13 @@ def generate(box: PrivateSystemd, name: str, port: int, *options: str) -> None:
 
 def start_django_project(directory: Path) -> None:
     """Django's own starter project, default settings untouched."""
-    result = subprocess.run([sys.executable, "-m", "django", "startproject", "myproj", str(directory)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "startproject", "myproj", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, f"Django is part of the test extra (pip install '.[test]'): {result.stderr}"
     for path in [directory, *directory.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -91,23 +107,26 @@ def test_default_worker_scores_at_most_1_5(box: PrivateSystemd) -> None:
     report = box.run("systemd-analyze", "security", "--no-pager", "score0@1.service").stdout
     exposed = [line for line in report.splitlines() if line.startswith("✗")]
     score = parse_score(report)
-    print(f"\nsystemd-analyze security (systemd {box.systemd_version()}): {score}; still exposed:\n"
-          + "\n".join(exposed))
+    print(
+        f"\nsystemd-analyze security (systemd {box.systemd_version()}): {score}; still exposed:\n" + "\n".join(exposed)
+    )
     assert score is not None and score <= 1.5
     assert score == explain.SCORE_DEFAULT
     assert security_score("score0@1.service", box.run) == score
 
 
 def test_every_option_scores_what_the_docs_say(box: PrivateSystemd) -> None:
-    measured = {label: security_score(f"score{index}@1.service", box.run)
-                for index, label in enumerate(explain.OPTION_SCORES)}
+    measured = {
+        label: security_score(f"score{index}@1.service", box.run) for index, label in enumerate(explain.OPTION_SCORES)
+    }
     print("\n" + "\n".join(f"{label}: {score}" for label, score in measured.items()))
     assert measured == {label: score for label, (_, score) in explain.OPTION_SCORES.items()}
 
 
 def test_every_sandbox_line_costs_what_the_table_says(box: PrivateSystemd) -> None:
-    measured = {entry.line: security_score(f"line{index}@1.service", box.run)
-                for index, entry in enumerate(sandbox.SANDBOX)}
+    measured = {
+        entry.line: security_score(f"line{index}@1.service", box.run) for index, entry in enumerate(sandbox.SANDBOX)
+    }
     print("\n" + "\n".join(f"{line}: {score}" for line, score in measured.items()))
     assert measured == {entry.line: entry.exposure_without for entry in sandbox.SANDBOX}
 
@@ -182,8 +201,11 @@ def sandbox_lines(text: str) -> list[str]:
     return text.split(header, 1)[1].splitlines()
 
 
-@pytest.mark.parametrize("options", [(), ("--user", "www-data", "--allow-jit"), ("--chdir", "/home/me/app")],
-                         ids=["default", "user-jit", "home"])
+@pytest.mark.parametrize(
+    "options",
+    [(), ("--user", "www-data", "--allow-jit"), ("--chdir", "/home/me/app")],
+    ids=["default", "user-jit", "home"],
+)
 def test_explain_covers_every_sandbox_line_of_the_unit(options: tuple[str, ...]) -> None:
     base = ["generate", "myapp", "--app", "a:app", "--listen", "80", "--systemd-version", "252", *options]
     code, unit = run_cli([*base, "--only", "service"])
@@ -206,8 +228,9 @@ def test_root_is_refused_unless_the_sandbox_is_off() -> None:
     with contextlib.redirect_stderr(err):
         assert cli_main(["generate", "myapp", "--app", "a:app", "--listen", "80", "--user", "root"]) == 2
     assert len(err.getvalue().splitlines()) == 1 and "never need root" in err.getvalue()
-    code, unit = run_cli(["generate", "myapp", "--app", "a:app", "--listen", "80", "--user", "root", "--no-harden",
-                          "--only", "service"])
+    code, unit = run_cli(
+        ["generate", "myapp", "--app", "a:app", "--listen", "80", "--user", "root", "--no-harden", "--only", "service"]
+    )
     assert code == 0 and "User=root\n" in unit and "DynamicUser" not in unit
 
 

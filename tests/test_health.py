@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from boxutil import CONCURRENT, Probe, ProbeResult, http_get, install_units, instance_states, serving_pid
@@ -64,8 +65,18 @@ class Worker:
 
     def __init__(self, app: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.port, self.health = free_port(), free_port()
-        argv = [sys.executable, "-m", "sockact", "run", app, "--bind", f"127.0.0.1:{self.port}",
-                "--health-listen", f"127.0.0.1:{self.health}", *args]
+        argv = [
+            sys.executable,
+            "-m",
+            "sockact",
+            "run",
+            app,
+            "--bind",
+            f"127.0.0.1:{self.port}",
+            "--health-listen",
+            f"127.0.0.1:{self.health}",
+            *args,
+        ]
         full_env = {**os.environ, "PYTHONPATH": str(APPS), **(env or {})}
         full_env.pop("NOTIFY_SOCKET", None)
         self.proc = subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -108,9 +119,11 @@ def test_ready_answers_503_until_lifespan_startup_completed(workers: list[Worker
     out = worker.output()
     startup_done = float(out.split("startup complete at ")[1].split()[0])
     not_ready = [when for when, ready, _ in seen if ready == 503]
-    print(f"\n/ready: {len(not_ready)} answers 503 over {not_ready[-1] - not_ready[0]:.2f} s of lifespan startup, "
-          f"then 200 {first_ready - startup_done:.3f} s after the startup completed; /live: "
-          f"{sum(live == 200 for _, _, live in seen)} of {len(seen)} answers 200 meanwhile")
+    print(
+        f"\n/ready: {len(not_ready)} answers 503 over {not_ready[-1] - not_ready[0]:.2f} s of lifespan startup, "
+        f"then 200 {first_ready - startup_done:.3f} s after the startup completed; /live: "
+        f"{sum(live == 200 for _, _, live in seen)} of {len(seen)} answers 200 meanwhile"
+    )
     assert len(not_ready) >= 10  # 1.5 s of startup, polled every 0.05 s or so
     assert not_ready[-1] <= startup_done + 0.05  # never 503 once startup completed (beyond the poll's own skew)
     assert first_ready >= startup_done
@@ -130,8 +143,10 @@ def test_live_answers_503_while_a_handler_blocks_the_event_loop(workers: list[Wo
     assert status(worker.health, "/ready") == 503  # a blocked worker is not ready either
     up = wait_status(worker.health, "/live", 200, timeout=8)
     blocker.join()
-    print(f"\nloop blocked for 4 s (limit 1 s): /live 503 after {down - blocked_at:.2f} s, 200 again after "
-          f"{up - blocked_at:.2f} s")
+    print(
+        f"\nloop blocked for 4 s (limit 1 s): /live 503 after {down - blocked_at:.2f} s, 200 again after "
+        f"{up - blocked_at:.2f} s"
+    )
     assert 0.9 <= down - blocked_at <= 2.0
     assert 3.8 <= up - blocked_at <= 5.5
     assert status(worker.health, "/ready") == 200
@@ -150,8 +165,10 @@ def test_live_answers_503_once_every_wsgi_thread_is_stuck(workers: list[Worker])
         stuck_at = time.monotonic()
         hangs[1].sendall(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
         down = wait_status(worker.health, "/live", 503, timeout=5)
-        print(f"\nboth WSGI threads stuck: /live 503 {down - stuck_at:.2f} s after the second one hung "
-              "(request timeout 1 s)")
+        print(
+            f"\nboth WSGI threads stuck: /live 503 {down - stuck_at:.2f} s after the second one hung "
+            "(request timeout 1 s)"
+        )
         assert down - stuck_at <= 2.0
         assert status(worker.health, "/ready") == 503
     finally:
@@ -186,9 +203,11 @@ def test_drain_delay_turns_ready_503_and_keeps_accepting_for_the_delay(workers: 
     stop.set()
     prober.join()
     during = [ok for began, ok in probes if sent <= began <= sent + delay - 0.15]
-    print(f"\nSIGTERM with --drain-delay {delay:g}: /ready 503 after {not_ready - sent:.3f} s; during the delay "
-          f"{sum(during)} of {len(during)} new connections answered; exit status {code} "
-          f"{exited - sent:.2f} s after SIGTERM")
+    print(
+        f"\nSIGTERM with --drain-delay {delay:g}: /ready 503 after {not_ready - sent:.3f} s; during the delay "
+        f"{sum(during)} of {len(during)} new connections answered; exit status {code} "
+        f"{exited - sent:.2f} s after SIGTERM"
+    )
     assert not_ready - sent <= 0.2
     assert len(during) >= 12 and all(during)
     assert code == 0
@@ -207,8 +226,10 @@ def test_health_endpoint_answers_only_get_and_head_of_its_two_paths(workers: lis
         assert time.monotonic() - began < 0.5
     finally:
         silent.close()
-    assert live == (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nCache-Control: no-store\r\n"
-                    b"Connection: close\r\n\r\nlive\n")
+    assert live == (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nCache-Control: no-store\r\n"
+        b"Connection: close\r\n\r\nlive\n"
+    )
     head = ask(worker.health, b"HEAD /ready HTTP/1.1\r\nHost: t\r\n\r\n")
     assert head is not None and head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
     assert b"Content-Length: 6\r\n" in head
@@ -224,11 +245,18 @@ def test_health_endpoint_answers_only_get_and_head_of_its_two_paths(workers: lis
 
 
 def test_drain_delay_not_below_stop_timeout_is_one_line_exit_2() -> None:
-    result = subprocess.run([sys.executable, "-m", "sockact", "run", "x:app", "--drain-delay", "5",
-                             "--stop-timeout", "5"], capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "sockact", "run", "x:app", "--drain-delay", "5", "--stop-timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2
-    assert result.stderr == ("sockact run: --drain-delay 5 is not below --stop-timeout 5; the delay counts inside "
-                             "the stop timeout, lower it\n")
+    assert result.stderr == (
+        "sockact run: --drain-delay 5 is not below --stop-timeout 5; the delay counts inside "
+        "the stop timeout, lower it\n"
+    )
 
 
 @pytest.mark.parametrize("names", ["t.socket:health", "health:t.socket"])
@@ -236,13 +264,19 @@ def test_sockets_passed_by_systemd_are_told_apart_by_their_names(names: str) -> 
     app_sock, health_sock = free_listener(), free_listener()
     app_port, health_port = app_sock.getsockname()[1], health_sock.getsockname()[1]
     first, second = (app_sock, health_sock) if names.startswith("t.") else (health_sock, app_sock)
-    script = (f'exec 3>&{first.fileno()} 4>&{second.fileno()}; LISTEN_FDS=2 LISTEN_PID=$$ '
-              f'LISTEN_FDNAMES={names} exec "$@"')
+    script = (
+        f'exec 3>&{first.fileno()} 4>&{second.fileno()}; LISTEN_FDS=2 LISTEN_PID=$$ LISTEN_FDNAMES={names} exec "$@"'
+    )
     env = {**os.environ, "PYTHONPATH": str(APPS)}
     env.pop("NOTIFY_SOCKET", None)
-    proc = subprocess.Popen(["bash", "-c", script, "bash", sys.executable, "-m", "sockact", "run",
-                             "sockact.examples.hello:app"], pass_fds=(first.fileno(), second.fileno()), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", script, "bash", sys.executable, "-m", "sockact", "run", "sockact.examples.hello:app"],
+        pass_fds=(first.fileno(), second.fileno()),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_status(health_port, "/ready", 200)
         answer = ask(app_port, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -257,6 +291,7 @@ def test_sockets_passed_by_systemd_are_told_apart_by_their_names(names: str) -> 
 
 # --- the generator -------------------------------------------------------------------------------
 
+
 def test_generate_without_the_options_renders_no_health_socket() -> None:
     result = sockact("generate", "myapp", *APP, "--listen", "8000", check=True)
     assert "-health.socket" not in result.stdout and "FileDescriptorName=" not in result.stdout
@@ -265,50 +300,119 @@ def test_generate_without_the_options_renders_no_health_socket() -> None:
 
 
 def test_generate_renders_the_health_socket_and_both_options(tmp_path: Path) -> None:
-    result = sockact("generate", "myapp", *APP, "--listen", "8000", "--health-listen", "127.0.0.1:9000",
-                     "--drain-delay", "5.50", "--stop-timeout", "20", "--output-dir", str(tmp_path), check=True)
+    result = sockact(
+        "generate",
+        "myapp",
+        *APP,
+        "--listen",
+        "8000",
+        "--health-listen",
+        "127.0.0.1:9000",
+        "--drain-delay",
+        "5.50",
+        "--stop-timeout",
+        "20",
+        "--output-dir",
+        str(tmp_path),
+        check=True,
+    )
     assert sorted(path.name for path in tmp_path.iterdir()) == [
-        "myapp-health.socket", "myapp.socket", "myapp.target", "myapp@.service"]
+        "myapp-health.socket",
+        "myapp.socket",
+        "myapp.target",
+        "myapp@.service",
+    ]
     health = (tmp_path / "myapp-health.socket").read_text()
-    for line in ("ListenStream=127.0.0.1:9000\n", "FileDescriptorName=health\n", "Accept=no\n",
-                 "Service=myapp@1.service\n", "WantedBy=sockets.target\n"):
+    for line in (
+        "ListenStream=127.0.0.1:9000\n",
+        "FileDescriptorName=health\n",
+        "Accept=no\n",
+        "Service=myapp@1.service\n",
+        "WantedBy=sockets.target\n",
+    ):
         assert line in health
     service = (tmp_path / "myapp@.service").read_text()
     assert "Sockets=myapp.socket myapp-health.socket\n" in service
     assert " --health-listen 127.0.0.1:9000 --drain-delay 5.5\n" in service
     assert "TimeoutStopSec=20\n" in service
     assert "FileDescriptorName=" not in (tmp_path / "myapp.socket").read_text()
-    only = sockact("generate", "myapp", *APP, "--listen", "8000", "--health-listen", "[::1]:9000",
-                   "--only", "health-socket", check=True)
+    only = sockact(
+        "generate",
+        "myapp",
+        *APP,
+        "--listen",
+        "8000",
+        "--health-listen",
+        "[::1]:9000",
+        "--only",
+        "health-socket",
+        check=True,
+    )
     assert only.stdout.count("[Socket]") == 1 and "ListenStream=[::1]:9000\n" in only.stdout
     assert result.stdout.count("wrote ") == 4
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--health-listen", "8000"],
-     ("sockact: --health-listen '8000' collides with --listen 8000; give the health endpoint a port of its own, "
-     "e.g. 127.0.0.1:9000\n")),
-    (["--health-listen", "127.0.0.1:8000"],
-     ("sockact: --health-listen '127.0.0.1:8000' collides with --listen 8000; give the health endpoint a port of "
-     "its own, e.g. 127.0.0.1:9000\n")),
-    (["--health-listen", "localhost:9000"],
-     ("sockact: --health-listen 'localhost:9000': 'localhost' is not an IPv4 address; systemd listens on addresses, "
-     "not host names (use e.g. 127.0.0.1:8000, [::1]:8000 or just the port)\n")),
-    (["--health-listen", "127.0.0.1:99999"],
-     "sockact: --health-listen '127.0.0.1:99999': port 99999 is out of range (1-65535)\n"),
-    (["--health-listen", "health"],
-     "sockact: --health-listen 'health' is not PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path\n"),
-    (["--drain-delay", "30"],
-     ("sockact: --drain-delay 30 is not below --stop-timeout 30: the delay counts inside the stop timeout and the "
-     "drain needs the rest; lower it or raise --stop-timeout\n")),
-    (["--drain-delay", "12", "--stop-timeout", "10"],
-     ("sockact: --drain-delay 12 is not below --stop-timeout 10: the delay counts inside the stop timeout and the "
-     "drain needs the rest; lower it or raise --stop-timeout\n")),
-    (["--drain-delay", "-1"],
-     "sockact: --drain-delay '-1': give a number of seconds from 0 (off) to 86400, e.g. 30\n"),
-    (["--drain-delay", "soon"],
-     "sockact: --drain-delay 'soon': give a number of seconds from 0 (off) to 86400, e.g. 30\n"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (
+            ["--health-listen", "8000"],
+            (
+                "sockact: --health-listen '8000' collides with --listen 8000; give the health endpoint a port of its "
+                "own, "
+                "e.g. 127.0.0.1:9000\n"
+            ),
+        ),
+        (
+            ["--health-listen", "127.0.0.1:8000"],
+            (
+                "sockact: --health-listen '127.0.0.1:8000' collides with --listen 8000; give the health endpoint a "
+                "port of "
+                "its own, e.g. 127.0.0.1:9000\n"
+            ),
+        ),
+        (
+            ["--health-listen", "localhost:9000"],
+            (
+                "sockact: --health-listen 'localhost:9000': 'localhost' is not an IPv4 address; systemd listens on "
+                "addresses, "
+                "not host names (use e.g. 127.0.0.1:8000, [::1]:8000 or just the port)\n"
+            ),
+        ),
+        (
+            ["--health-listen", "127.0.0.1:99999"],
+            "sockact: --health-listen '127.0.0.1:99999': port 99999 is out of range (1-65535)\n",
+        ),
+        (
+            ["--health-listen", "health"],
+            "sockact: --health-listen 'health' is not PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path\n",
+        ),
+        (
+            ["--drain-delay", "30"],
+            (
+                "sockact: --drain-delay 30 is not below --stop-timeout 30: the delay counts inside the stop timeout "
+                "and the "
+                "drain needs the rest; lower it or raise --stop-timeout\n"
+            ),
+        ),
+        (
+            ["--drain-delay", "12", "--stop-timeout", "10"],
+            (
+                "sockact: --drain-delay 12 is not below --stop-timeout 10: the delay counts inside the stop timeout "
+                "and the "
+                "drain needs the rest; lower it or raise --stop-timeout\n"
+            ),
+        ),
+        (
+            ["--drain-delay", "-1"],
+            "sockact: --drain-delay '-1': give a number of seconds from 0 (off) to 86400, e.g. 30\n",
+        ),
+        (
+            ["--drain-delay", "soon"],
+            "sockact: --drain-delay 'soon': give a number of seconds from 0 (off) to 86400, e.g. 30\n",
+        ),
+    ],
+)
 def test_bad_health_and_drain_options_are_one_line_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
     result = sockact("generate", "myapp", *APP, "--listen", "8000", *args, "--output-dir", str(tmp_path))
     assert (result.returncode, result.stderr) == (2, expected)
@@ -317,15 +421,26 @@ def test_bad_health_and_drain_options_are_one_line_exit_2(tmp_path: Path, args: 
 
 def test_health_options_are_refused_with_exec() -> None:
     result = sockact("generate", "myapp", "--exec", "/usr/bin/true", "--listen", "8000", "--health-listen", "9000")
-    assert (result.returncode, result.stderr) == (2, ("sockact: --health-listen applies to the built-in runtime "
-                                                     "(--app); a command given with --exec serves its own health "
-                                                     "checks\n"))
+    assert (result.returncode, result.stderr) == (
+        2,
+        (
+            "sockact: --health-listen applies to the built-in runtime "
+            "(--app); a command given with --exec serves its own health "
+            "checks\n"
+        ),
+    )
     result = sockact("generate", "myapp", "--exec", "/usr/bin/true", "--listen", "8000", "--drain-delay", "3")
-    assert (result.returncode, result.stderr) == (2, ("sockact: --drain-delay applies to the built-in runtime "
-                                                     "(--app); a command given with --exec drains its own way\n"))
+    assert (result.returncode, result.stderr) == (
+        2,
+        (
+            "sockact: --drain-delay applies to the built-in runtime "
+            "(--app); a command given with --exec drains its own way\n"
+        ),
+    )
 
 
 # --- under a real systemd ------------------------------------------------------------------------
+
 
 def box_status(box: PrivateSystemd, url: str) -> str:
     return box.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url, check=False).stdout
@@ -333,8 +448,22 @@ def box_status(box: PrivateSystemd, url: str) -> str:
 
 def test_systemd_workers_share_the_health_socket_and_drain_after_the_delay(private_systemd: PrivateSystemd) -> None:
     box, name, port, health, delay = private_systemd, "hz", 8140, 9140, 2.0
-    install_units(box, name, "--listen", str(port), "--workers", "2", "--app", "sockact.examples.hello:app",
-                  "--health-listen", f"127.0.0.1:{health}", "--drain-delay", f"{delay:g}", "--stop-timeout", "8")
+    install_units(
+        box,
+        name,
+        "--listen",
+        str(port),
+        "--workers",
+        "2",
+        "--app",
+        "sockact.examples.hello:app",
+        "--health-listen",
+        f"127.0.0.1:{health}",
+        "--drain-delay",
+        f"{delay:g}",
+        "--stop-timeout",
+        "8",
+    )
     box.systemctl("start", f"{name}.socket", f"{name}-health.socket")
     http_get(box, f"http://127.0.0.1:{port}/")
     box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="both workers active")
@@ -361,10 +490,12 @@ def test_systemd_workers_share_the_health_socket_and_drain_after_the_delay(priva
     stop_error = stop.communicate(timeout=30)[1]
     stop_took = time.monotonic() - stopped_at
     assert stop.returncode == 0, stop_error
-    during = [ok for at, ok, *_ in result.results if float(at) >= stopped_at - probe_began]  # type: ignore[arg-type]
-    print(f"\nsystemctl stop {name}.target with --drain-delay {delay:g}, 2 workers: /ready 503 from the shared "
-          f"health port {not_ready:.2f} s after the stop began; {sum(during)} of {len(during)} new connections "
-          f"answered during the delay; the stop took {stop_took:.2f} s; whole probe: {result}")
+    during = [ok for at, ok, *_ in result.results if float(at) >= stopped_at - probe_began]
+    print(
+        f"\nsystemctl stop {name}.target with --drain-delay {delay:g}, 2 workers: /ready 503 from the shared "
+        f"health port {not_ready:.2f} s after the stop began; {sum(during)} of {len(during)} new connections "
+        f"answered during the delay; the stop took {stop_took:.2f} s; whole probe: {result}"
+    )
     assert not_ready <= 0.5  # includes starting systemctl and curl inside the box
     assert len(during) >= 12 and all(during), result.failures()
     assert delay <= stop_took <= delay + 4
@@ -377,9 +508,26 @@ def test_install_and_uninstall_handle_the_health_socket(private_systemd: Private
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return box.run(sys.executable, "-m", "sockact", *args, check=False, timeout=120)
 
-    installed = cli("install", name, "--app", "sockact.examples.hello:app", "--listen", "127.0.0.1:8150",
-                    "--health-listen", "127.0.0.1:9150", "--drain-delay", "1", "--workers", "2",
-                    "--python", sys.executable, "--unit-dir", unit_dir, "--enable", "--now")
+    installed = cli(
+        "install",
+        name,
+        "--app",
+        "sockact.examples.hello:app",
+        "--listen",
+        "127.0.0.1:8150",
+        "--health-listen",
+        "127.0.0.1:9150",
+        "--drain-delay",
+        "1",
+        "--workers",
+        "2",
+        "--python",
+        sys.executable,
+        "--unit-dir",
+        unit_dir,
+        "--enable",
+        "--now",
+    )
     assert installed.returncode == 0, installed.stderr
     files = [f"{name}.socket", f"{name}@.service", f"{name}.target", f"{name}-health.socket"]
     for file in files:
@@ -433,13 +581,21 @@ READY_POLL = textwrap.dedent("""
 
 class ReadyPoll:
     def __init__(self, box: PrivateSystemd, port: int, every: float) -> None:
-        self.process = box.popen(sys.executable, "-c", READY_POLL, str(port), str(every),
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = box.popen(
+            sys.executable,
+            "-c",
+            READY_POLL,
+            str(port),
+            str(every),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout is not None and self.process.stdout.readline().strip() == "polling"
 
-    def result(self) -> list[list[object]]:
+    def result(self) -> list[list[Any]]:
         out, _ = self.process.communicate("stop\n", timeout=30)
-        seen: list[list[object]] = json.loads(out.splitlines()[-1])
+        seen: list[list[Any]] = json.loads(out.splitlines()[-1])
         return seen
 
 
@@ -447,25 +603,53 @@ def leaving_times(box: PrivateSystemd, name: str) -> list[float]:
     """When each worker logged that it is leaving (journald's receive time, seconds since the epoch)."""
     out = box.run("journalctl", "--no-pager", "-o", "json", "-u", f"{name}@*.service", timeout=30).stdout
     records = [json.loads(line) for line in out.splitlines() if line.strip()]
-    return sorted(int(r["__REALTIME_TIMESTAMP"]) / 1e6 for r in records
-                  if str(r.get("MESSAGE", "")).startswith("leaving: accepting for"))
+    return sorted(
+        int(r["__REALTIME_TIMESTAMP"]) / 1e6
+        for r in records
+        if str(r.get("MESSAGE", "")).startswith("leaving: accepting for")
+    )
 
 
 def _two_workers_with_health(box: PrivateSystemd, name: str, port: int, health: int, delay: float) -> None:
-    install_units(box, name, "--listen", str(port), "--workers", "2", "--app", "sockact.examples.hello:app",
-                  "--health-listen", f"127.0.0.1:{health}", "--drain-delay", f"{delay:g}", "--stop-timeout", "10")
+    install_units(
+        box,
+        name,
+        "--listen",
+        str(port),
+        "--workers",
+        "2",
+        "--app",
+        "sockact.examples.hello:app",
+        "--health-listen",
+        f"127.0.0.1:{health}",
+        "--drain-delay",
+        f"{delay:g}",
+        "--stop-timeout",
+        "10",
+    )
     box.systemctl("start", f"{name}.socket", f"{name}-health.socket", f"{name}.target")
     box.wait_for(lambda: instance_states(box, name, 2) == ["active"] * 2, what="both workers active")
     assert box_status(box, f"http://127.0.0.1:{health}/ready") == "200"
 
 
 def test_ready_stays_200_during_a_rolling_reload_and_the_drain_delay_is_skipped(
-        private_systemd: PrivateSystemd) -> None:
+    private_systemd: PrivateSystemd,
+) -> None:
     box, name, port, health, delay = private_systemd, "hrl", 8160, 9160, 4.0
     _two_workers_with_health(box, name, port, health, delay)
     # Long requests in flight, so each leaving worker drains for a while and holds the health socket meanwhile.
-    long = box.popen(sys.executable, "-c", CONCURRENT, "127.0.0.1", str(port), "/sleep?ms=1200", "4", "4",
-                     stdout=subprocess.PIPE, text=True)
+    long = box.popen(
+        sys.executable,
+        "-c",
+        CONCURRENT,
+        "127.0.0.1",
+        str(port),
+        "/sleep?ms=1200",
+        "4",
+        "4",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     poll = ReadyPoll(box, health, every=0.02)
     began = time.monotonic()
     box.run(sys.executable, "-m", "sockact", "reload", name, timeout=120)
@@ -475,10 +659,12 @@ def test_ready_stays_200_during_a_rolling_reload_and_the_drain_delay_is_skipped(
     statuses = [status for _, status, _ in seen]
     for_host = [body for _, status, body in seen if status == 200 and str(body).startswith("ready: ")]
     why = {word: sum(f"is {word}," in str(body) for body in for_host) for word in ("leaving", "starting", "stuck")}
-    print(f"\nsockact reload of 2 workers with --drain-delay {delay:g}: {statuses.count(200)} of {len(seen)} /ready "
-          f"probes answered 200 on the shared health port over {took:.2f} s, {len(for_host)} of them by a worker not "
-          f"ready itself answering for its sibling ({why}); the 1.2 s requests in flight: "
-          f"{[status for status, _ in answers['answers']]}, errors {answers['errors']}")
+    print(
+        f"\nsockact reload of 2 workers with --drain-delay {delay:g}: {statuses.count(200)} of {len(seen)} /ready "
+        f"probes answered 200 on the shared health port over {took:.2f} s, {len(for_host)} of them by a worker not "
+        f"ready itself answering for its sibling ({why}); the 1.2 s requests in flight: "
+        f"{[status for status, _ in answers['answers']]}, errors {answers['errors']}"
+    )
     assert len(seen) >= 40 and statuses == [200] * len(seen), [entry for entry in seen if entry[1] != 200]
     assert for_host, "no probe reached a leaving or starting worker: the reload was not exercised"
     assert answers["errors"] == [] and [status for status, _ in answers["answers"]] == [200] * 4
@@ -488,7 +674,8 @@ def test_ready_stays_200_during_a_rolling_reload_and_the_drain_delay_is_skipped(
 
 
 def test_ready_turns_503_within_0_2_s_of_sockact_stop_and_both_workers_wait_the_delay(
-        private_systemd: PrivateSystemd) -> None:
+    private_systemd: PrivateSystemd,
+) -> None:
     box, name, port, health, delay = private_systemd, "hst", 8170, 9170, 2.0
     _two_workers_with_health(box, name, port, health, delay)
     poll = ReadyPoll(box, health, every=0.01)
@@ -501,16 +688,19 @@ def test_ready_turns_503_within_0_2_s_of_sockact_stop_and_both_workers_wait_the_
     leaving = leaving_times(box, name)
     assert len(leaving) == 2, f"both workers leave with the delay (none skips it): {leaving}"
     # New visitors until the delay ends (a load balancer has stopped sending by then): all answered.
-    served = ProbeResult([entry for entry in probe.result().results
-                          if probe_began + float(entry[0]) <= leaving[0] + delay - 0.2])  # type: ignore[arg-type]
-    first_503 = next(at for at, status, _ in seen if status == 503)  # type: ignore[misc]
-    after = [status for at, status, _ in seen if at >= first_503]  # type: ignore[operator]
-    last_200 = max((at for at, status, _ in seen if status == 200), default=0.0)  # type: ignore[type-var]
-    print(f"\nsockact stop with --drain-delay {delay:g}, 2 workers: workers left {leaving[1] - leaving[0]:.3f} s apart; "
-          f"/ready 503 {first_503 - leaving[0]:.3f} s after the first one left ({first_503 - leaving[1]:.3f} s after "
-          f"the second), last 200 {last_200 - leaving[0]:.3f} s after the first; then {after.count(503)} answers 503 and "
-          f"{after.count(0)} refused, none 200; the stop took {took:.2f} s; new visitors on the app port during the "
-          f"delay: {served}")
+    served = ProbeResult(
+        [entry for entry in probe.result().results if probe_began + float(entry[0]) <= leaving[0] + delay - 0.2]
+    )
+    first_503 = next(at for at, status, _ in seen if status == 503)
+    after = [status for at, status, _ in seen if at >= first_503]
+    last_200 = max((at for at, status, _ in seen if status == 200), default=0.0)
+    print(
+        f"\nsockact stop with --drain-delay {delay:g}, 2 workers: workers left {leaving[1] - leaving[0]:.3f} s apart; "
+        f"/ready 503 {first_503 - leaving[0]:.3f} s after the first one left ({first_503 - leaving[1]:.3f} s after "
+        f"the second), last 200 {last_200 - leaving[0]:.3f} s after the first; then {after.count(503)} answers 503 and "
+        f"{after.count(0)} refused, none 200; the stop took {took:.2f} s; new visitors on the app port during the "
+        f"delay: {served}"
+    )
     assert first_503 - leaving[0] <= 0.2
     assert set(after) <= {503, 0} and after.count(503) >= 50, after  # 503 for the delay, then the port is closed
     assert served.total >= 10 and served.answered == served.total, served.failures()

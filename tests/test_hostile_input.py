@@ -34,8 +34,9 @@ PYTHON = "/usr/bin/python3"
 DEFAULTS = {"--listen": "8000", "--python": PYTHON, "--app": "a:app"}
 
 any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=24)
-nasty = st.text(alphabet=st.sampled_from(list("\n\r\t \\\"'%$;#[]=:@/.-_aZ09\x00\x1b\u2028\u00a0é{}*?~!&|<>`")),
-                max_size=24)
+nasty = st.text(
+    alphabet=st.sampled_from(list("\n\r\t \\\"'%$;#[]=:@/.-_aZ09\x00\x1b\u2028\u00a0é{}*?~!&|<>`")), max_size=24
+)
 path_text = st.text(alphabet=st.sampled_from(list(" \"'%$;#[]=:@.-_aZ09é{}*?~!&|<>`\\/\n")), max_size=20)
 paths = st.one_of(path_text.map(lambda v: "/" + v), nasty, any_text.map(lambda v: "/" + v))
 words = st.lists(st.one_of(nasty, any_text), min_size=0, max_size=3)
@@ -80,8 +81,9 @@ def exec_words(argv: list[str]) -> list[str]:
 
 
 def runtime_argv(python: str, app: str) -> list[str]:
-    return exec_words([python, "-m", "sockact", "run", app, "--stop-timeout", "30", "--request-timeout", "30",
-                       "--respawn"])
+    return exec_words(
+        [python, "-m", "sockact", "run", app, "--stop-timeout", "30", "--request-timeout", "30", "--respawn"]
+    )
 
 
 def command(argv: list[str]) -> list[list[Any]]:
@@ -107,61 +109,94 @@ FIELDS: dict[str, Field] = {
     "name": Field(
         st.one_of(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,30}", fullmatch=True), nasty, any_text),
         "",
-        lambda n, v: {(f"{v}.socket", UNIT, "Id"): f"{v}.socket", (service(v), UNIT, "Id"): service(v),
-                      (f"{v}.target", UNIT, "Wants"): [service(v)]},
-        ("myapp",)),
+        lambda n, v: {
+            (f"{v}.socket", UNIT, "Id"): f"{v}.socket",
+            (service(v), UNIT, "Id"): service(v),
+            (f"{v}.target", UNIT, "Wants"): [service(v)],
+        },
+        ("myapp",),
+    ),
     "listen": Field(
-        st.one_of(st.integers(0, 70000).map(str), st.ip_addresses(v=4).map(str).flatmap(
-            lambda h: st.integers(1, 65535).map(lambda p: f"{h}:{p}")), st.ip_addresses(v=6).map(str).flatmap(
-            lambda h: st.integers(1, 65535).map(lambda p: f"[{h}]:{p}")), paths, nasty),
+        st.one_of(
+            st.integers(0, 70000).map(str),
+            st.ip_addresses(v=4).map(str).flatmap(lambda h: st.integers(1, 65535).map(lambda p: f"{h}:{p}")),
+            st.ip_addresses(v=6).map(str).flatmap(lambda h: st.integers(1, 65535).map(lambda p: f"[{h}]:{p}")),
+            paths,
+            nasty,
+        ),
         "--listen",
         lambda n, v: {(f"{n}.socket", SOCK, "Listen"): [["Stream", listen_expected(v)]]},
-        ("8000", "/run/myapp.sock")),
+        ("8000", "/run/myapp.sock"),
+    ),
     "app": Field(
-        st.one_of(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}(\.[A-Za-z_][A-Za-z0-9_]{0,8}){0,2}:[A-Za-z_]\w{0,8}",
-                                fullmatch=True), nasty, any_text),
+        st.one_of(
+            st.from_regex(
+                r"[A-Za-z_][A-Za-z0-9_]{0,8}(\.[A-Za-z_][A-Za-z0-9_]{0,8}){0,2}:[A-Za-z_]\w{0,8}", fullmatch=True
+            ),
+            nasty,
+            any_text,
+        ),
         "--app",
         lambda n, v: {(service(n), SVC, "ExecStart"): command(runtime_argv(PYTHON, v))},
-        ("a:app",)),
+        ("a:app",),
+    ),
     "exec": Field(
         words.map(lambda ws: shlex.join(["/usr/bin/server", *ws])),
         "--exec",
         lambda n, v: {(service(n), SVC, "ExecStart"): command(exec_words(shlex.split(v)))},
-        ("/usr/bin/server",)),
+        ("/usr/bin/server",),
+    ),
     "env": Field(
-        st.one_of(st.tuples(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True), st.one_of(nasty, any_text))
-                  .map(lambda kv: f"{kv[0]}={kv[1]}"), nasty, any_text),
+        st.one_of(
+            st.tuples(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True), st.one_of(nasty, any_text)).map(
+                lambda kv: f"{kv[0]}={kv[1]}"
+            ),
+            nasty,
+            any_text,
+        ),
         "--env",
         lambda n, v: {(service(n), SVC, "Environment"): [f"SOCKACT_APP={n}", "SOCKACT_WORKER=1", v]},
-        ("A=1",)),
+        ("A=1",),
+    ),
     "chdir": Field(
-        paths, "--chdir",
-        lambda n, v: {(service(n), SVC, "WorkingDirectory"): norm(v)},
-        ("/srv/myapp", "/home/myapp")),
+        paths, "--chdir", lambda n, v: {(service(n), SVC, "WorkingDirectory"): norm(v)}, ("/srv/myapp", "/home/myapp")
+    ),
     "user": Field(
-        st.one_of(st.from_regex(r"[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?", fullmatch=True),
-                  st.integers(0, 2**33).map(str), nasty, any_text),
+        st.one_of(
+            st.from_regex(r"[a-z_][a-z0-9_-]{0,30}[a-z0-9_$-]?", fullmatch=True),
+            st.integers(0, 2**33).map(str),
+            nasty,
+            any_text,
+        ),
         "--user",
         lambda n, v: {(service(n), SVC, "User"): v, (service(n), SVC, "DynamicUser"): False},
-        ("www-data",)),
+        ("www-data",),
+    ),
     "python": Field(
-        paths, "--python",
+        paths,
+        "--python",
         lambda n, v: {(service(n), SVC, "ExecStart"): command(runtime_argv(norm(v), "a:app"))},
-        ("/usr/bin/python3",)),
+        ("/usr/bin/python3",),
+    ),
     "env_file": Field(
-        paths, "--env-file",
+        paths,
+        "--env-file",
         lambda n, v: {(service(n), SVC, "EnvironmentFiles"): [[norm(v), False]]},
-        ("/etc/myapp.env",)),
+        ("/etc/myapp.env",),
+    ),
     "state_dir": Field(
-        st.one_of(st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}){0,2}",
-                                fullmatch=True), nasty, any_text),
+        st.one_of(
+            st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,10}){0,2}", fullmatch=True),
+            nasty,
+            any_text,
+        ),
         "--state-dir --cache-dir --logs-dir",
         lambda n, v: {(service(n), SVC, key): [v] for key in ("StateDirectory", "CacheDirectory", "LogsDirectory")},
-        ("myapp",)),
+        ("myapp",),
+    ),
     "writable": Field(
-        paths, "--writable",
-        lambda n, v: {(service(n), SVC, "ReadWritePaths"): [norm(v)]},
-        ("/srv/myapp",)),
+        paths, "--writable", lambda n, v: {(service(n), SVC, "ReadWritePaths"): [norm(v)]}, ("/srv/myapp",)
+    ),
 }
 
 
@@ -199,8 +234,11 @@ EXTENSIONS = (".socket", "@.service", ".target")
 
 def clashes_with_installed(name: str) -> bool:
     """A generated name may be that of a real unit (e.g. 'systemd-journald'); never shadow one in the box."""
-    return any(Path(d, f"{name}{ext}").exists() for d in ("/lib/systemd/system", "/etc/systemd/system",
-                                                          "/usr/lib/systemd/system") for ext in EXTENSIONS)
+    return any(
+        Path(d, f"{name}{ext}").exists()
+        for d in ("/lib/systemd/system", "/etc/systemd/system", "/usr/lib/systemd/system")
+        for ext in EXTENSIONS
+    )
 
 
 def write_baselines(box: PrivateSystemd, label: str, spec: Field) -> list[str]:
@@ -218,8 +256,12 @@ def collect(box: PrivateSystemd, label: str, spec: Field, baselines: list[list[l
     accepted: dict[str, str] = {}
     spec.cases.clear()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(value=spec.strategy)
     def one(value: str) -> None:
         if value in spec.cases or (label == "name" and clashes_with_installed(value)):
@@ -248,7 +290,9 @@ def bus_properties(box: PrivateSystemd, queries: list[tuple[str, str, list[str]]
     """For each (unit, interface, properties): the properties' values, all read in one run inside the box."""
     script = "".join(
         f"busctl --json=short get-property org.freedesktop.systemd1 {shlex.quote(bus_path(unit))} {iface} "
-        f"{' '.join(props)} || echo '\"ERROR\"'; echo '\"END\"'\n" for unit, iface, props in queries)
+        f"{' '.join(props)} || echo '\"ERROR\"'; echo '\"END\"'\n"
+        for unit, iface, props in queries
+    )
     out = box.run("bash", "-s", input=script, timeout=120).stdout
     blocks: list[list[Any]] = []
     current: list[Any] = []
@@ -279,11 +323,14 @@ def verify_settings(box: PrivateSystemd, names: list[str], tmp: Path) -> list[st
             shutil.copy(box.unit_dir() / f"{name}{ext}", tmp / f"{name}{ext}")
         shutil.copy(tmp / f"{name}@.service", tmp / f"{name}@1.service")
     files = [str(tmp / f"{n}{ext}") for n in names for ext in (".socket", "@1.service", ".target")]
-    result = subprocess.run(["systemd-analyze", "verify", *files], capture_output=True, text=True, timeout=120,
-                            check=False)
-    missing = re.compile(r"is not executable|No such file or directory|Failed to (?:prepare|set up) .*filename|"
-                         r"has no executable|bad unit file setting|Unit .* not found|"
-                         r"Command .* is not|Neither a valid executable")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *files], capture_output=True, text=True, timeout=120, check=False
+    )
+    missing = re.compile(
+        r"is not executable|No such file or directory|Failed to (?:prepare|set up) .*filename|"
+        r"has no executable|bad unit file setting|Unit .* not found|"
+        r"Command .* is not|Neither a valid executable"
+    )
     return [line for line in result.stderr.splitlines() if str(tmp) in line and not missing.search(line)]
 
 
@@ -308,30 +355,54 @@ def test_field_reaches_systemd_byte_for_byte(private_systemd: PrivateSystemd, la
         for name, exp in expectations.items():
             for key, want in exp.items():
                 assert [as_set(key[2], item) for item in next(got)] == [want], (label, accepted[name], key)
-        assert answers[len(queries):] == [["loaded"]] * len(loads)
+        assert answers[len(queries) :] == [["loaded"]] * len(loads)
         assert manager_warnings(box, cursor) == []
         assert verify_settings(box, sorted(accepted), tmp_path) == []
-        print(f"\n{label}: {len(spec.cases)} cases, {len(accepted)} accepted and loaded, "
-              f"{len(spec.cases) - len(accepted)} rejected in one line")
+        print(
+            f"\n{label}: {len(spec.cases)} cases, {len(accepted)} accepted and loaded, "
+            f"{len(spec.cases) - len(accepted)} rejected in one line"
+        )
     finally:
         for name in [*accepted, *base_names]:
             for ext in EXTENSIONS:
                 (box.unit_dir() / f"{name}{ext}").unlink(missing_ok=True)
 
 
-@pytest.mark.parametrize("option", ["--listen", "--app", "--exec", "--env", "--chdir", "--user", "--python",
-                                    "--env-file", "--state-dir", "--writable", "--workers", "--watchdog",
-                                    "--request-timeout",
-                                    "--systemd-version", "--forwarded-allow-ips", "--max-body", "--max-headers",
-                                    "--max-header-size", "--max-target", "--head-timeout", "--keep-alive",
-                                    "--send-timeout"])
+@pytest.mark.parametrize(
+    "option",
+    [
+        "--listen",
+        "--app",
+        "--exec",
+        "--env",
+        "--chdir",
+        "--user",
+        "--python",
+        "--env-file",
+        "--state-dir",
+        "--writable",
+        "--workers",
+        "--watchdog",
+        "--request-timeout",
+        "--systemd-version",
+        "--forwarded-allow-ips",
+        "--max-body",
+        "--max-headers",
+        "--max-header-size",
+        "--max-target",
+        "--head-timeout",
+        "--keep-alive",
+        "--send-timeout",
+    ],
+)
 def test_a_lone_double_dash_value_is_one_line_exit_2(option: str, tmp_path: Path) -> None:
     """argparse hands "--opt=--" over as [] rather than "--"; that must be a usage error, not a traceback."""
     options = {"--listen": "8000", "--app": "a:app"}
     options[option] = "--"
     if option == "--exec":
         del options["--app"]
-    code, err = generate(["generate", "myapp", *(f"{k}={v}" for k, v in options.items()),
-                          "--output-dir", str(tmp_path)])
+    code, err = generate(
+        ["generate", "myapp", *(f"{k}={v}" for k, v in options.items()), "--output-dir", str(tmp_path)]
+    )
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []

@@ -46,9 +46,11 @@ def header_of(head: dict[str, Any], name: str) -> object:
 
 # 1. RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request is faulty framing: close after the response.
 def test_http10_chunked_keep_alive_never_serves_the_next_request(server: Server) -> None:
-    data = (b"POST /d1-first HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\nhello\r\n0\r\n\r\n"
-            b"GET /d1-smuggled HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+    data = (
+        b"POST /d1-first HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n"
+        b"GET /d1-smuggled HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+    )
     with server.connect() as sock:
         port = sock.getsockname()[1]
         sock.sendall(data)
@@ -64,8 +66,9 @@ def test_http10_chunked_keep_alive_never_serves_the_next_request(server: Server)
 # 2. Response splitting: CR/LF from the app must never reach the wire.
 @pytest.mark.parametrize("where", ["name", "value", "status"])
 def test_crlf_in_response_head_is_a_500_and_injects_nothing(server: Server, where: str) -> None:
-    answer, _ = exchange(server, f"GET /__split?where={where} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                         .encode())
+    answer, _ = exchange(
+        server, f"GET /__split?where={where} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
     print(f"{server.interface} {where}: {answer[:200]!r}")
     assert b"x-injected" not in answer.lower()
     assert parse_responses(answer).statuses == [500], answer[:400]
@@ -84,8 +87,10 @@ def test_unread_huge_body_is_answered_promptly_without_spooling(server: Server) 
             answer = read_until_close(sock, 5.0, idle=3.0)
             waited = time.monotonic() - started
             spooled = spooled_bytes(fresh)
-        print(f"{fresh.interface}: sent {sent} body bytes, answer after {waited:.2f} s: {answer[:60]!r}, "
-              f"temporary files {spooled} bytes")
+        print(
+            f"{fresh.interface}: sent {sent} body bytes, answer after {waited:.2f} s: {answer[:60]!r}, "
+            f"temporary files {spooled} bytes"
+        )
         assert parse_responses(answer).statuses[:1] == [401], answer[:300]
         assert spooled <= 256 * 1024
 
@@ -133,7 +138,7 @@ def spooled_bytes(server: Server) -> int:
 # 4. Framing errors inside a body: an answer (or a close) within seconds, and the app's read ends in an error.
 FRAMING = {
     "bad chunk size": b"zz\r\nhello\r\n0\r\n\r\n",
-    "bad chunk extension": b"5;\x01=\"\r\nhello\r\n0\r\n\r\n",
+    "bad chunk extension": b'5;\x01="\r\nhello\r\n0\r\n\r\n',
     "no CRLF after chunk data": b"5\r\nhelloXX5\r\nhello\r\n0\r\n\r\n",
     "Content-Length trailer": b"5\r\nhello\r\n0\r\nContent-Length: 5\r\n\r\n",
 }
@@ -143,8 +148,10 @@ FRAMING = {
 def test_framing_error_in_a_chunked_body_never_hangs(server: Server, case: str) -> None:
     with server.connect() as sock:
         port = sock.getsockname()[1]
-        sock.sendall(f"POST /d4?{case.replace(' ', '-')} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     .encode() + b"3\r\nabc\r\n")
+        sock.sendall(
+            f"POST /d4?{case.replace(' ', '-')} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + b"3\r\nabc\r\n"
+        )
         wait_for(lambda: server.heads(port), 1.0)  # the ASGI app is then waiting in receive()
         sock.sendall(FRAMING[case])
         started = time.monotonic()
@@ -153,19 +160,22 @@ def test_framing_error_in_a_chunked_body_never_hangs(server: Server, case: str) 
     server.barrier()
     statuses = parse_responses(answer).statuses
     bodies = [line for line in server.records(port) if line["event"] == "body"]
-    print(f"{server.interface} {case}: {statuses} after {waited:.2f} s; app: {server.heads(port) and 'called'} "
-          f"{bodies}")
+    print(
+        f"{server.interface} {case}: {statuses} after {waited:.2f} s; app: {server.heads(port) and 'called'} {bodies}"
+    )
     assert waited < 4.5, "the server neither answered nor closed"
     assert all(status >= 400 for status in statuses), answer[:300]
     assert all(body["error"] for body in bodies), "the app read a broken body as a complete one"
     if server.heads(port):
-        assert wait_for(lambda: [line for line in server.records(port) if line["event"] == "body"], 3.0), \
+        assert wait_for(lambda: [line for line in server.records(port) if line["event"] == "body"], 3.0), (
             "the app is still waiting for the body"
+        )
 
 
 def test_unknown_transfer_coding_is_rejected(server: Server) -> None:
-    answer, port = exchange(server, b"POST /d4-xchunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n"
-                                    b"5\r\nhello\r\n0\r\n\r\n")
+    answer, port = exchange(
+        server, b"POST /d4-xchunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
     print(f"{server.interface}: {parse_responses(answer).statuses}, app saw {targets_seen(server, port)}")
     assert targets_seen(server, port) == []
     assert parse_responses(answer).statuses[:1] in ([400], [501]), answer[:300]
@@ -206,8 +216,10 @@ def test_clients_that_do_not_read_do_not_stop_others(server: Server) -> None:
 
 # 6. A request pipelined behind a WebSocket upgrade request: answers in order.
 def test_request_pipelined_after_websocket_upgrade_is_answered_in_order(server: Server) -> None:
-    upgrade = (b"GET /d6-ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    upgrade = (
+        b"GET /d6-ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     plain = b"GET /d6-after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     answer, port = exchange(server, upgrade + plain, timeout=3.0)
     responses = parse_responses(answer)
@@ -238,9 +250,15 @@ def test_invalid_request_target_is_rejected(server: Server) -> None:
 
 
 # Found by tests/test_http_fuzz.py: request heads h11 rejects that reach the app today.
-@pytest.mark.parametrize("head", [b"PATCH /d-noversion\r\nHost: x\r\n\r\n", b"GET /d-nohost HTTP/1.1\r\n\r\n",
-                                  b"GET /d-bare-lf HTTP/1.1\r\nHost: x\r\n\r\nGET /d-lf HTTP/1.1\nHost: x\n\n"],
-                         ids=["no-version", "no-host", "bare-lf-without-400"])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"PATCH /d-noversion\r\nHost: x\r\n\r\n",
+        b"GET /d-nohost HTTP/1.1\r\n\r\n",
+        b"GET /d-bare-lf HTTP/1.1\r\nHost: x\r\n\r\nGET /d-lf HTTP/1.1\nHost: x\n\n",
+    ],
+    ids=["no-version", "no-host", "bare-lf-without-400"],
+)
 def test_request_heads_h11_rejects_get_a_400(server: Server, head: bytes) -> None:
     answer, port = exchange(server, head)
     seen = targets_seen(server, port)
@@ -254,8 +272,9 @@ def test_request_heads_h11_rejects_get_a_400(server: Server, head: bytes) -> Non
 # 9. Header names set by the app that are not tokens never reach the wire.
 @pytest.mark.parametrize("name", ["colon", "space", "nul"])
 def test_app_header_name_that_is_no_token_is_a_500(server: Server, name: str) -> None:
-    answer, _ = exchange(server, f"GET /__badname?name={name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                         .encode())
+    answer, _ = exchange(
+        server, f"GET /__badname?name={name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
     print(f"{server.interface} {name}: {answer[:160]!r}")
     assert not any(bad in answer for bad in (b"bad:name", b"bad name", b"bad\x00name"))
     assert parse_responses(answer).statuses == [500], answer[:300]
@@ -264,8 +283,10 @@ def test_app_header_name_that_is_no_token_is_a_500(server: Server, name: str) ->
 # 10. `close` among the connection options closes, whatever else is listed.
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 def test_connection_keep_alive_close_closes(server: Server, version: str) -> None:
-    data = (f"GET /d10-first HTTP/{version}\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n"
-            f"GET /d10-second HTTP/{version}\r\nHost: x\r\n\r\n").encode()
+    data = (
+        f"GET /d10-first HTTP/{version}\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n"
+        f"GET /d10-second HTTP/{version}\r\nHost: x\r\n\r\n"
+    ).encode()
     with server.connect() as sock:
         port = sock.getsockname()[1]
         sock.sendall(data)
@@ -273,8 +294,10 @@ def test_connection_keep_alive_close_closes(server: Server, version: str) -> Non
         answer = read_until_close(sock, 3.0)
         waited = time.monotonic() - started
     server.barrier()
-    print(f"{server.interface}: {parse_responses(answer).statuses} closed after {waited:.2f} s, "
-          f"app saw {targets_seen(server, port)}")
+    print(
+        f"{server.interface}: {parse_responses(answer).statuses} closed after {waited:.2f} s, "
+        f"app saw {targets_seen(server, port)}"
+    )
     assert targets_seen(server, port) == ["/d10-first"]
     assert parse_responses(answer).statuses == [200] and waited < 2.5
 
@@ -283,8 +306,10 @@ def test_connection_keep_alive_close_closes(server: Server, version: str) -> Non
 def test_sigterm_after_failed_websocket_handshake_exits_promptly(server: Server) -> None:
     with serving(server.interface, "--stop-timeout", "10") as fresh:
         sock = fresh.connect()
-        sock.sendall(b"GET /d11-ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Version: 13\r\n\r\n")
+        sock.sendall(
+            b"GET /d11-ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
         answer = read_until_close(sock, 2.0, idle=1.0)
         started = time.monotonic()
         fresh.proc.terminate()

@@ -59,25 +59,49 @@ CLEAN = {
     "chunk end": st.just("\r\n"),
     "eol": st.just("\r\n"),
 }
-target_chars = st.sampled_from(list("abz09/-._~%?=&") + ["#", "]", "[", " ", "\x7f", "\x80", "\xff", "\t", '"', "{",
-                                                        "|", "\\", "^", "`", "%zz", "%00", "\x00", ";"])
+target_chars = st.sampled_from(
+    list("abz09/-._~%?=&")
+    + ["#", "]", "[", " ", "\x7f", "\x80", "\xff", "\t", '"', "{", "|", "\\", "^", "`", "%zz", "%00", "\x00", ";"]
+)
 token_chars = st.sampled_from(list("abcxyzAXZ09-!#$%&'*+.^`|~") + ["\x00", "_", " ", "@", "é", "\x7f", "\t"])
 ows = st.sampled_from(["", " ", "\t", "  \t"])
 ODDITIES = {
     "method": st.sampled_from(["get", "GE T", "G\x00T", "", "GET\t", "PO(ST", "Ä", "CONNECTX", "G"]),
-    "target": st.one_of(st.lists(target_chars, max_size=12).map(lambda chars: "/" + "".join(chars)),
-                        st.sampled_from(["*", "http://h/p?q", "s://]ufd/:x", "//x", "", "a/b", "/a b", "/?"])),
-    "version": st.sampled_from(["HTTP/1.2", "HTTP/2.0", "http/1.1", "HTTP/1.10", "HTTP/0.9", "HTTP/1.1 ", "HTTP/1",
-                                "HTTP/1.0"]),
-    "name": st.one_of(st.sampled_from(["X_A", "Expect", "Host"]), st.lists(token_chars, min_size=1, max_size=6)
-                      .map("".join)),
-    "value": st.tuples(ows, st.one_of(st.lists(st.sampled_from(list("abc09 -,;=/")), max_size=6).map("".join),
-                                      st.lists(st.sampled_from(list("abc09 -,;=/") + ODD), max_size=8).map("".join)),
-                       ows).map("".join),
-    "length": st.sampled_from(["0{n}", "+{n}", " {n} ", "{n},{n}", "{n}, {n}", "{m}", "-1", "0x{n}", "", "{n}e0",
-                               "{n} {n}"]),
-    "coding": st.sampled_from(["Chunked", "chunked, chunked", "gzip, chunked", "chunked, gzip", "identity",
-                               "xchunked", " chunked", "chunked\t", "chunked;q=1", "chunked,"]),
+    "target": st.one_of(
+        st.lists(target_chars, max_size=12).map(lambda chars: "/" + "".join(chars)),
+        st.sampled_from(["*", "http://h/p?q", "s://]ufd/:x", "//x", "", "a/b", "/a b", "/?"]),
+    ),
+    "version": st.sampled_from(
+        ["HTTP/1.2", "HTTP/2.0", "http/1.1", "HTTP/1.10", "HTTP/0.9", "HTTP/1.1 ", "HTTP/1", "HTTP/1.0"]
+    ),
+    "name": st.one_of(
+        st.sampled_from(["X_A", "Expect", "Host"]), st.lists(token_chars, min_size=1, max_size=6).map("".join)
+    ),
+    "value": st.tuples(
+        ows,
+        st.one_of(
+            st.lists(st.sampled_from(list("abc09 -,;=/")), max_size=6).map("".join),
+            st.lists(st.sampled_from(list("abc09 -,;=/") + ODD), max_size=8).map("".join),
+        ),
+        ows,
+    ).map("".join),
+    "length": st.sampled_from(
+        ["0{n}", "+{n}", " {n} ", "{n},{n}", "{n}, {n}", "{m}", "-1", "0x{n}", "", "{n}e0", "{n} {n}"]
+    ),
+    "coding": st.sampled_from(
+        [
+            "Chunked",
+            "chunked, chunked",
+            "gzip, chunked",
+            "chunked, gzip",
+            "identity",
+            "xchunked",
+            " chunked",
+            "chunked\t",
+            "chunked;q=1",
+            "chunked,",
+        ]
+    ),
     "size": st.sampled_from(["{:X}", "0{:x}", "{:x} ", "0x{:x}", "+{:x}", "{:x}z", "-{:x}"]),
     "extension": st.sampled_from([";a", ";a=b", ';a="q"', "; a=b", ";\x01", ";a=b c", ";" + "x" * 20, ';a="\\"']),
     "chunk end": st.sampled_from(["", "\n", "XX", "\r"]),
@@ -158,7 +182,7 @@ def streams(draw: st.DrawFn) -> Generated:
         at = draw(st.integers(0, len(data)))
         kind = draw(st.sampled_from(["insert", "delete", "replace"]))
         byte = bytes([draw(st.sampled_from([0, 9, 10, 13, 32, 58, 127, 128, 255, 48, 97]))])
-        data = data[:at] + (byte if kind != "delete" else b"") + data[at + (kind != "insert"):]
+        data = data[:at] + (byte if kind != "delete" else b"") + data[at + (kind != "insert") :]
     data += PROBE
     cuts = sorted(set(draw(st.lists(st.integers(1, len(data) - 1), max_size=3))))
     return Generated(data, cuts)
@@ -203,9 +227,14 @@ def h11_view(data: bytes) -> H11View:
             view.paused = True
             return view
         if isinstance(event, h11.Request):
-            view.requests.append(Seen(event.method.decode("latin-1"), event.target.decode("latin-1"),
-                                      event.http_version.decode(), [(n.decode("latin-1"), v.decode("latin-1"))
-                                                                    for n, v in event.headers]))
+            view.requests.append(
+                Seen(
+                    event.method.decode("latin-1"),
+                    event.target.decode("latin-1"),
+                    event.http_version.decode(),
+                    [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers],
+                )
+            )
         elif isinstance(event, h11.Data):
             view.requests[-1].body += bytes(event.data)
         elif isinstance(event, h11.EndOfMessage):
@@ -238,8 +267,9 @@ def finish(conn: h11.Connection, view: H11View) -> h11.Connection | None:
 
 
 def http10_keep_alive(seen: Seen) -> bool:
-    tokens = {token.strip().lower() for name, value in seen.headers if name == "connection"
-              for token in value.split(",")}
+    tokens = {
+        token.strip().lower() for name, value in seen.headers if name == "connection" for token in value.split(",")
+    }
     codings = [value for name, value in seen.headers if name == "transfer-encoding"]
     return seen.version == "1.0" and "keep-alive" in tokens and "close" not in tokens and not codings
 
@@ -285,8 +315,9 @@ _KINDS: dict[str, type[AssertionError]] = {}
 def disagree(kind: str, detail: str) -> AssertionError:
     """An AssertionError of a class per kind, so hypothesis reports (and shrinks) each kind on its own."""
     if kind not in _KINDS:
-        _KINDS[kind] = type("Disagreement_" + "".join(ch if ch.isalnum() else "_" for ch in kind),
-                            (AssertionError,), {})
+        _KINDS[kind] = type(
+            "Disagreement_" + "".join(ch if ch.isalnum() else "_" for ch in kind), (AssertionError,), {}
+        )
     return _KINDS[kind](f"{kind}: {detail}")
 
 
@@ -301,22 +332,31 @@ def check_rejections(view: H11View, calls: list[AppCall]) -> None:
     if view.rejected_at is not None:
         last_allowed = view.rejected_at if view.rejected_at < len(view.requests) else view.rejected_at - 1
         if len(calls) > last_allowed + 1:
-            raise disagree(f"reached the app though h11 rejected it ({error_kind(view.error)})",
-                           f"h11: {view.error}; the app saw {[c.head['target'] for c in calls]}")
+            raise disagree(
+                f"reached the app though h11 rejected it ({error_kind(view.error)})",
+                f"h11: {view.error}; the app saw {[c.head['target'] for c in calls]}",
+            )
         if view.rejected_at < len(calls) and calls[view.rejected_at].complete:
-            raise disagree(f"the app read a whole body h11 rejected ({error_kind(view.error)})",
-                           f"h11: {view.error}; the app read {calls[view.rejected_at].body}")
+            raise disagree(
+                f"the app read a whole body h11 rejected ({error_kind(view.error)})",
+                f"h11: {view.error}; the app read {calls[view.rejected_at].body}",
+            )
     if view.closed_after is not None and len(calls) > view.closed_after + 1:
-        raise disagree("a request after h11 closed the connection reached the app",
-                       f"h11 closes after request {view.closed_after}; the app saw "
-                       f"{[c.head['target'] for c in calls]}")
+        raise disagree(
+            "a request after h11 closed the connection reached the app",
+            f"h11 closes after request {view.closed_after}; the app saw {[c.head['target'] for c in calls]}",
+        )
     if len(calls) > len(view.requests) and not view.paused:
-        raise disagree("the app saw a request h11 is still reading", f"h11 saw {len(view.requests)} requests, "
-                       f"the app {[c.head['target'] for c in calls]}")
+        raise disagree(
+            "the app saw a request h11 is still reading",
+            f"h11 saw {len(view.requests)} requests, the app {[c.head['target'] for c in calls]}",
+        )
     for index, call in enumerate(calls):
         if call.complete and index < len(view.requests) and not view.requests[index].complete and not view.paused:
-            raise disagree("the app read a whole body h11 is still reading",
-                           f"request {index}: h11 has {view.requests[index].body!r}, the app {call.body}")
+            raise disagree(
+                "the app read a whole body h11 is still reading",
+                f"request {index}: h11 has {view.requests[index].body!r}, the app {call.body}",
+            )
 
 
 def check_agreement(interface: str, view: H11View, calls: list[AppCall], responses: int, stats: Counter[str]) -> None:
@@ -336,16 +376,27 @@ def check_agreement(interface: str, view: H11View, calls: list[AppCall], respons
         stats["accepted by both"] += 1
         compare(interface, seen, call)
         nxt = index + 1
-        if (seen.version == "1.1" and seen.keep_alive and nxt < len(view.requests) and view.requests[nxt].complete
-                and len(calls) <= nxt and responses <= nxt):
-            raise disagree("sockact closed (the next request got no answer) where h11 keeps the connection alive",
-                               f"request {index} {seen.headers}")
+        if (
+            seen.version == "1.1"
+            and seen.keep_alive
+            and nxt < len(view.requests)
+            and view.requests[nxt].complete
+            and len(calls) <= nxt
+            and responses <= nxt
+        ):
+            raise disagree(
+                "sockact closed (the next request got no answer) where h11 keeps the connection alive",
+                f"request {index} {seen.headers}",
+            )
 
 
 def compare(interface: str, seen: Seen, call: AppCall) -> None:
     head = call.head
-    got: dict[str, object] = {"method": head["method"], "version": head["version"],
-                              "body": call.body["body"] if call.body else ""}
+    got: dict[str, object] = {
+        "method": head["method"],
+        "version": head["version"],
+        "body": call.body["body"] if call.body else "",
+    }
     want: dict[str, object] = {"method": seen.method, "version": seen.version, "body": seen.body.decode("latin-1")}
     if interface == "wsgi":
         got["target"], want["target"] = head["target"], seen.target
@@ -365,8 +416,11 @@ def compare(interface: str, seen: Seen, call: AppCall) -> None:
 def comparable(headers: list[tuple[str, str]] | list[list[str]]) -> list[tuple[str, str]]:
     # h11 folds duplicate or repeated Content-Length values into one: the framing is compared by the body.
     # h11 lower-cases Transfer-Encoding's value.
-    return [(name, value.lower() if name == "transfer-encoding" else value)
-            for name, value in headers if name != "content-length"]
+    return [
+        (name, value.lower() if name == "transfer-encoding" else value)
+        for name, value in headers
+        if name != "content-length"
+    ]
 
 
 def expected_environ(headers: list[tuple[str, str]]) -> dict[str, str]:
@@ -384,15 +438,24 @@ def expected_environ(headers: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def wsgi_headers(environ: dict[str, str]) -> dict[str, str]:
-    return {key: value.lower() if key == "HTTP_TRANSFER_ENCODING" else value
-            for key, value in environ.items() if key != "CONTENT_LENGTH"}
+    return {
+        key: value.lower() if key == "HTTP_TRANSFER_ENCODING" else value
+        for key, value in environ.items()
+        if key != "CONTENT_LENGTH"
+    }
 
 
 def test_engines_agree_with_h11(server: Server) -> None:
     stats: Counter[str] = Counter()
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate, Phase.shrink])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    )
     @given(example=streams())
     def run(example: Generated) -> None:
         view = h11_view(example.data)

@@ -155,8 +155,9 @@ EXITING = textwrap.dedent("""
 
 
 def test_records_waiting_at_a_normal_exit_are_written() -> None:
-    result = subprocess.run([sys.executable, "-c", EXITING, "2000"], check=False, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", EXITING, "2000"], check=False, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0
     lines = [line for line in result.stderr.splitlines() if " app: line " in line]
     assert len(lines) == 2000 and lines[-1].split()[5] == "1999"
@@ -189,8 +190,8 @@ def journal_fields(entry: bytes) -> dict[str, str]:
             rest = tail
         else:
             (size,) = struct.unpack("<Q", tail[:8])
-            fields[line.decode()] = tail[8:8 + size].decode()
-            rest = tail[9 + size:]
+            fields[line.decode()] = tail[8 : 8 + size].decode()
+            rest = tail[9 + size :]
     return fields
 
 
@@ -205,7 +206,8 @@ def journal_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
 
 
 def test_journal_entries_carry_priority_worker_fields_and_multiline_messages(
-        journal_socket: tuple[str, socket.socket]) -> None:
+    journal_socket: tuple[str, socket.socket],
+) -> None:
     path, server = journal_socket
     handler = logs.JournalHandler({"SYSLOG_IDENTIFIER": "app@2", "SOCKACT_WORKER": "2"}, path=path)
     handler.emit(logging.LogRecord("app.db", logging.ERROR, "/srv/app/db.py", 42, "two\nlines", None, None))
@@ -216,7 +218,8 @@ def test_journal_entries_carry_priority_worker_fields_and_multiline_messages(
 
 
 def test_a_journal_entry_too_big_for_a_datagram_goes_as_a_sealed_memfd(
-        journal_socket: tuple[str, socket.socket]) -> None:
+    journal_socket: tuple[str, socket.socket],
+) -> None:
     path, server = journal_socket
     handler = logs.JournalHandler({}, path=path)
     big = "y" * handler.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)  # above the largest datagram
@@ -269,8 +272,12 @@ def test_stderr_lines_become_records_with_their_sd_daemon_priority(blocked: Bloc
     stream.write(' "x.py"\n<3>failed\n')
     stream.write("." * 10_000)  # a progress bar that never ends its line still gets out
     wait_until(lambda: len(seen) == 4)
-    assert seen == [(logging.INFO, "Traceback (most recent call last):"), (logging.INFO, '  File "x.py"'),
-                    (logging.ERROR, "failed"), (logging.INFO, "." * 10_000)]
+    assert seen == [
+        (logging.INFO, "Traceback (most recent call last):"),
+        (logging.INFO, '  File "x.py"'),
+        (logging.ERROR, "failed"),
+        (logging.INFO, "." * 10_000),
+    ]
     handler.close()
 
 
@@ -299,11 +306,18 @@ def test_after_djangos_logging_setup_every_record_is_written_once(debug: str, tm
     # queue too: before sockact reopened it, every later record (and print) was lost. And with DEBUG on,
     # Django's console handler writes each django.* record to stderr, which is the journal already.
     pytest.importorskip("django")
-    result = subprocess.run([sys.executable, "-c", DJANGO_LOGGING, debug, str(tmp_path / "file.log")],
-                            check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", DJANGO_LOGGING, debug, str(tmp_path / "file.log")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
-    counts = {word: result.stderr.count(word)
-              for word in ("django-record", "own-console-record", "file-record", "plain-record")}
+    counts = {
+        word: result.stderr.count(word)
+        for word in ("django-record", "own-console-record", "file-record", "plain-record")
+    }
     print(f"\nDEBUG {debug}: lines per record on stderr {counts}")
     assert counts == {"django-record": 1, "own-console-record": 1, "file-record": 1, "plain-record": 1}
     assert (tmp_path / "file.log").read_text().count("file-record") == 1

@@ -48,13 +48,20 @@ def test_a_new_option_changes_the_page() -> None:
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man is not installed")
 def test_man_reads_the_page_without_a_warning() -> None:
-    shown = subprocess.run(["man", "--warnings", "-l", str(MAN_PAGE)], capture_output=True, text=True,
-                           env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, timeout=60, check=False)
+    shown = subprocess.run(
+        ["man", "--warnings", "-l", str(MAN_PAGE)],
+        capture_output=True,
+        text=True,
+        env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        timeout=60,
+        check=False,
+    )
     assert shown.returncode == 0 and not shown.stderr, shown.stderr
     assert "sockact install" in shown.stdout
 
 
 def test_the_generator_runs_as_a_module() -> None:
-    out = subprocess.run([sys.executable, "-m", "sockact.manpage"], capture_output=True, text=True, timeout=60,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "sockact.manpage"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert out == manpage.render(build_parser())

@@ -23,8 +23,18 @@ APPS = REPO / "tests" / "apps"
 
 @pytest.mark.parametrize("value", ["512M", "2G", "1T", "65536K", "536870912", "25%", "100%", "infinity"])
 def test_good_sizes_render_as_written(value: str) -> None:
-    text = sockact("generate", "myapp", *APP, "--memory-max", value, "--memory-high", value if "%" in value else "32M",
-                   "--only", "service", check=True).stdout
+    text = sockact(
+        "generate",
+        "myapp",
+        *APP,
+        "--memory-max",
+        value,
+        "--memory-high",
+        value if "%" in value else "32M",
+        "--only",
+        "service",
+        check=True,
+    ).stdout
     assert f"MemoryMax={value}\n" in text
     lines = text.splitlines()
     # Beside the stop timeout, in [Service].
@@ -61,33 +71,97 @@ def test_bad_limits_are_one_line_exit_2_nothing_written(tmp_path: Path, extra: l
 
 
 def test_recycling_options_only_with_the_builtin_runtime(tmp_path: Path) -> None:
-    result = sockact("generate", "myapp", "--exec", "/usr/bin/myserver", "--listen", "8000", "--max-requests", "100",
-                     "--output-dir", str(tmp_path))
+    result = sockact(
+        "generate",
+        "myapp",
+        "--exec",
+        "/usr/bin/myserver",
+        "--listen",
+        "8000",
+        "--max-requests",
+        "100",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 2 and "built-in runtime" in result.stderr and list(tmp_path.iterdir()) == []
-    text = sockact("generate", "myapp", "--exec", "/usr/bin/myserver", "--listen", "8000", "--memory-max", "1G",
-                   "--only", "service", check=True).stdout
+    text = sockact(
+        "generate",
+        "myapp",
+        "--exec",
+        "/usr/bin/myserver",
+        "--listen",
+        "8000",
+        "--memory-max",
+        "1G",
+        "--only",
+        "service",
+        check=True,
+    ).stdout
     assert "MemoryMax=1G\n" in text
 
 
 def test_recycling_options_reach_execstart_and_are_off_by_default() -> None:
     plain = sockact("generate", "myapp", *APP, "--only", "service", check=True).stdout
     assert "--max-" not in plain and "Memory" not in plain.replace("MemoryDenyWriteExecute", "")
-    text = sockact("generate", "myapp", *APP, "--max-requests", "1000", "--max-requests-jitter", "50",
-                   "--max-rss", "300", "--only", "service", check=True).stdout
-    assert ("--stop-timeout 30 --request-timeout 30 --respawn --max-requests 1000 --max-requests-jitter 50 "
-            "--max-rss 300\n") in text
-    explained = sockact("generate", "myapp", *APP, "--max-requests", "1000", "--max-requests-jitter", "50",
-                        "--memory-max", "1G", "--explain", check=True).stdout
+    text = sockact(
+        "generate",
+        "myapp",
+        *APP,
+        "--max-requests",
+        "1000",
+        "--max-requests-jitter",
+        "50",
+        "--max-rss",
+        "300",
+        "--only",
+        "service",
+        check=True,
+    ).stdout
+    assert (
+        "--stop-timeout 30 --request-timeout 30 --respawn --max-requests 1000 --max-requests-jitter 50 --max-rss 300\n"
+    ) in text
+    explained = sockact(
+        "generate",
+        "myapp",
+        *APP,
+        "--max-requests",
+        "1000",
+        "--max-requests-jitter",
+        "50",
+        "--memory-max",
+        "1G",
+        "--explain",
+        check=True,
+    ).stdout
     assert "MemoryMax=1G\n" in explained and "after 1000 to 1050 requests" in explained
 
 
 def test_systemd_analyze_verify_accepts_the_memory_lines(tmp_path: Path) -> None:
     for value in ("512M", "25%"):
-        sockact("generate", "verify", "--app", "sockact.examples.hello:app", "--listen", "8000", "--memory-max", value,
-                "--memory-high", "30%" if "%" in value else "400M", "--python", sys.executable,
-                "--output-dir", str(tmp_path), check=True)
-        result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "verify@.service")],
-                                capture_output=True, text=True, timeout=60, check=False)
+        sockact(
+            "generate",
+            "verify",
+            "--app",
+            "sockact.examples.hello:app",
+            "--listen",
+            "8000",
+            "--memory-max",
+            value,
+            "--memory-high",
+            "30%" if "%" in value else "400M",
+            "--python",
+            sys.executable,
+            "--output-dir",
+            str(tmp_path),
+            check=True,
+        )
+        result = subprocess.run(
+            ["systemd-analyze", "verify", str(tmp_path / "verify@.service")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         about_ours = [line for line in result.stderr.splitlines() if "verify@" in line]
         assert about_ours == [], result.stderr
 
@@ -138,9 +212,24 @@ def _free_port() -> int:
 @pytest.mark.parametrize("app,engine", [("grow:app", "asgi"), ("grow:application", "wsgi")], ids=["asgi", "wsgi"])
 def test_the_runtime_serves_its_limit_then_exits_4(app: str, engine: str) -> None:
     port = _free_port()
-    worker = subprocess.Popen([sys.executable, "-m", "sockact", "run", app, "--bind",
-                               f"127.0.0.1:{port}", "--max-requests", "5", "--max-requests-jitter", "3"],
-                              cwd=APPS, stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sockact",
+            "run",
+            app,
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--max-requests",
+            "5",
+            "--max-requests-jitter",
+            "3",
+        ],
+        cwd=APPS,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     served, deadline = 0, time.monotonic() + 20
     while worker.poll() is None and time.monotonic() < deadline:
         try:

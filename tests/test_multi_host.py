@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from boxutil import Probe, ProbeResult, failures, parse_wrk
@@ -47,7 +48,7 @@ PHASE_SECONDS = 10
 LONG_REQUESTS, LONG_MS = 10, 2000
 
 # Long requests through HAProxy, each on its own connection: its status, the host that answered, seconds.
-LONG = textwrap.dedent('''
+LONG = textwrap.dedent("""
     import http.client, json, sys, threading, time
     count, ms = int(sys.argv[1]), int(sys.argv[2])
     results, lock = [], threading.Lock()
@@ -69,7 +70,7 @@ LONG = textwrap.dedent('''
     print("sent", flush=True)
     [thread.join() for thread in threads]
     print(json.dumps(results), flush=True)
-''')
+""")
 
 
 @dataclass
@@ -99,14 +100,35 @@ class Cluster:
         return self.stats()[server]["status"]
 
     def wait_status(self, server: str, prefix: str) -> None:
-        self.lb.wait_for(lambda: self.status(server).startswith(prefix), timeout=30, interval=0.02,
-                         what=f"HAProxy to see {server} {prefix}")
+        self.lb.wait_for(
+            lambda: self.status(server).startswith(prefix),
+            timeout=30,
+            interval=0.02,
+            what=f"HAProxy to see {server} {prefix}",
+        )
 
 
 def _install(host: PrivateSystemd, *options: str) -> None:
-    host.run(sys.executable, "-m", "sockact", "install", NAME, "--app", HELLO, "--listen", str(APP_PORT),
-             "--workers", str(WORKERS), "--python", sys.executable, "--unit-dir", "/run/systemd/system", "--now",
-             *options, timeout=120)
+    host.run(
+        sys.executable,
+        "-m",
+        "sockact",
+        "install",
+        NAME,
+        "--app",
+        HELLO,
+        "--listen",
+        str(APP_PORT),
+        "--workers",
+        str(WORKERS),
+        "--python",
+        sys.executable,
+        "--unit-dir",
+        "/run/systemd/system",
+        "--now",
+        *options,
+        timeout=120,
+    )
 
 
 @contextmanager
@@ -146,9 +168,18 @@ def cluster(private_systemd: PrivateSystemd) -> Iterator[Cluster]:
 @pytest.fixture(scope="module")
 def ready_cluster() -> Iterator[Cluster]:
     """Checks on GET /ready on the health port; only refused connections are sent again."""
-    with PrivateSystemd() as lb, _cluster(lb, HealthCheck(path="/ready", port=HEALTH_PORT), "conn-failure",
-                                          "--health-listen", str(HEALTH_PORT), "--drain-delay",
-                                          f"{DRAIN_DELAY:g}") as built:
+    with (
+        PrivateSystemd() as lb,
+        _cluster(
+            lb,
+            HealthCheck(path="/ready", port=HEALTH_PORT),
+            "conn-failure",
+            "--health-listen",
+            str(HEALTH_PORT),
+            "--drain-delay",
+            f"{DRAIN_DELAY:g}",
+        ) as built,
+    ):
         yield built
 
 
@@ -175,15 +206,17 @@ class Figures:
     probe: ProbeResult
 
     def __str__(self) -> str:
-        probe_max = max(float(taken) for _, _, taken, *_ in self.probe.results)  # type: ignore[arg-type]
-        return (f"wrk: {self.wrk['requests']} requests, failed {failures(self.wrk)} ({self.wrk}), max latency "
-                f"{self.max_latency * 1000:.0f} ms; HAProxy: 2xx per host (wrk and probe) {self.per_host}, "
-                f"{self.connect_errors} connection errors and {self.response_errors} response errors met, "
-                f"{self.retries} retries, {self.redispatches} redispatched, UP->DOWN {self.went_down}, failed checks "
-                f"{self.checks_failed}; requests "
-                f"served by a second host: {self.retried.count} (served by {self.retried.hosts}), the slowest "
-                f"{self.retried.slowest * 1000:.0f} ms; "
-                f"probe (new connection every 0.1 s): {self.probe}, slowest {probe_max * 1000:.0f} ms")
+        probe_max = max(float(taken) for _, _, taken, *_ in self.probe.results)
+        return (
+            f"wrk: {self.wrk['requests']} requests, failed {failures(self.wrk)} ({self.wrk}), max latency "
+            f"{self.max_latency * 1000:.0f} ms; HAProxy: 2xx per host (wrk and probe) {self.per_host}, "
+            f"{self.connect_errors} connection errors and {self.response_errors} response errors met, "
+            f"{self.retries} retries, {self.redispatches} redispatched, UP->DOWN {self.went_down}, failed checks "
+            f"{self.checks_failed}; requests "
+            f"served by a second host: {self.retried.count} (served by {self.retried.hosts}), the slowest "
+            f"{self.retried.slowest * 1000:.0f} ms; "
+            f"probe (new connection every 0.1 s): {self.probe}, slowest {probe_max * 1000:.0f} ms"
+        )
 
 
 def _delta(before: dict[str, dict[str, str]], after: dict[str, dict[str, str]], server: str, field: str) -> int:
@@ -194,12 +227,23 @@ def under_load(cluster: Cluster, action: Callable[[], None]) -> Figures:
     """wrk (keep-alive, 8 connections) and a probe through HAProxy while `action` runs; the figures."""
     lb, names = cluster.lb, cluster.backend.names
     before, log_offset = cluster.stats(), cluster.log_size()
-    load = lb.popen("wrk", "-t2", "-c8", f"-d{PHASE_SECONDS}s", "--latency", f"{LB_URL}/sleep?ms=10",
-                    stdout=subprocess.PIPE, text=True)
+    load = lb.popen(
+        "wrk",
+        "-t2",
+        "-c8",
+        f"-d{PHASE_SECONDS}s",
+        "--latency",
+        f"{LB_URL}/sleep?ms=10",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     probe = Probe(lb, 8080, PHASE_SECONDS - 0.5)
     # The action starts once the load reaches both hosts.
-    lb.wait_for(lambda: all(_delta(before, cluster.stats(), name, "hrsp_2xx") > 0 for name in names),
-                timeout=5, what="load on both hosts")
+    lb.wait_for(
+        lambda: all(_delta(before, cluster.stats(), name, "hrsp_2xx") > 0 for name in names),
+        timeout=5,
+        what="load on both hosts",
+    )
     began = time.monotonic()
     action()
     took = time.monotonic() - began
@@ -208,14 +252,22 @@ def under_load(cluster: Cluster, action: Callable[[], None]) -> Figures:
     probed = probe.result()
     after = cluster.stats()
     assert took < PHASE_SECONDS - 1, f"the action took {took:.1f} s, longer than the load"
-    total = lambda field: sum(_delta(before, after, name, field) for name in names)
+
+    def total(field: str) -> int:
+        return sum(_delta(before, after, name, field) for name in names)
+
     return Figures(
-        wrk=parse_wrk(out), max_latency=wrk_max_latency(out),
+        wrk=parse_wrk(out),
+        max_latency=wrk_max_latency(out),
         per_host={name: _delta(before, after, name, "hrsp_2xx") for name in names},
-        retries=total("wretr"), redispatches=total("wredis"), connect_errors=total("econ"),
-        response_errors=total("eresp"), went_down={name: _delta(before, after, name, "chkdown") for name in names},
+        retries=total("wretr"),
+        redispatches=total("wredis"),
+        connect_errors=total("econ"),
+        response_errors=total("eresp"),
+        went_down={name: _delta(before, after, name, "chkdown") for name in names},
         checks_failed={name: _delta(before, after, name, "chkfail") for name in names},
-        retried=retried_requests(cluster.log_since(log_offset)), probe=probed,
+        retried=retried_requests(cluster.log_since(log_offset)),
+        probe=probed,
     )
 
 
@@ -242,8 +294,10 @@ def test_rolling_reload_with_checks_on_ready_never_marks_a_host_down(ready_clust
     log_offset = ready_cluster.log_size()
     figures = rolling_reload(ready_cluster)
     marked_down = [line for line in ready_cluster.log_since(log_offset).splitlines() if " is DOWN" in line]
-    print(f"\nrolling `sockact reload {NAME}` on host1 then host2 under load, HAProxy checking /ready: {figures}; "
-          f"'is DOWN' lines in HAProxy's log: {len(marked_down)}")
+    print(
+        f"\nrolling `sockact reload {NAME}` on host1 then host2 under load, HAProxy checking /ready: {figures}; "
+        f"'is DOWN' lines in HAProxy's log: {len(marked_down)}"
+    )
     assert figures.went_down == {"host1": 0, "host2": 0} and not marked_down, (figures.went_down, marked_down)
     assert figures.wrk["requests"] > 200
     assert failures(figures.wrk) == 0, figures
@@ -256,15 +310,17 @@ class StopStart:
     figures: Figures
     marks: dict[str, float]  # seconds from the stop: marked_down, stopped, started, marked_up
     served_since_up: int  # by host1, after HAProxy saw it up again
-    long: list[list[object]]  # [status, host, seconds] of the long requests in flight at the stop
+    long: list[list[Any]]  # [status, host, seconds] of the long requests in flight at the stop
 
     def __str__(self) -> str:
         timeline = ", ".join(f"{what} at {at:.2f} s" for what, at in self.marks.items())
         answered = [status for status, *_ in self.long].count(200)
         on_host1 = [seconds for _, host, seconds in self.long if host == "host1"]
-        return (f"{timeline}; host1 served {self.served_since_up} after HAProxy saw it up again; {self.figures}; "
-                f"{LONG_MS} ms requests in flight at the stop: {answered} of {len(self.long)} answered 200, "
-                f"{len(on_host1)} of them by host1 (slowest {max(on_host1, default=0):.2f} s)")  # type: ignore[type-var]
+        return (
+            f"{timeline}; host1 served {self.served_since_up} after HAProxy saw it up again; {self.figures}; "
+            f"{LONG_MS} ms requests in flight at the stop: {answered} of {len(self.long)} answered 200, "
+            f"{len(on_host1)} of them by host1 (slowest {max(on_host1, default=0):.2f} s)"
+        )
 
 
 def stop_start_host1(cluster: Cluster) -> StopStart:
@@ -273,16 +329,20 @@ def stop_start_host1(cluster: Cluster) -> StopStart:
     if "stop_start" in cluster.measured:
         return cluster.measured["stop_start"]  # type: ignore[return-value]
     marks: dict[str, float] = {}
-    long: dict[str, list[list[object]]] = {}
+    long: dict[str, list[list[Any]]] = {}
 
     def restart_host1() -> None:
         # Long requests in flight on both hosts when host1 is told to stop.
-        client = cluster.lb.popen(sys.executable, "-c", LONG, str(LONG_REQUESTS), str(LONG_MS),
-                                  stdout=subprocess.PIPE, text=True)
+        client = cluster.lb.popen(
+            sys.executable, "-c", LONG, str(LONG_REQUESTS), str(LONG_MS), stdout=subprocess.PIPE, text=True
+        )
         assert client.stdout is not None and client.stdout.readline().strip() == "sent"
         # HAProxy holds them all: wrk's 8 connections, the long ones, the stats request itself.
-        cluster.lb.wait_for(lambda: counter(cluster.stats(), "FRONTEND", "scur") >= 8 + LONG_REQUESTS, timeout=5,
-                            what="the long requests in HAProxy")
+        cluster.lb.wait_for(
+            lambda: counter(cluster.stats(), "FRONTEND", "scur") >= 8 + LONG_REQUESTS,
+            timeout=5,
+            what="the long requests in HAProxy",
+        )
         began = time.monotonic()
         # Workers drain (the long requests finish), then the socket closes: the port is closed.
         stop = cluster.hosts[0].popen(sys.executable, "-m", "sockact", "stop", NAME, stdout=subprocess.DEVNULL)
@@ -296,8 +356,9 @@ def stop_start_host1(cluster: Cluster) -> StopStart:
         marks["marked_up"] = time.monotonic() - began
         marks["host1_served_at_up"] = counter(cluster.stats(), "host1", "hrsp_2xx")
         # [status, X-Served-By, seconds] per request; status 0 and the error's repr for a failed one
-        long["results"] = [(status, host, seconds) for status, host, seconds in
-                           json.loads(client.communicate(timeout=30)[0])]
+        long["results"] = [
+            [status, host, seconds] for status, host, seconds in json.loads(client.communicate(timeout=30)[0])
+        ]
 
     figures = under_load(cluster, restart_host1)
     served_since_up = counter(cluster.stats(), "host1", "hrsp_2xx") - int(marks.pop("host1_served_at_up"))
@@ -318,8 +379,10 @@ def assert_lossless(measured: StopStart) -> None:
 
 def test_full_restart_of_one_host_loses_no_request(cluster: Cluster) -> None:
     measured = stop_start_host1(cluster)
-    print(f"\n`sockact stop {NAME}` + `sockact start {NAME}` on host1 under load, checks on GET /, retry-on "
-          f"conn-failure empty-response: {measured}")
+    print(
+        f"\n`sockact stop {NAME}` + `sockact start {NAME}` on host1 under load, checks on GET /, retry-on "
+        f"conn-failure empty-response: {measured}"
+    )
     assert_lossless(measured)
 
 
@@ -328,18 +391,28 @@ def test_checks_on_ready_with_a_drain_delay_strand_nothing_at_a_stop(cluster: Cl
     host is out before it stops accepting: nothing is stranded in its backlog, so nothing needs sending
     again (retry-on conn-failure alone) and no request waits for the drain."""
     old, new = stop_start_host1(cluster), stop_start_host1(ready_cluster)
-    print(f"\n`sockact stop {NAME}` + `sockact start {NAME}` on host1 under load, checks on /ready with --drain-delay "
-          f"{DRAIN_DELAY:g}, retry-on conn-failure: {new}")
-    rows = [("", "GET / on the app port, retry-on conn-failure empty-response",
-             f"/ready, --drain-delay {DRAIN_DELAY:g}, retry-on conn-failure"),
-            ("failed (wrk)", failures(old.figures.wrk), failures(new.figures.wrk)),
-            ("requests (wrk)", old.figures.wrk["requests"], new.figures.wrk["requests"]),
-            ("redispatched", old.figures.retried.count, new.figures.retried.count),
-            ("max latency (wrk)", f"{old.figures.max_latency * 1000:.0f} ms", f"{new.figures.max_latency * 1000:.0f} ms"),
-            ("probes answered", f"{old.figures.probe.answered} of {old.figures.probe.total}",
-             f"{new.figures.probe.answered} of {new.figures.probe.total}"),
-            ("marked down after", f"{old.marks['marked_down']:.2f} s", f"{new.marks['marked_down']:.2f} s"),
-            ("stop took", f"{old.marks['stopped']:.2f} s", f"{new.marks['stopped']:.2f} s")]
+    print(
+        f"\n`sockact stop {NAME}` + `sockact start {NAME}` on host1 under load, checks on /ready with --drain-delay "
+        f"{DRAIN_DELAY:g}, retry-on conn-failure: {new}"
+    )
+    rows = [
+        (
+            "",
+            "GET / on the app port, retry-on conn-failure empty-response",
+            f"/ready, --drain-delay {DRAIN_DELAY:g}, retry-on conn-failure",
+        ),
+        ("failed (wrk)", failures(old.figures.wrk), failures(new.figures.wrk)),
+        ("requests (wrk)", old.figures.wrk["requests"], new.figures.wrk["requests"]),
+        ("redispatched", old.figures.retried.count, new.figures.retried.count),
+        ("max latency (wrk)", f"{old.figures.max_latency * 1000:.0f} ms", f"{new.figures.max_latency * 1000:.0f} ms"),
+        (
+            "probes answered",
+            f"{old.figures.probe.answered} of {old.figures.probe.total}",
+            f"{new.figures.probe.answered} of {new.figures.probe.total}",
+        ),
+        ("marked down after", f"{old.marks['marked_down']:.2f} s", f"{new.marks['marked_down']:.2f} s"),
+        ("stop took", f"{old.marks['stopped']:.2f} s", f"{new.marks['stopped']:.2f} s"),
+    ]
     print("\n".join(f"  {what:<20} {before!s:<62} {after}" for what, before, after in rows))
     assert_lossless(new)
     # Nothing stranded: at most a request or two racing the check (the old way strands one per open
@@ -360,6 +433,8 @@ def test_the_health_check_target_is_one_parameter(tmp_path: Path) -> None:
     lines = config.read_text().splitlines()
     assert "    http-check send meth GET uri /ready ver HTTP/1.1 hdr Host healthcheck" in lines
     assert [line for line in lines if line.startswith("    server ")] == [
-        "    server host1 10.0.0.11:8000 check port 9000", "    server host2 10.0.0.12:8000 check port 9000"]
+        "    server host1 10.0.0.11:8000 check port 9000",
+        "    server host2 10.0.0.12:8000 check port 9000",
+    ]
     today = render_haproxy(Backend(addresses=backend.addresses, port=8000), "127.0.0.1:8080", "127.0.0.1:8404")
     assert "uri / ver" in today and "    server host1 10.0.0.11:8000 check" in today.splitlines()

@@ -73,7 +73,8 @@ def test_status_text_counters() -> None:
 
 
 def test_the_runtime_status_line_says_how_often_the_serving_process_was_replaced(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from sockact.runtime.notify import Notifier
     from sockact.runtime.pulse import Pulse
 
@@ -83,15 +84,17 @@ def test_the_runtime_status_line_says_how_often_the_serving_process_was_replaced
 
 
 def test_status_text_with_stuck_threads_or_a_blocked_loop() -> None:
-    partly = ("serving: 50 requests, 4 in flight, 2.0 req/s; 3 of 10 threads stuck for 45 s; "
-              "ready since 2026-01-01 12:00:00")
+    partly = (
+        "serving: 50 requests, 4 in flight, 2.0 req/s; 3 of 10 threads stuck for 45 s; ready since 2026-01-01 12:00:00"
+    )
     counters = facts.parse_status_text(partly)
     assert counters == facts.Counters(50, 4, 2.0, 3, 10, 45.0, None, 0)
     assert counters.not_serving is None  # 7 threads still serve
     whole = facts.parse_status_text(partly.replace("3 of 10", "10 of 10"))
     assert whole.not_serving == "10 of 10 threads stuck for 45 s"
-    blocked = facts.parse_status_text("serving: 7 requests, 1 in flight, 0.0 req/s; event loop blocked for 12 s; "
-                                      "ready since 2026-01-01 12:00:00")
+    blocked = facts.parse_status_text(
+        "serving: 7 requests, 1 in flight, 0.0 req/s; event loop blocked for 12 s; ready since 2026-01-01 12:00:00"
+    )
     assert blocked[:3] == (7, 1, 0.0) and blocked.not_serving == "event loop blocked for 12 s"
 
 
@@ -107,22 +110,34 @@ def test_status_text_the_runtime_writes_is_what_status_parses() -> None:
     assert facts.parse_status_text(line).not_serving == "3 of 3 threads stuck for 45 s"
     assert facts.parse_status_text(pulse.status_line(9, 3, 1.5, Verdict(0, 3, 0.0).text)).threads_stuck is None
     assert facts.parse_status_text(pulse.status_line(9, 1, 0.0, "event loop blocked for 6 s")).not_serving == (
-        "event loop blocked for 6 s")
+        "event loop blocked for 6 s"
+    )
 
 
 def test_status_shows_a_running_worker_that_serves_nothing_as_not_serving() -> None:
     from sockact.ops.app import App
 
     app = App("demo", {}, {"Wants": "demo@1.service demo@2.service"}, {})
-    props = {"ActiveState": "active", "SubState": "running", "MainPID": "42", "NRestarts": "0",
-             "StatusText": "serving: 5 requests, 3 in flight, 0.0 req/s; 3 of 3 threads stuck for 45 s; ready since x"}
+    props = {
+        "ActiveState": "active",
+        "SubState": "running",
+        "MainPID": "42",
+        "NRestarts": "0",
+        "StatusText": "serving: 5 requests, 3 in flight, 0.0 req/s; 3 of 3 threads stuck for 45 s; ready since x",
+    }
     stuck = status._worker(app, 1, props, None, None)
     fine = status._worker(app, 2, {**props, "StatusText": props["StatusText"].replace("3 of 3", "1 of 3")}, None, None)
     assert (stuck.state, stuck.not_serving, stuck.threads_stuck) == ("not serving", "3 of 3 threads stuck for 45 s", 3)
     assert (fine.state, fine.not_serving, fine.threads_stuck) == ("running", None, 1)
-    shown = status.render(status.Status("demo", 100.0, {"unit": "demo.target", "state": "active", "workers_wanted": 2},
-                                        {"unit": "demo.socket", "state": "active", "sub_state": "listening",
-                                         "enabled": "enabled", "listen": []}, [stuck, fine]))
+    shown = status.render(
+        status.Status(
+            "demo",
+            100.0,
+            {"unit": "demo.target", "state": "active", "workers_wanted": 2},
+            {"unit": "demo.socket", "state": "active", "sub_state": "listening", "enabled": "enabled", "listen": []},
+            [stuck, fine],
+        )
+    )
     assert shown.startswith("demo: 1 of 2 workers running, 1 not serving (demo.target active)")
     assert "not serving (3 of 3 threads stuck for 45 s)" in shown and "running (1 thread stuck)" in shown
     assert "Next: a worker serves nothing: systemd's watchdog restarts it" in shown
@@ -153,16 +168,19 @@ def test_state_words() -> None:
     assert status.state_word("active", "running") == "running"
     assert status.state_word("activating", "auto-restart") == "restarting"
     assert status.state_word("activating", "start") == "starting"
-    assert status.state_word("activating", "start", "cannot start: cannot import x; retrying in 4 s (attempt 3)") \
+    assert (
+        status.state_word("activating", "start", "cannot start: cannot import x; retrying in 4 s (attempt 3)")
         == "retrying"
+    )
     assert status.state_word("deactivating", "stop-sigterm") == "draining"
     assert status.state_word("inactive", "dead") == "stopped"
     assert status.state_word("failed", "failed") == "failed"
 
 
 def _target_text(workers: str) -> str:
-    units = render(spec.build(unit_name="web", listen=["8000"], python_path=sys.executable,
-                              app_ref="m:app", worker_count=workers))
+    units = render(
+        spec.build(unit_name="web", listen=["8000"], python_path=sys.executable, app_ref="m:app", worker_count=workers)
+    )
     return next(unit.text for unit in units if unit.kind == "target")
 
 
@@ -178,8 +196,11 @@ def test_scale_renders_the_target_again_for_the_new_count() -> None:
 
 
 def test_scale_refuses_a_target_edited_by_hand() -> None:
-    for edited in (_target_text("2") + "Wants=extra.service\n", _target_text("2") + "After=network.target\n",
-                   _target_text("2").replace("Wants=web@1.service ", "Wants=")):
+    for edited in (
+        _target_text("2") + "Wants=extra.service\n",
+        _target_text("2") + "After=network.target\n",
+        _target_text("2").replace("Wants=web@1.service ", "Wants="),
+    ):
         with pytest.raises(NotOursError, match="differs from what sockact writes"):
             target_for(edited, "web", 3)
 
@@ -200,14 +221,34 @@ def test_human_units_and_tables() -> None:
 
 def test_status_table_shows_every_column() -> None:
     worker = status.Worker(
-        instance=2, unit="web@2.service", wanted=True, state="running", active_state="active", sub_state="running",
-        pid=4242, uptime_seconds=125, restarts=1, rss_bytes=32715571, cpu_percent=12.34, requests=1204, in_flight=3,
-        requests_per_second=10.5, status_text="", last_exit=status.LastExit("SIGKILL", "signal", 100),
+        instance=2,
+        unit="web@2.service",
+        wanted=True,
+        state="running",
+        active_state="active",
+        sub_state="running",
+        pid=4242,
+        uptime_seconds=125,
+        restarts=1,
+        rss_bytes=32715571,
+        cpu_percent=12.34,
+        requests=1204,
+        in_flight=3,
+        requests_per_second=10.5,
+        status_text="",
+        last_exit=status.LastExit("SIGKILL", "signal", 100),
     )
     snapshot = status.Status(
-        app="web", time=160, target={"unit": "web.target", "state": "active", "workers_wanted": 2},
-        socket={"unit": "web.socket", "state": "active", "sub_state": "running", "enabled": "enabled",
-                "listen": [{"address": "127.0.0.1:8000", "type": "Stream", "backlog": 7}]},
+        app="web",
+        time=160,
+        target={"unit": "web.target", "state": "active", "workers_wanted": 2},
+        socket={
+            "unit": "web.socket",
+            "state": "active",
+            "sub_state": "running",
+            "enabled": "enabled",
+            "listen": [{"address": "127.0.0.1:8000", "type": "Stream", "backlog": 7}],
+        },
         workers=[worker],
     )
     text = status.render(snapshot)
@@ -220,10 +261,20 @@ def test_status_table_shows_every_column() -> None:
 
 
 def test_journal_lines_are_tagged_with_their_worker() -> None:
-    own = {"_SYSTEMD_UNIT": "web@2.service", "_PID": "77", "MESSAGE": "one\ntwo", "PRIORITY": "3",
-           "__REALTIME_TIMESTAMP": "0"}
-    about = {"_SYSTEMD_UNIT": "init.scope", "UNIT": "web@1.service", "_PID": "1", "MESSAGE": "Started it.",
-             "__REALTIME_TIMESTAMP": "0"}
+    own = {
+        "_SYSTEMD_UNIT": "web@2.service",
+        "_PID": "77",
+        "MESSAGE": "one\ntwo",
+        "PRIORITY": "3",
+        "__REALTIME_TIMESTAMP": "0",
+    }
+    about = {
+        "_SYSTEMD_UNIT": "init.scope",
+        "UNIT": "web@1.service",
+        "_PID": "1",
+        "MESSAGE": "Started it.",
+        "__REALTIME_TIMESTAMP": "0",
+    }
     lines = format_record("web", own, colour=False).splitlines()
     assert [line.split(None, 2)[2] for line in lines] == ["web@2       one", "web@2       two"]
     assert "web@1       systemd: Started it." in format_record("web", about, colour=False)
@@ -247,10 +298,12 @@ def test_journal_arguments() -> None:
 def test_systemctl_failures_become_one_line_errors() -> None:
     down = failure(["systemctl", "show", "x"], "System has not been booted with systemd as init system (PID 1).\n")
     assert isinstance(down, SystemdError) and str(down).startswith("systemd is not reachable")
-    denied = failure(["systemctl", "--no-ask-password", "restart", "x"],
-                     "Failed to restart x: Interactive authentication required.\nSee system logs\n")
+    denied = failure(
+        ["systemctl", "--no-ask-password", "restart", "x"],
+        "Failed to restart x: Interactive authentication required.\nSee system logs\n",
+    )
     assert isinstance(denied, PermissionNeeded) and "sudo" in str(denied) and "--no-ask-password" not in str(denied)
-    other = failure(["systemctl", "start", "x"], "Job for x failed.\nSee \"systemctl status x\" for details.\n")
+    other = failure(["systemctl", "start", "x"], 'Job for x failed.\nSee "systemctl status x" for details.\n')
     assert str(other) == "`systemctl start x` failed: Job for x failed."
 
 
@@ -263,8 +316,12 @@ def test_every_command_has_help_with_an_example(command: str, capsys: pytest.Cap
 
 
 def test_bad_arguments_are_one_line_usage_errors() -> None:
-    for argv in (["status", "web", "--watch", "0"], ["logs", "web", "-n", "x"], ["logs", "web", "-p", "loud"],
-                 ["scale", "web"]):
+    for argv in (
+        ["status", "web", "--watch", "0"],
+        ["logs", "web", "-n", "x"],
+        ["logs", "web", "-p", "loud"],
+        ["scale", "web"],
+    ):
         result = sockact(*argv)
         assert result.returncode == 2, argv
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -272,8 +329,10 @@ def test_bad_arguments_are_one_line_usage_errors() -> None:
 
 def test_unreachable_systemd_is_one_line(tmp_path: Path) -> None:
     fake = tmp_path / "systemctl"
-    fake.write_text("#!/bin/sh\necho 'System has not been booted with systemd as init system (PID 1). "
-                    "Can'\\''t operate.' >&2\nexit 1\n")
+    fake.write_text(
+        "#!/bin/sh\necho 'System has not been booted with systemd as init system (PID 1). "
+        "Can'\\''t operate.' >&2\nexit 1\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     env = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
     for argv in (["status", "web"], ["logs", "web"], ["list", "--unit-dir", str(tmp_path)]):
@@ -285,7 +344,9 @@ def test_unreachable_systemd_is_one_line(tmp_path: Path) -> None:
 
 
 def test_operator_commands_do_not_load_the_generator() -> None:
-    code = ("import sys\nfrom sockact import cli\nfrom sockact.ops import logs, manage, reload, scale, status\n"
-            "cli.build_parser()\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'jinja2'))")
+    code = (
+        "import sys\nfrom sockact import cli\nfrom sockact.ops import logs, manage, reload, scale, status\n"
+        "cli.build_parser()\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'jinja2'))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -24,8 +24,9 @@ WRK_SECONDS = 5
 
 
 def wanted_line(box: PrivateSystemd, name: str) -> str:
-    return next(line for line in (box.unit_dir() / f"{name}.target").read_text().splitlines()
-                if line.startswith("Wants="))
+    return next(
+        line for line in (box.unit_dir() / f"{name}.target").read_text().splitlines() if line.startswith("Wants=")
+    )
 
 
 def instances(name: str, count: int) -> str:
@@ -33,6 +34,7 @@ def instances(name: str, count: int) -> str:
 
 
 # --- scale -----------------------------------------------------------------------------------------
+
 
 def test_scale_is_live_and_survives_a_target_restart(private_systemd: PrivateSystemd) -> None:
     box = private_systemd
@@ -70,6 +72,7 @@ def test_scale_of_an_idle_app_only_persists(private_systemd: PrivateSystemd) -> 
 
 
 # --- reload ----------------------------------------------------------------------------------------
+
 
 def downtime_overlap(records: list[dict[str, str]], name: str) -> tuple[int, list[str]]:
     """The most instances down at once (from Stopping to Started), and the order they were restarted in."""
@@ -119,7 +122,7 @@ def test_reload_with_one_worker_says_it_cannot_be_gapless(private_systemd: Priva
     assert pid_of(box, "solo@1.service") != before
 
 
-FLAKY = textwrap.dedent('''
+FLAKY = textwrap.dedent("""
     VERSION = "{version}"
 
     async def app(scope, receive, send):
@@ -136,7 +139,7 @@ FLAKY = textwrap.dedent('''
                     "headers": [(b"content-length", str(len(body)).encode())]}})
         await send({{"type": "http.response.body", "body": body}})
     {tail}
-''')
+""")
 
 
 def test_reload_stops_at_a_worker_that_does_not_become_ready(private_systemd: PrivateSystemd) -> None:
@@ -154,7 +157,8 @@ def test_reload_stops_at_a_worker_that_does_not_become_ready(private_systemd: Pr
     assert "cannot import flaky: RuntimeError: bad deploy: DATABASE_URL missing" in failed.stderr
     assert failed.stderr.splitlines()[-1].startswith(
         "sockact: reload of flaky stopped at flaky@1.service, which did not become ready; "
-        "flaky@2.service still run the old code")
+        "flaky@2.service still run the old code"
+    )
     assert pid_of(box, "flaky@2.service") == old
     answers = {box.run("curl", "-sS", "--fail", "http://127.0.0.1:8405/").stdout for _ in range(10)}
     assert answers == {"v1"}
@@ -168,6 +172,7 @@ def test_reload_stops_at_a_worker_that_does_not_become_ready(private_systemd: Pr
 
 # --- under load ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WrkResult:
     requests: int
@@ -180,23 +185,35 @@ class WrkResult:
     @classmethod
     def parse(cls, output: str) -> WrkResult:
         stats = parse_wrk(output)
-        return cls(stats["requests"], stats["connect"], stats["read"], stats["write"], stats["timeout"],
-                   stats["non2xx"])
+        return cls(
+            stats["requests"], stats["connect"], stats["read"], stats["write"], stats["timeout"], stats["non2xx"]
+        )
 
     @property
     def failed(self) -> int:
         return self.connect + self.read + self.write + self.timeout + self.non_2xx
 
     def describe(self) -> str:
-        return (f"{self.requests} requests; socket errors: connect {self.connect}, read {self.read}, "
-                f"write {self.write}, timeout {self.timeout}; non-2xx {self.non_2xx}")
+        return (
+            f"{self.requests} requests; socket errors: connect {self.connect}, read {self.read}, "
+            f"write {self.write}, timeout {self.timeout}; non-2xx {self.non_2xx}"
+        )
 
 
 def under_load(box: PrivateSystemd, port: int, keep_alive: bool, action: Callable[[], object]) -> WrkResult:
     """Run action while wrk loads the port; action must finish while wrk still runs."""
     close = [] if keep_alive else ["-H", "Connection: close"]
-    wrk = box.popen("wrk", "-t2", "-c16", f"-d{WRK_SECONDS}s", *close, f"http://127.0.0.1:{port}/sleep?ms=2",
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wrk = box.popen(
+        "wrk",
+        "-t2",
+        "-c16",
+        f"-d{WRK_SECONDS}s",
+        *close,
+        f"http://127.0.0.1:{port}/sleep?ms=2",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         established = ("ss", "-tnH", "state", "established", f"( sport = :{port} )")
         box.wait_for(lambda: box.run(*established).stdout.strip() != "", what="wrk's connections")
@@ -216,8 +233,11 @@ def under_load(box: PrivateSystemd, port: int, keep_alive: bool, action: Callabl
 def _drain_waits(box: PrivateSystemd, seconds: float) -> str:
     """The workers' shutdown lines of the last moments: a stop that waits on open connections says so."""
     lines = box.journal("-u", "load@*", "--since", f"-{int(seconds) + 5}s", "-o", "short-precise").splitlines()
-    return "\n".join(line for line in lines if "Shutting down" in line or "connections to close" in line
-                     or "Stopping" in line or "Stopped" in line)
+    return "\n".join(
+        line
+        for line in lines
+        if "Shutting down" in line or "connections to close" in line or "Stopping" in line or "Stopped" in line
+    )
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +265,9 @@ def test_target_restart_under_load_fails_no_request(
     box = private_systemd
     before = {pid_of(box, "load@1.service"), pid_of(box, "load@2.service")}
     result = under_load(box, loaded_app, keep_alive, lambda: box.systemctl("restart", "load.target"))
-    print(f"\nsystemctl restart load.target under wrk ({'keep-alive' if keep_alive else 'Connection: close'}): "
-          f"{result.describe()}")
+    print(
+        f"\nsystemctl restart load.target under wrk ({'keep-alive' if keep_alive else 'Connection: close'}): "
+        f"{result.describe()}"
+    )
     assert not before & {pid_of(box, "load@1.service"), pid_of(box, "load@2.service")}
     assert result.requests > 500 and result.failed == 0, result.describe()

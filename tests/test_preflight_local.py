@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sockact.errors import PreflightFailed
+from sockact.errors import PreflightFailed, RuntimeFailure
 from sockact.generator import spec
 from sockact.ops.preflight import bind_address, check_interpreter, check_paths, check_writable, link_chain, port_free
 from sockact.ops.ready import Before, app_reason, why_not
@@ -21,9 +21,15 @@ from sockact.runtime.main import load_app
 
 def build(python: str, *extra: tuple[str, str]) -> spec.UnitSpec:
     options = dict(extra)
-    return spec.build(unit_name="app", listen=["127.0.0.1:8000"], python_path=python, app_ref="m:app",
-                      chdir=options.get("chdir"), env_file=options.get("env_file"),
-                      harden=options.get("harden") != "no")
+    return spec.build(
+        unit_name="app",
+        listen=["127.0.0.1:8000"],
+        python_path=python,
+        app_ref="m:app",
+        chdir=options.get("chdir"),
+        env_file=options.get("env_file"),
+        harden=options.get("harden") != "no",
+    )
 
 
 def test_link_chain_follows_every_hop(tmp_path: Path) -> None:
@@ -32,7 +38,10 @@ def test_link_chain_follows_every_hop(tmp_path: Path) -> None:
     (tmp_path / "venv").mkdir()
     (tmp_path / "venv" / "python3").symlink_to("../mid")
     assert link_chain(str(tmp_path / "venv" / "python3")) == [
-        str(tmp_path / "venv" / "python3"), str(tmp_path / "mid"), str(tmp_path / "real")]
+        str(tmp_path / "venv" / "python3"),
+        str(tmp_path / "mid"),
+        str(tmp_path / "real"),
+    ]
 
 
 def test_an_interpreter_reached_through_a_home_directory_is_refused(tmp_path: Path) -> None:
@@ -50,7 +59,8 @@ def test_an_interpreter_reached_through_a_home_directory_is_refused(tmp_path: Pa
         assert str(refused.value) == (
             f"the interpreter {venv} resolves to {home}/python3 under /root, which the workers cannot reach "
             "(ProtectHome=); make the venv from /usr/bin/python3 (python3 -m venv …) or pass --python with an "
-            "interpreter outside /home, /root and /run/user")
+            "interpreter outside /home, /root and /run/user"
+        )
         # Without the sandbox (--no-harden) nothing is hidden; with the venv itself under /root the unit
         # gets ProtectHome=read-only, and only the real check (systemd-run) can judge it.
         assert check_interpreter(build(str(venv), ("harden", "no"))) == f"--python {venv}: executable ({real})"
@@ -76,7 +86,9 @@ def test_missing_chdir_and_env_file(tmp_path: Path) -> None:
     with pytest.raises(PreflightFailed, match="^--env-file .* does not exist or is not a file"):
         check_paths(build(sys.executable, ("env_file", str(tmp_path / "absent.env"))))
     assert check_paths(build(sys.executable, ("chdir", str(tmp_path)), ("env_file", str(tmp_path / "file")))) == [
-        f"--chdir {tmp_path}: a directory", f"--env-file {tmp_path / 'file'}: readable"]
+        f"--chdir {tmp_path}: a directory",
+        f"--env-file {tmp_path / 'file'}: readable",
+    ]
 
 
 def test_writable_paths_the_workers_cannot_write_are_refused(tmp_path: Path) -> None:
@@ -87,14 +99,18 @@ def test_writable_paths_the_workers_cannot_write_are_refused(tmp_path: Path) -> 
     open_to_all.mkdir()
     open_to_all.chmod(0o1777)
     owner = build(sys.executable)
-    with pytest.raises(PreflightFailed, match=r"^--writable .*/closed belongs to root \(drwxr-xr-x\): the workers' "
-                                              r"dynamic user cannot write it; keep the app's data in --state-dir"):
+    with pytest.raises(
+        PreflightFailed,
+        match=r"^--writable .*/closed belongs to root \(drwxr-xr-x\): the workers' "
+        r"dynamic user cannot write it; keep the app's data in --state-dir",
+    ):
         check_writable(owner, str(closed))
     assert check_writable(owner, str(open_to_all)) == f"--writable {open_to_all}: writable by every user (drwxrwxrwt)"
     with pytest.raises(PreflightFailed, match="does not exist; create it first"):
         check_writable(owner, str(missing))
-    named = spec.build(unit_name="app", listen=["127.0.0.1:8000"], python_path=sys.executable, app_ref="m:app",
-                       run_as="nobody")
+    named = spec.build(
+        unit_name="app", listen=["127.0.0.1:8000"], python_path=sys.executable, app_ref="m:app", run_as="nobody"
+    )
     with pytest.raises(PreflightFailed, match=r"user nobody cannot write it; chown nobody"):
         check_writable(named, str(closed))
     os.chown(closed, 65534, -1)  # nobody
@@ -117,13 +133,20 @@ def test_port_probe_sees_a_listener_and_binds_like_systemd() -> None:
 
 
 def test_the_reason_of_a_worker_that_cannot_start() -> None:
-    status = ("cannot start: application startup failed: RuntimeError: database unreachable (at /srv/a.py:3); "
-              "retrying in 2 s (attempt 2)")
+    status = (
+        "cannot start: application startup failed: RuntimeError: database unreachable (at /srv/a.py:3); "
+        "retrying in 2 s (attempt 2)"
+    )
     assert app_reason(status) == "application startup failed: RuntimeError: database unreachable (at /srv/a.py:3)"
     assert app_reason("cannot start: cannot start: OSError: x; retrying in 1 s (attempt 1)") == "OSError: x"
     fresh = Before({"a@1.service": 0}, {})
-    activating = {"ActiveState": "activating", "SubState": "start", "NRestarts": "0", "StatusText": "",
-                  "InvocationID": "b"}
+    activating = {
+        "ActiveState": "activating",
+        "SubState": "start",
+        "NRestarts": "0",
+        "StatusText": "",
+        "InvocationID": "b",
+    }
     assert why_not("a@1.service", activating, fresh) is None
     assert why_not("a@1.service", {**activating, "StatusText": status}, fresh) == app_reason(status)
     assert why_not("a@1.service", {"ActiveState": "active", "NRestarts": "3"}, fresh) is None
@@ -137,10 +160,13 @@ def test_an_import_error_names_the_app_line_not_importlib(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RuntimeFailure) as missing:
         load_app("no_such_module_here:app")
-    assert str(missing.value) == ("cannot import no_such_module_here: ModuleNotFoundError: "
-                                  "No module named 'no_such_module_here'")
+    assert str(missing.value) == (
+        "cannot import no_such_module_here: ModuleNotFoundError: No module named 'no_such_module_here'"
+    )
     (tmp_path / "needs_dep.py").write_text("x = 1\nimport no_such_dependency\n")
     with pytest.raises(RuntimeFailure) as dep:
         load_app("needs_dep:app")
-    assert str(dep.value) == ("cannot import needs_dep: ModuleNotFoundError: No module named 'no_such_dependency' "
-                              f"(at {tmp_path}/needs_dep.py:2)")
+    assert str(dep.value) == (
+        "cannot import needs_dep: ModuleNotFoundError: No module named 'no_such_dependency' "
+        f"(at {tmp_path}/needs_dep.py:2)"
+    )

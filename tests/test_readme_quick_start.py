@@ -99,19 +99,25 @@ def test_the_readme_quick_start_serves_a_fastapi_and_a_flask_app(
     box.daemon_reload()
 
     def filled(line: str, app: str, module: str, port: int) -> str:
-        return (line.replace("/path/to/sockact", str(REPO)).replace("/srv/myproj", str(source))
-                .replace("/opt/myproj/venv", str(venv)).replace("myproj.asgi:application", module)
-                .replace("myapp", app).replace("8000", str(port)))
+        return (
+            line.replace("/path/to/sockact", str(REPO))
+            .replace("/srv/myproj", str(source))
+            .replace("/opt/myproj/venv", str(venv))
+            .replace("myproj.asgi:application", module)
+            .replace("myapp", app)
+            .replace("8000", str(port))
+        )
 
-    for app, module, port, served_by in (("myapp", "myproj.asgi:application", 8000, "fastapi"),
-                                         ("myflask", "myproj.wsgi:application", 8001, "flask")):
+    for app, module, port, served_by in (
+        ("myapp", "myproj.asgi:application", 8000, "fastapi"),
+        ("myflask", "myproj.wsgi:application", 8001, "flask"),
+    ):
         outputs = []
         for line in (filled(line, app, module, port) for line in lines):
             if line.startswith("/usr/bin/python3 -m venv") or "/bin/pip install" in line:
                 if app != "myapp":
                     continue  # one venv serves both apps
-                result = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=900,
-                                        check=False)
+                result = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=900, check=False)
             elif line.startswith("sockact status"):  # "no root needed": run it as nobody
                 result = box.run(*NOBODY, "bash", "-c", line, check=False, timeout=120)
             else:

@@ -76,8 +76,18 @@ def start_app(box: PrivateSystemd, name: str, port: int, workers: int, *options:
 
 
 def client(box: PrivateSystemd, port: int, path: str, seconds: float, threads: int, mode: str) -> subprocess.Popen[str]:
-    return box.popen(sys.executable, "-c", CLIENT, str(port), path, str(seconds), str(threads), mode,
-                     stdout=subprocess.PIPE, text=True)
+    return box.popen(
+        sys.executable,
+        "-c",
+        CLIENT,
+        str(port),
+        path,
+        str(seconds),
+        str(threads),
+        mode,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def outcome(process: subprocess.Popen[str]) -> dict[str, Any]:
@@ -94,14 +104,16 @@ APPS = {"asgi": "grow:app", "wsgi": "grow:application"}
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
-def test_max_rss_recycles_the_grown_worker_alone_and_loses_nothing(private_systemd: PrivateSystemd,
-                                                                  shared_apps: Path, kind: str) -> None:
+def test_max_rss_recycles_the_grown_worker_alone_and_loses_nothing(
+    private_systemd: PrivateSystemd, shared_apps: Path, kind: str
+) -> None:
     box = private_systemd
     name, port = f"rss{kind}", 8400 + (kind == "wsgi")
     start_app(box, name, port, 2, "--app", APPS[kind], "--chdir", str(shared_apps), "--max-rss", "150")
     pids = {i: serving_pid(box, f"{name}@{i}.service") for i in (1, 2)}
-    load = box.popen("wrk", "-t2", "-c8", "-d6s", f"http://127.0.0.1:{port}/sleep?ms=5", stdout=subprocess.PIPE,
-                     text=True)
+    load = box.popen(
+        "wrk", "-t2", "-c8", "-d6s", f"http://127.0.0.1:{port}/sleep?ms=5", stdout=subprocess.PIPE, text=True
+    )
     probe = client(box, port, "/", 6.5, 1, "probe")
     time.sleep(1)  # the load is running
     grown = box.run(sys.executable, "-c", GROW, str(port), "40", "6").stdout.splitlines()
@@ -113,10 +125,12 @@ def test_max_rss_recycles_the_grown_worker_alone_and_loses_nothing(private_syste
     stats, probed = parse_wrk(load.communicate(timeout=60)[0]), outcome(probe)
     journal = box.journal("-u", unit, "-o", "cat")
     line = next(line for line in journal.splitlines() if "recycling: RSS" in line)
-    print(f"\n--max-rss 150 ({kind}): grew worker {worker} ({grown[-1]}); {line.strip()}; wrk {stats}; "
-          f"probe {sum(probed['pids'].values())} answered, {len(probed['errors'])} failed, "
-          f"slowest {probed['slowest'][0]:.2f} s; restarts: worker {worker} {restarts(box, unit)}, "
-          f"worker {other} {restarts(box, f'{name}@{other}.service')}")
+    print(
+        f"\n--max-rss 150 ({kind}): grew worker {worker} ({grown[-1]}); {line.strip()}; wrk {stats}; "
+        f"probe {sum(probed['pids'].values())} answered, {len(probed['errors'])} failed, "
+        f"slowest {probed['slowest'][0]:.2f} s; restarts: worker {worker} {restarts(box, unit)}, "
+        f"worker {other} {restarts(box, f'{name}@{other}.service')}"
+    )
     assert re.search(r"RSS \d+ MiB over --max-rss 150 MiB", line)
     assert "recycled (exit 4); forking a new one" in journal  # by the unit's main process, at once
     assert restarts(box, unit) == 0 and restarts(box, f"{name}@{other}.service") == 0
@@ -126,13 +140,26 @@ def test_max_rss_recycles_the_grown_worker_alone_and_loses_nothing(private_syste
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
-def test_max_requests_recycles_each_worker_within_its_drawn_limit(private_systemd: PrivateSystemd,
-                                                                  shared_apps: Path, kind: str) -> None:
+def test_max_requests_recycles_each_worker_within_its_drawn_limit(
+    private_systemd: PrivateSystemd, shared_apps: Path, kind: str
+) -> None:
     box = private_systemd
     name, port = f"maxreq{kind}", 8410 + (kind == "wsgi")
     threads = 4
-    start_app(box, name, port, 2, "--app", APPS[kind], "--chdir", str(shared_apps),
-              "--max-requests", "200", "--max-requests-jitter", "50")
+    start_app(
+        box,
+        name,
+        port,
+        2,
+        "--app",
+        APPS[kind],
+        "--chdir",
+        str(shared_apps),
+        "--max-requests",
+        "200",
+        "--max-requests-jitter",
+        "50",
+    )
     load = client(box, port, "/sleep?ms=20", 6, threads, "load")
     probe = client(box, port, "/", 6, 1, "probe")
     loaded, probed = outcome(load), outcome(probe)
@@ -140,8 +167,11 @@ def test_max_requests_recycles_each_worker_within_its_drawn_limit(private_system
     for counts in (loaded["pids"], probed["pids"]):
         for pid, count in counts.items():
             served[pid] = served.get(pid, 0) + count
-    records = [json.loads(line) for line in box.journal("-u", f"{name}@*", "-o", "json").splitlines()
-               if "recycling after" in line]
+    records = [
+        json.loads(line)
+        for line in box.journal("-u", f"{name}@*", "-o", "json").splitlines()
+        if "recycling after" in line
+    ]
     # Requests in flight when the limit is reached still finish: one per client connection and the probe's.
     # The clients' counts lack the one request start_app sent (to a first worker).
     slack = threads + 1
@@ -155,10 +185,13 @@ def test_max_requests_recycles_each_worker_within_its_drawn_limit(private_system
         assert 200 <= limit <= 250
         assert limit <= at <= limit + slack
         assert limit - 1 <= served[pid] <= limit + slack
-    print(f"\n--max-requests 200 --max-requests-jitter 50 ({kind}): {len(records)} recycles; " + "; ".join(figures) +
-          f"; load {sum(loaded['pids'].values())} answered, {len(loaded['errors'])} failed; "
-          f"probe {sum(probed['pids'].values())} answered, {len(probed['errors'])} failed, "
-          f"slowest {probed['slowest'][0]:.2f} s (load: {loaded['slowest'][0]:.2f} s)")
+    print(
+        f"\n--max-requests 200 --max-requests-jitter 50 ({kind}): {len(records)} recycles; "
+        + "; ".join(figures)
+        + f"; load {sum(loaded['pids'].values())} answered, {len(loaded['errors'])} failed; "
+        f"probe {sum(probed['pids'].values())} answered, {len(probed['errors'])} failed, "
+        f"slowest {probed['slowest'][0]:.2f} s (load: {loaded['slowest'][0]:.2f} s)"
+    )
     for i in (1, 2):  # each worker recycled at least once, its serving process forked again by its main process
         assert "recycled (exit 4); forking a new one" in box.journal("-u", f"{name}@{i}.service", "-o", "cat")
     assert loaded["errors"] == [] and probed["errors"] == [], (loaded["errors"], probed["errors"])
@@ -174,14 +207,23 @@ def test_memory_max_and_high_are_set_on_the_workers(private_systemd: PrivateSyst
     from sockact.generator.cgroups import memory_control
 
     box = private_systemd
-    start_app(box, "memlim", 8420, 2, "--app", "sockact.examples.hello:app", "--memory-max", "256M",
-              "--memory-high", "25%")
+    start_app(
+        box, "memlim", 8420, 2, "--app", "sockact.examples.hello:app", "--memory-max", "256M", "--memory-high", "25%"
+    )
     shown = box.show("memlim@1.service", "MemoryMax", "MemoryHigh")
-    total = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
-                     if line.startswith("MemTotal:")).split()[1]) * 1024
+    total = (
+        int(
+            next(
+                line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")
+            ).split()[1]
+        )
+        * 1024
+    )
     assert shown["MemoryMax"] == str(256 << 20)
     assert abs(int(shown["MemoryHigh"]) - total // 4) < 1 << 20  # 25% of the host's memory
     control = memory_control(box.path("/sys/fs/cgroup"))
-    print(f"\nMemoryMax={shown['MemoryMax']} MemoryHigh={shown['MemoryHigh']}; enforced in this box: "
-          f"max {control.memory_max}, high {control.memory_high}{' (' + control.why + ')' if control.why else ''}")
+    print(
+        f"\nMemoryMax={shown['MemoryMax']} MemoryHigh={shown['MemoryHigh']}; enforced in this box: "
+        f"max {control.memory_max}, high {control.memory_high}{' (' + control.why + ')' if control.why else ''}"
+    )
     assert http_get(box, "http://127.0.0.1:8420/").startswith("worker ")

@@ -13,10 +13,21 @@ from sockact.generator.render import render
 from sockact.generator.spec import build
 
 BASE: dict[str, Any] = dict(  # noqa: C408 - keyword form reads like the CLI flags
-    unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", app_ref="proj.asgi:app",
-    chdir="/srv/proj", env=["A=1"], env_file="/etc/proj.env", run_as="www-data", watchdog="10",
-    state_dir="proj", cache_dir="proj", logs_dir="proj", writable=["/srv/proj/data"],
-    systemd_version=252)
+    unit_name="myapp",
+    listen=["8000"],
+    python_path="/usr/bin/python3",
+    app_ref="proj.asgi:app",
+    chdir="/srv/proj",
+    env=["A=1"],
+    env_file="/etc/proj.env",
+    run_as="www-data",
+    watchdog="10",
+    state_dir="proj",
+    cache_dir="proj",
+    logs_dir="proj",
+    writable=["/srv/proj/data"],
+    systemd_version=252,
+)
 
 
 def structure(texts: list[str]) -> list[list[str]]:
@@ -31,10 +42,23 @@ BASELINE_UNIX = structure([unit.text for unit in render(build(**{**BASE, "listen
 def expected(spec: Any) -> list[list[str]]:
     if spec.systemd_version != 252 or spec.watchdog is None:
         # The version picks directives, and --watchdog 0 drops WatchdogSec=; only the user's values must not.
-        return structure([unit.text for unit in render(build(**{**BASE, "systemd_version": spec.systemd_version,
-                                                                   "listen": [item.address for item in spec.listeners],
-                                                                   "watchdog": spec.watchdog or "0"}))])
+        return structure(
+            [
+                unit.text
+                for unit in render(
+                    build(
+                        **{
+                            **BASE,
+                            "systemd_version": spec.systemd_version,
+                            "listen": [item.address for item in spec.listeners],
+                            "watchdog": spec.watchdog or "0",
+                        }
+                    )
+                )
+            ]
+        )
     return BASELINE if spec.listeners[0].is_tcp else BASELINE_UNIX
+
 
 any_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
 nasty = st.text(alphabet=st.sampled_from(list("\n\r\t \\\"'%$;#[]=:@/.-_aZ09\x00\x1b\u2028")), max_size=30)
@@ -97,8 +121,9 @@ def test_exec_words_stay_one_line_of_words(words: list[str]) -> None:
     except UsageError as exc:
         assert "\n" not in str(exc)
         return
-    exec_baseline = structure([unit.text for unit in render(build(**{**BASE, "app_ref": None,
-                                                                     "exec_cmd": "/usr/bin/server"}))])
+    exec_baseline = structure(
+        [unit.text for unit in render(build(**{**BASE, "app_ref": None, "exec_cmd": "/usr/bin/server"}))]
+    )
     assert structure([unit.text for unit in render(spec)]) == exec_baseline
 
 
@@ -116,20 +141,37 @@ def test_quoted_round_trips_through_c_unescaping(value: str) -> None:
 
 
 sizes_text = st.tuples(st.integers(0, 1 << 41), st.sampled_from(["", "k", "K", "M", "G"])).map(
-    lambda t: f"{t[0]}{t[1]}")
+    lambda t: f"{t[0]}{t[1]}"
+)
 seconds_text = st.from_regex(r"0{0,2}[0-9]{1,5}(\.[0-9]{1,6})?", fullmatch=True)
-LIMIT_VALUES = {"max_body": sizes_text, "max_header_size": sizes_text, "max_target": sizes_text,
-                "max_headers": st.integers(0, 20000).map(str), "head_timeout": seconds_text,
-                "keep_alive": seconds_text, "send_timeout": seconds_text}
+LIMIT_VALUES = {
+    "max_body": sizes_text,
+    "max_header_size": sizes_text,
+    "max_target": sizes_text,
+    "max_headers": st.integers(0, 20000).map(str),
+    "head_timeout": seconds_text,
+    "keep_alive": seconds_text,
+    "send_timeout": seconds_text,
+}
 # What `sockact run` must read back from the rendered option: the value as the user meant it.
 SIZE_UNITS = {"k": 1 << 10, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 READ_AS: dict[str, Callable[[str], float]] = {
     "max_body": lambda v: int(v.rstrip("kKMG")) * SIZE_UNITS.get(v[-1], 1),
-    "max_headers": int, "head_timeout": float, "keep_alive": float, "send_timeout": float}
+    "max_headers": int,
+    "head_timeout": float,
+    "keep_alive": float,
+    "send_timeout": float,
+}
 READ_AS["max_header_size"] = READ_AS["max_target"] = READ_AS["max_body"]
-RUN_FIELD = {"max_body": "max_body", "max_headers": "max_fields", "max_header_size": "max_field",
-             "max_target": "max_target", "head_timeout": "head_timeout", "keep_alive": "keep_alive",
-             "send_timeout": "send_timeout"}
+RUN_FIELD = {
+    "max_body": "max_body",
+    "max_headers": "max_fields",
+    "max_header_size": "max_field",
+    "max_target": "max_target",
+    "head_timeout": "head_timeout",
+    "keep_alive": "keep_alive",
+    "send_timeout": "send_timeout",
+}
 
 
 @fast
@@ -146,5 +188,5 @@ def test_http_limits_render_what_sockact_run_reads_back(data: st.DataObject, fie
         assert "\n" not in str(exc)
         return
     argv = exec_start(spec)
-    limits = limits_of(parse(argv[argv.index("run") + 1:]))
+    limits = limits_of(parse(argv[argv.index("run") + 1 :]))
     assert getattr(limits, RUN_FIELD[field]) == READ_AS[field](value)

@@ -58,8 +58,11 @@ def test_a_crashed_serving_process_is_forked_again_within_milliseconds() -> None
 def test_sigterm_before_the_app_is_loaded_is_a_clean_stop(tmp_path: Path) -> None:
     (tmp_path / "slowimport.py").write_text("import time\ntime.sleep(30)\napp = None\n")
     sock = free_listener()
-    runtime = spawn_with_fd(sock, [sys.executable, "-m", "sockact", "run", "slowimport:app", "--respawn"],
-                            env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{APPS}"})
+    runtime = spawn_with_fd(
+        sock,
+        [sys.executable, "-m", "sockact", "run", "slowimport:app", "--respawn"],
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{APPS}"},
+    )
     try:
         time.sleep(1.0)  # the serving process is importing the app
         runtime.send_signal(signal.SIGTERM)

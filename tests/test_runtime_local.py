@@ -26,14 +26,21 @@ def free_listener(family: socket.AddressFamily = socket.AF_INET) -> socket.socke
     return sock
 
 
-def spawn_with_fd(sock: socket.socket, argv: list[str], env: dict[str, str] | None = None,
-                  listen_pid: str = "$$") -> subprocess.Popen[str]:
+def spawn_with_fd(
+    sock: socket.socket, argv: list[str], env: dict[str, str] | None = None, listen_pid: str = "$$"
+) -> subprocess.Popen[str]:
     """Start argv with `sock` as fd 3 and LISTEN_* set the way systemd sets them."""
     full_env = {**os.environ, "PYTHONPATH": str(APPS), **(env or {})}
     full_env.pop("NOTIFY_SOCKET", None) if "NOTIFY_SOCKET" not in (env or {}) else None
     script = f'exec 3>&{sock.fileno()}; LISTEN_FDS=1 LISTEN_PID={listen_pid} LISTEN_FDNAMES=t.socket exec "$@"'
-    return subprocess.Popen(["bash", "-c", script, "bash", *argv], pass_fds=(sock.fileno(),), env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        ["bash", "-c", script, "bash", *argv],
+        pass_fds=(sock.fileno(),),
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 10) -> tuple[int, str]:
@@ -92,8 +99,14 @@ def test_refuses_fds_meant_for_another_pid() -> None:
 
 def test_no_socket_and_no_bind_is_one_clear_line() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-    result = subprocess.run([sys.executable, "-m", "sockact", "run", "x:app"], capture_output=True, text=True,
-                            env=env, check=False, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "sockact", "run", "x:app"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert "no sockets" in result.stderr and "--bind" in result.stderr
     assert "Traceback" not in result.stderr
@@ -102,8 +115,14 @@ def test_no_socket_and_no_bind_is_one_clear_line() -> None:
 def test_listen_fds_without_the_fd_is_one_clear_line() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
     script = 'exec 3>&-; LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"'
-    result = subprocess.run(["bash", "-c", script, "bash", sys.executable, "-m", "sockact", "run", "x:app"],
-                            capture_output=True, text=True, env=env, check=False, timeout=30)
+    result = subprocess.run(
+        ["bash", "-c", script, "bash", sys.executable, "-m", "sockact", "run", "x:app"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert "fd 3 is not open" in result.stderr and "socket unit" in result.stderr
     assert "Traceback" not in result.stderr
@@ -160,8 +179,9 @@ def test_watchdog_pings_come_from_the_loop(notify_socket: socket.socket) -> None
 def test_sigterm_drains_a_slow_request_then_exits_zero() -> None:
     sock = free_listener()
     port = sock.getsockname()[1]
-    proc = spawn_with_fd(sock, [sys.executable, "-m", "sockact", "run", "sockact.examples.hello:app",
-                                "--stop-timeout", "5"])
+    proc = spawn_with_fd(
+        sock, [sys.executable, "-m", "sockact", "run", "sockact.examples.hello:app", "--stop-timeout", "5"]
+    )
     try:
         assert get(port)[0] == 200
         result: list[tuple[int, str]] = []
@@ -184,7 +204,8 @@ def test_runtime_imports_neither_jinja2_nor_the_cli() -> None:
         import sys
         import sockact, sockact.runtime.main, sockact.runtime.server, sockact.runtime.listen, sockact.runtime.notify
         sockact.runtime.main.parse(["x:app"])
-        bad = [m for m in ("jinja2", "sockact.cli", "sockact.generator.render", "sockact.generator.spec", "sockact.ops") if m in sys.modules]
+        heavy = ("jinja2", "sockact.cli", "sockact.generator.render", "sockact.generator.spec", "sockact.ops")
+        bad = [m for m in heavy if m in sys.modules]
         print(bad)
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
@@ -237,8 +258,10 @@ def test_access_log_only_with_the_flag(app: str) -> None:
     assert "/probe-path" not in logged[False]
 
 
-@pytest.mark.parametrize(("app", "words"), [("broken:app", "cannot import broken, in full:"),
-                                            ("failstart:app", "application startup failed, in full:")])
+@pytest.mark.parametrize(
+    ("app", "words"),
+    [("broken:app", "cannot import broken, in full:"), ("failstart:app", "application startup failed, in full:")],
+)
 def test_the_whole_traceback_of_a_failed_start_only_at_debug(app: str, words: str) -> None:
     sock = free_listener()
     proc = spawn_with_fd(sock, [sys.executable, "-m", "sockact", "run", app, "--log-level", "debug"])

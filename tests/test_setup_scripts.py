@@ -15,6 +15,7 @@ from helpers import REPO
 
 # --- setup scripts: name packages, never upgrade installed ones ------------------------------------
 
+
 def _fake_apt(tmp_path: Path, plan: str, installed: tuple[str, ...] = ()) -> dict[str, str]:
     """apt-get and dpkg-query stand-ins on PATH that log their arguments; apt-get -s prints `plan`."""
     bin_dir = tmp_path / "bin"
@@ -32,14 +33,22 @@ def _fake_apt(tmp_path: Path, plan: str, installed: tuple[str, ...] = ()) -> dic
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
-UPGRADING = ("Inst libsystemd0 [252.38-1~deb12u1] (252.39-1~deb12u2 Debian:12.12/stable [amd64])\n"
-             "Inst libsystemd-dev (252.39-1~deb12u2 Debian:12.12/stable [amd64])\n")
+UPGRADING = (
+    "Inst libsystemd0 [252.38-1~deb12u1] (252.39-1~deb12u2 Debian:12.12/stable [amd64])\n"
+    "Inst libsystemd-dev (252.39-1~deb12u2 Debian:12.12/stable [amd64])\n"
+)
 NEW_ONLY = "Inst python3-systemd (235-1+b2 Debian:12.12/stable [amd64])\nConf python3-systemd (235-1+b2)\n"
 
 
 def _packages(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(REPO / "scripts/packages"), *args], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)
+    return subprocess.run(
+        ["bash", str(REPO / "scripts/packages"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_packages_refuses_to_upgrade_installed_ones(tmp_path: Path) -> None:
@@ -54,8 +63,10 @@ def test_packages_refuses_to_upgrade_installed_ones(tmp_path: Path) -> None:
 
 
 def test_packages_names_and_allows_an_upgrade_that_leaves_systemd_alone(tmp_path: Path) -> None:
-    plan = ("Inst libcurl4 [7.88.1-10+deb12u7] (7.88.1-10+deb12u8 Debian:12.12/stable [amd64])\n"
-            "Inst curl (7.88.1-10+deb12u8 Debian:12.12/stable [amd64])\n")
+    plan = (
+        "Inst libcurl4 [7.88.1-10+deb12u7] (7.88.1-10+deb12u8 Debian:12.12/stable [amd64])\n"
+        "Inst curl (7.88.1-10+deb12u8 Debian:12.12/stable [amd64])\n"
+    )
     env = _fake_apt(tmp_path, plan)
     result = _packages(env, "curl")
     assert result.returncode == 0, result.stderr
@@ -68,8 +79,9 @@ def test_packages_names_what_it_installs_first_and_never_upgrades(tmp_path: Path
     env = _fake_apt(tmp_path, NEW_ONLY, installed=("curl",))
     result = _packages(env, "python3-systemd", "curl")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.startswith("packages: installing python3-systemd; new packages with their dependencies: "
-                                    "python3-systemd")
+    assert result.stderr.startswith(
+        "packages: installing python3-systemd; new packages with their dependencies: python3-systemd"
+    )
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[0] == "apt-get update -qq"
     assert calls[-1] == "apt-get install -y -qq --no-upgrade --no-install-recommends python3-systemd"
@@ -88,14 +100,19 @@ def test_setup_installs_through_packages_and_builds_nothing_against_libsystemd()
     assert "apt-get install" not in setup
     assert (REPO / "scripts/demo").read_text().count("scripts/setup") == 1
     packages = (REPO / "scripts/packages").read_text()
-    assert "apt-get install -y -qq \"${options[@]}\"" in packages and "options=(--no-upgrade" in packages
+    assert 'apt-get install -y -qq "${options[@]}"' in packages and "options=(--no-upgrade" in packages
 
 
 @pytest.mark.skipif(not Path("/usr/bin/apt-get").exists(), reason="needs Debian's apt-get")
 def test_the_journal_sender_from_debian_upgrades_nothing_here() -> None:
     """The real apt-get, simulating only: python3-systemd must not pull an upgrade of anything installed."""
-    plan = subprocess.run(["apt-get", "-s", "install", "--no-upgrade", "--no-install-recommends", "python3-systemd"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    plan = subprocess.run(
+        ["apt-get", "-s", "install", "--no-upgrade", "--no-install-recommends", "python3-systemd"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if plan.returncode != 0 and "Unable to locate package" in plan.stderr:
         pytest.skip("python3-systemd is not in this host's package lists (apt-get update)")
     assert plan.returncode == 0, plan.stderr

@@ -35,8 +35,17 @@ def document(box: PrivateSystemd, name: str, as_user: tuple[str, ...] = ()) -> d
 
 def start_broken(box: PrivateSystemd, name: str, port: int, *options: str) -> None:
     """Units for one worker, the socket started, and the worker started without a visitor."""
-    result = sockact("generate", name, "--listen", f"127.0.0.1:{port}", "--workers", "1", *options,
-                     "--output-dir", str(box.unit_dir()))
+    result = sockact(
+        "generate",
+        name,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        *options,
+        "--output-dir",
+        str(box.unit_dir()),
+    )
     assert result.returncode == 0, result.stderr
     box.daemon_reload()
     box.systemctl("start", f"{name}.socket")
@@ -63,22 +72,47 @@ def reason_of(box: PrivateSystemd, name: str, needle: str) -> dict[str, Any]:
 
 CASES = [
     # name, port, options, the reason's words, the app's or systemd's own line
-    ("typo", 8501, ("--app", "broken:app"), "the app failed to start",
-     "cannot import broken: ModuleNotFoundError: No module named 'this_module_does_not_exist'"),
-    ("raises", 8502, ("--app", "failstart:app"), "the app failed to start",
-     "application startup failed: RuntimeError: database unreachable"),
-    ("nodir", 8503, ("--app", "failstart:app", "--chdir", "/opt/sockact-test-no-such-dir"),
-     "cannot enter the working directory /opt/sockact-test-no-such-dir (--chdir) (exit 200/CHDIR)",
-     "Changing to the requested working directory failed: No such file or directory"),
-    ("noexec", 8504, ("--app", "failstart:app", "--python", "/opt/sockact-test-no-such-venv/bin/python3"),
-     "cannot execute the interpreter /opt/sockact-test-no-such-venv/bin/python3 (--python) (exit 203/EXEC)",
-     "/opt/sockact-test-no-such-venv/bin/python3: No such file or directory"),
+    (
+        "typo",
+        8501,
+        ("--app", "broken:app"),
+        "the app failed to start",
+        "cannot import broken: ModuleNotFoundError: No module named 'this_module_does_not_exist'",
+    ),
+    (
+        "raises",
+        8502,
+        ("--app", "failstart:app"),
+        "the app failed to start",
+        "application startup failed: RuntimeError: database unreachable",
+    ),
+    (
+        "nodir",
+        8503,
+        ("--app", "failstart:app", "--chdir", "/opt/sockact-test-no-such-dir"),
+        "cannot enter the working directory /opt/sockact-test-no-such-dir (--chdir) (exit 200/CHDIR)",
+        "Changing to the requested working directory failed: No such file or directory",
+    ),
+    (
+        "noexec",
+        8504,
+        ("--app", "failstart:app", "--python", "/opt/sockact-test-no-such-venv/bin/python3"),
+        "cannot execute the interpreter /opt/sockact-test-no-such-venv/bin/python3 (--python) (exit 203/EXEC)",
+        "/opt/sockact-test-no-such-venv/bin/python3: No such file or directory",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "port", "options", "words", "line"), CASES, ids=[case[0] for case in CASES])
-def test_status_and_logs_name_the_reason(private_systemd: PrivateSystemd, shared_apps: Path, name: str, port: int,
-                                         options: tuple[str, ...], words: str, line: str) -> None:
+def test_status_and_logs_name_the_reason(
+    private_systemd: PrivateSystemd,
+    shared_apps: Path,
+    name: str,
+    port: int,
+    options: tuple[str, ...],
+    words: str,
+    line: str,
+) -> None:
     box = private_systemd
     chdir = () if "--chdir" in options else ("--chdir", str(shared_apps))
     python = () if "--python" in options else ("--python", PY)
@@ -125,7 +159,8 @@ def test_status_and_logs_name_the_reason(private_systemd: PrivateSystemd, shared
 
 
 def test_an_exec_app_systemd_gave_up_on_says_why_not_only_start_request_repeated(
-        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
     """An --exec server has systemd's start limit: after 10 quick failures the journal's last lines are
     systemd's "Start request repeated too quickly"; status and logs still show the app's own line."""
     box = private_systemd
@@ -133,14 +168,19 @@ def test_an_exec_app_systemd_gave_up_on_says_why_not_only_start_request_repeated
     script.write_text("import sys\nsys.exit('DATABASE_URL is not set')\n")
     script.chmod(0o644)
     start_broken(box, "gaveup", 8507, "--exec", f"/usr/bin/python3 {script}")
-    box.wait_for(lambda: box.show("gaveup@1.service", "ActiveState")["ActiveState"] == "failed", timeout=30,
-                 what="gaveup@1 to hit its start limit")
+    box.wait_for(
+        lambda: box.show("gaveup@1.service", "ActiveState")["ActiveState"] == "failed",
+        timeout=30,
+        what="gaveup@1 to hit its start limit",
+    )
     found = document(box, "gaveup")
     reason = found["workers"][0]["reason"]
     code, text = status(box, "gaveup")
     print(f"\n$ sockact status gaveup   (exit {code})\n{text}")
-    assert reason == ("the app exited with status 1; systemd stopped restarting it (it failed too often in a short "
-                      "time): DATABASE_URL is not set")
+    assert reason == (
+        "the app exited with status 1; systemd stopped restarting it (it failed too often in a short "
+        "time): DATABASE_URL is not set"
+    )
     assert found["next_step"].endswith("then `sudo sockact start gaveup`") and code == 3
     logs = box.run(PY, "-m", "sockact", "logs", "gaveup", "-n", "5", check=False, timeout=60)
     print(f"$ sockact logs gaveup -n 5\n{logs.stdout}{logs.stderr}")

@@ -78,8 +78,11 @@ def test_wsgi_pings_stop_only_once_every_thread_is_stuck(notify: NotifyLog) -> N
     listener = free_listener()
     port = listener.getsockname()[1]
     env = {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"}  # a ping every 0.1 s
-    proc = spawn_with_fd(listener, [sys.executable, "-m", "sockact", "run", "wsgi_hang:app", "--threads", "2",
-                                    "--request-timeout", "1"], env=env)
+    proc = spawn_with_fd(
+        listener,
+        [sys.executable, "-m", "sockact", "run", "wsgi_hang:app", "--threads", "2", "--request-timeout", "1"],
+        env=env,
+    )
     held = []
     try:
         notify.wait_for(lambda m: "READY=1" in m)
@@ -93,8 +96,10 @@ def test_wsgi_pings_stop_only_once_every_thread_is_stuck(notify: NotifyLog) -> N
         whole = notify.wait_for(lambda m: "; 2 of 2 threads stuck for" in m)
         time.sleep(1.5)  # a window to count pings in, not a wait for an event
         pings = notify.pings_between(whole, whole + 1.5)
-        print(f"\n--request-timeout 1: STATUS= said 1 of 2 stuck {partly:.2f} s after the first hang, "
-              f"2 of 2 {whole - second:.2f} s after the second; WATCHDOG=1 in the 1.5 s after that: {pings}")
+        print(
+            f"\n--request-timeout 1: STATUS= said 1 of 2 stuck {partly:.2f} s after the first hang, "
+            f"2 of 2 {whole - second:.2f} s after the second; WATCHDOG=1 in the 1.5 s after that: {pings}"
+        )
         assert pings == 0
     finally:
         err = stopped(proc)

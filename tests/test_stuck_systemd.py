@@ -176,24 +176,51 @@ def restarts(box: PrivateSystemd, unit: str) -> int:
 
 
 def test_a_wsgi_worker_with_every_thread_hung_is_replaced_and_its_sibling_serves(
-        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
     box = private_systemd
     timeout, watchdog, threads = 3, 2, 10
-    start_app(box, "hangw", 8450, 2, "--app", "wsgi_hang:app", "--chdir", str(shared_apps),
-              "--request-timeout", str(timeout), "--watchdog", str(watchdog))
+    start_app(
+        box,
+        "hangw",
+        8450,
+        2,
+        "--app",
+        "wsgi_hang:app",
+        "--chdir",
+        str(shared_apps),
+        "--request-timeout",
+        str(timeout),
+        "--watchdog",
+        str(watchdog),
+    )
     sibling_pid = box.show("hangw@2.service", "MainPID")["MainPID"]
-    probe = box.popen(sys.executable, "-c", PROBE, "8450", "3", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                      text=True)
+    probe = box.popen(
+        sys.executable, "-c", PROBE, "8450", "3", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     read_line(probe, "probing")
-    hanger = box.popen(sys.executable, "-c", HANGER, "8450", "1", str(threads - 1), str(threads),
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    hanger = box.popen(
+        sys.executable,
+        "-c",
+        HANGER,
+        "8450",
+        "1",
+        str(threads - 1),
+        str(threads),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = hung_until(hanger, 1)
         hung_until(hanger, threads - 1)
         # One thread left: the worker serves with it and keeps pinging, long past timeout + watchdog.
         partly = f"; {threads - 1} of {threads} threads stuck for"
-        box.wait_for(lambda: partly in box.show("hangw@1.service", "StatusText")["StatusText"], timeout=timeout + 5,
-                     what=f"STATUS= saying {partly!r}")
+        box.wait_for(
+            lambda: partly in box.show("hangw@1.service", "StatusText")["StatusText"],
+            timeout=timeout + 5,
+            what=f"STATUS= saying {partly!r}",
+        )
         box.wait_for(lambda: time.monotonic() - first > timeout + watchdog + 1, timeout=60, what="time passing")
         assert restarts(box, "hangw@1.service") == 0
 
@@ -206,8 +233,9 @@ def test_a_wsgi_worker_with_every_thread_hung_is_replaced_and_its_sibling_serves
         # Visitors that stay: idle keep-alive connections pile up on the sibling, far above the hung
         # worker's count; were the sibling to stop accepting in its favour, nobody would accept.
         holder = box.popen(sys.executable, "-c", HOLDER, "8450", "24", stdout=subprocess.PIPE, text=True)
-        box.wait_for(lambda: restarts(box, "hangw@1.service") == 1, timeout=timeout + watchdog + 20,
-                     what="hangw@1 restarted")
+        box.wait_for(
+            lambda: restarts(box, "hangw@1.service") == 1, timeout=timeout + watchdog + 20, what="hangw@1 restarted"
+        )
         box.wait_for(lambda: instance_states(box, "hangw", 2) == ["active"] * 2, what="hangw@1 back")
         replaced = time.monotonic() - whole
         stats = parse_wrk(load.communicate(timeout=60)[0])
@@ -221,9 +249,11 @@ def test_a_wsgi_worker_with_every_thread_hung_is_replaced_and_its_sibling_serves
     by_worker = {worker: sum(1 for *_, w in results if w == worker) for worker in ("1", "2")}
     journal = box.journal("-u", "hangw@1.service", "-o", "cat")
     logged = re.findall(r"request GET /hang has run for [0-9.]+ s", journal)
-    print(f"\n{threads} threads of hangw@1 hung (--request-timeout {timeout}, WatchdogSec={watchdog}): replaced "
-          f"{replaced:.1f} s after the last hang; probes {answered}/{len(results)} answered (slowest {slowest:.2f} s, "
-          f"by worker {by_worker}); wrk {stats}; {len(logged)} stuck requests logged")
+    print(
+        f"\n{threads} threads of hangw@1 hung (--request-timeout {timeout}, WatchdogSec={watchdog}): replaced "
+        f"{replaced:.1f} s after the last hang; probes {answered}/{len(results)} answered (slowest {slowest:.2f} s, "
+        f"by worker {by_worker}); wrk {stats}; {len(logged)} stuck requests logged"
+    )
     assert replaced <= timeout + watchdog + 3
     assert answered >= 0.99 * len(results) and len(results) >= 100
     assert box.show("hangw@2.service", "MainPID")["MainPID"] == sibling_pid
@@ -235,13 +265,15 @@ def test_a_wsgi_worker_with_every_thread_hung_is_replaced_and_its_sibling_serves
 
 
 def test_an_asgi_loop_blocked_by_a_sync_call_is_restarted_by_the_default_watchdog(
-        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
     box = private_systemd
     start_app(box, "hanga", 8452, 2, "--app", "blocker:app", "--chdir", str(shared_apps))  # generate's defaults
     watchdog = int(box.show("hanga@1.service", "WatchdogUSec")["WatchdogUSec"].rstrip("s") or 0)
     assert watchdog == 10
-    probe = box.popen(sys.executable, "-c", PROBE, "8452", "3", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                      text=True)
+    probe = box.popen(
+        sys.executable, "-c", PROBE, "8452", "3", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     read_line(probe, "probing")
     try:
         pids = {i: box.show(f"hanga@{i}.service", "MainPID")["MainPID"] for i in (1, 2)}
@@ -252,8 +284,12 @@ def test_an_asgi_loop_blocked_by_a_sync_call_is_restarted_by_the_default_watchdo
             workers = status_of(box, "hanga")["workers"]
             return next((worker for worker in workers if worker["state"] == "not serving"), None)
 
-        box.wait_for(lambda: blocked_worker() is not None, timeout=watchdog - 1, interval=0.2,
-                     what="sockact status showing the blocked worker as not serving")
+        box.wait_for(
+            lambda: blocked_worker() is not None,
+            timeout=watchdog - 1,
+            interval=0.2,
+            what="sockact status showing the blocked worker as not serving",
+        )
         seen = blocked_worker()
         assert seen is not None and seen["not_serving"].startswith("event loop blocked for ")
         unit = seen["unit"]
@@ -269,9 +305,11 @@ def test_an_asgi_loop_blocked_by_a_sync_call_is_restarted_by_the_default_watchdo
     answered = sum(ok for _, ok, _, _ in results)
     journal = box.journal("-u", unit, "-o", "cat")
     named = [line for line in journal.splitlines() if "the event loop has been blocked" in line]
-    print(f"\nASGI loop blocked by GET /block?s=60 in {unit} (default WatchdogSec={watchdog}): "
-          f"replaced {replaced:.1f} s "
-          f"after the request; probes {answered}/{len(results)} answered; journal: {named[:1]}")
+    print(
+        f"\nASGI loop blocked by GET /block?s=60 in {unit} (default WatchdogSec={watchdog}): "
+        f"replaced {replaced:.1f} s "
+        f"after the request; probes {answered}/{len(results)} answered; journal: {named[:1]}"
+    )
     assert replaced <= watchdog + 4
     assert len(named) == 1 and "by GET /block, at " in named[0] and "blocker.py" in named[0]
     assert "Watchdog timeout" in journal
@@ -282,13 +320,27 @@ def test_an_asgi_loop_blocked_by_a_sync_call_is_restarted_by_the_default_watchdo
 
 
 def test_status_shows_a_worker_with_every_thread_stuck_as_not_serving(
-        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
     box = private_systemd
-    start_app(box, "hangs", 8454, 1, "--app", "wsgi_hang:app", "--chdir", str(shared_apps),
-              "--request-timeout", "2", "--watchdog", "0")  # no watchdog: it stays stuck, for status to show
+    start_app(
+        box,
+        "hangs",
+        8454,
+        1,
+        "--app",
+        "wsgi_hang:app",
+        "--chdir",
+        str(shared_apps),
+        "--request-timeout",
+        "2",
+        "--watchdog",
+        "0",
+    )  # no watchdog: it stays stuck, for status to show
     assert box.show("hangs@1.service", "WatchdogUSec")["WatchdogUSec"] in ("0", "infinity")
-    hanger = box.popen(sys.executable, "-c", HANGER, "8454", "1", "1", "10",
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    hanger = box.popen(
+        sys.executable, "-c", HANGER, "8454", "1", "1", "10", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         hung_until(hanger, 1)
 

@@ -16,11 +16,38 @@ from sockact.generator import versions
 UNITS = REPO / "units"
 # Each example and the command that renders it; --systemd-version is added per golden version.
 EXAMPLES = {
-    "tcp": ["myapp", "--app", "myproj.asgi:application", "--listen", "8000", "--workers", "4",
-            "--chdir", "/srv/myproj", "--python", "/usr/bin/python3", "--watchdog", "10"],
-    "unix": ["sockapp", "--app", "myproj.wsgi:application", "--listen", "/run/sockapp/http.sock", "--workers", "2",
-             "--chdir", "/srv/myproj", "--python", "/usr/bin/python3",
-             "--env", "DJANGO_SETTINGS_MODULE=myproj.settings", "--state-dir", "sockapp"],
+    "tcp": [
+        "myapp",
+        "--app",
+        "myproj.asgi:application",
+        "--listen",
+        "8000",
+        "--workers",
+        "4",
+        "--chdir",
+        "/srv/myproj",
+        "--python",
+        "/usr/bin/python3",
+        "--watchdog",
+        "10",
+    ],
+    "unix": [
+        "sockapp",
+        "--app",
+        "myproj.wsgi:application",
+        "--listen",
+        "/run/sockapp/http.sock",
+        "--workers",
+        "2",
+        "--chdir",
+        "/srv/myproj",
+        "--python",
+        "/usr/bin/python3",
+        "--env",
+        "DJANGO_SETTINGS_MODULE=myproj.settings",
+        "--state-dir",
+        "sockapp",
+    ],
 }
 GOLDENS = [(version, example) for version in versions.GOLDEN_VERSIONS for example in sorted(EXAMPLES)]
 
@@ -44,8 +71,9 @@ def test_golden_units_match_the_generator(case: tuple[int, str], tmp_path: Path)
         shutil.copytree(tmp_path, golden_dir)
     golden = {p.name: p.read_text() for p in golden_dir.iterdir()}
     rendered = {p.name: p.read_text() for p in tmp_path.iterdir()}
-    assert rendered == golden, (f"units/{version}/{example} is stale: "
-                                "rerun with SOCKACT_UPDATE_GOLDENS=1 and review the diff")
+    assert rendered == golden, (
+        f"units/{version}/{example} is stale: rerun with SOCKACT_UPDATE_GOLDENS=1 and review the diff"
+    )
 
 
 def test_every_golden_version_has_a_directory_and_nothing_else_is_there() -> None:
@@ -91,7 +119,9 @@ def test_the_version_check_can_fail() -> None:
     newest = (UNITS / "257" / "tcp" / "myapp@.service").read_text()
     assert "RestartMode=direct" in newest
     assert "RestartMode=direct needs systemd 254" in unknown_to(252, newest)
-    assert "Frobnicate= is missing from sockact.generator.versions.DIRECTIVES" in unknown_to(258, "[Service]\nFrobnicate=1\n")
+    assert "Frobnicate= is missing from sockact.generator.versions.DIRECTIVES" in unknown_to(
+        258, "[Service]\nFrobnicate=1\n"
+    )
 
 
 def verify(directory: Path) -> subprocess.CompletedProcess[str]:
@@ -103,8 +133,9 @@ def verify(directory: Path) -> subprocess.CompletedProcess[str]:
     instance = directory / template.name.replace("@.service", "@1.service")
     shutil.copy(template, instance)
     others = [str(p) for p in files if p != template]
-    return subprocess.run(["systemd-analyze", "verify", str(instance), *others],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        ["systemd-analyze", "verify", str(instance), *others], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def installed_version() -> int:
@@ -124,7 +155,8 @@ def test_units_for_the_installed_systemd_verify_clean(example: str, tmp_path: Pa
 
 @pytest.mark.parametrize("case", GOLDENS, ids=golden_id)
 def test_goldens_for_this_systemd_or_older_verify_clean_and_newer_ones_warn(
-        case: tuple[int, str], tmp_path: Path) -> None:
+    case: tuple[int, str], tmp_path: Path
+) -> None:
     """The table's boundary, checked against the real parser: what it says 252 lacks, 252 warns about."""
     version, example = case
     shutil.copytree(UNITS / str(version) / example, tmp_path / example)

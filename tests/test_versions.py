@@ -20,8 +20,14 @@ APP = ["myapp", "--app", "myproj.asgi:application", "--listen", "8000", "--worke
 
 
 def service_for(version: int) -> str:
-    spec = build(unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", app_ref="a:app",
-                 worker_count="2", systemd_version=version)
+    spec = build(
+        unit_name="myapp",
+        listen=["8000"],
+        python_path="/usr/bin/python3",
+        app_ref="a:app",
+        worker_count="2",
+        systemd_version=version,
+    )
     return next(unit.text for unit in render(spec) if unit.kind == "service")
 
 
@@ -42,8 +48,14 @@ def test_no_start_limit_for_the_runtime_a_limit_for_exec_commands() -> None:
     assert "StartLimitIntervalSec=0\n" in runtime and "StartLimitBurst" not in runtime
     assert "RuntimeDirectory=myapp\nRuntimeDirectoryPreserve=yes\n" in runtime
     assert "LimitNOFILE=524288\n" in runtime
-    spec = build(unit_name="myapp", listen=["8000"], python_path="/usr/bin/python3", exec_cmd="/usr/bin/myserver",
-                 worker_count="2", systemd_version=257)
+    spec = build(
+        unit_name="myapp",
+        listen=["8000"],
+        python_path="/usr/bin/python3",
+        exec_cmd="/usr/bin/myserver",
+        worker_count="2",
+        systemd_version=257,
+    )
     exec_unit = next(unit.text for unit in render(spec) if unit.kind == "service")
     assert "StartLimitIntervalSec=30\n" in exec_unit and "RestartSteps=5\n" in exec_unit
 
@@ -64,19 +76,52 @@ def test_every_version_renders_only_what_it_knows() -> None:
 
 # A value each directive of the table parses with; the rest take "yes".
 SAMPLES = {
-    "Description": "probe", "PartOf": "probe.target", "Wants": "probe.target", "After": "probe.target",
-    "StartLimitIntervalSec": "30", "StartLimitBurst": "10", "WantedBy": "multi-user.target",
-    "ListenStream": "8000", "Accept": "no", "DeferAcceptSec": "5", "Service": "probe@1.service", "Type": "notify",
+    "Description": "probe",
+    "PartOf": "probe.target",
+    "Wants": "probe.target",
+    "After": "probe.target",
+    "StartLimitIntervalSec": "30",
+    "StartLimitBurst": "10",
+    "WantedBy": "multi-user.target",
+    "ListenStream": "8000",
+    "Accept": "no",
+    "DeferAcceptSec": "5",
+    "Service": "probe@1.service",
+    "Type": "notify",
     "NotifyAccess": "main",
-    "Sockets": "probe.socket", "ExecStart": "/bin/true", "Environment": "A=1", "EnvironmentFile": "-/etc/probe.env",
-    "WorkingDirectory": "/srv", "User": "www-data", "Restart": "on-failure", "RestartSec": "100ms", "RestartSteps": "5",
-    "RestartMaxDelaySec": "10s", "RestartMode": "direct", "OpenFile": "/etc/hostname", "WatchdogSec": "10",
-    "KillMode": "mixed", "TimeoutStopSec": "30", "MemoryMax": "512M", "MemoryHigh": "400M", "SyslogIdentifier": "probe",
+    "Sockets": "probe.socket",
+    "ExecStart": "/bin/true",
+    "Environment": "A=1",
+    "EnvironmentFile": "-/etc/probe.env",
+    "WorkingDirectory": "/srv",
+    "User": "www-data",
+    "Restart": "on-failure",
+    "RestartSec": "100ms",
+    "RestartSteps": "5",
+    "RestartMaxDelaySec": "10s",
+    "RestartMode": "direct",
+    "OpenFile": "/etc/hostname",
+    "WatchdogSec": "10",
+    "KillMode": "mixed",
+    "TimeoutStopSec": "30",
+    "MemoryMax": "512M",
+    "MemoryHigh": "400M",
+    "SyslogIdentifier": "probe",
     "ProtectProc": "invisible",
-    "ProcSubset": "pid", "RestrictAddressFamilies": "AF_UNIX", "SystemCallArchitectures": "native",
-    "SystemCallErrorNumber": "EPERM", "SystemCallFilter": "@basic-io", "CapabilityBoundingSet": "",
-    "AmbientCapabilities": "", "UMask": "0077", "KeyringMode": "private", "StateDirectory": "probe",
-    "CacheDirectory": "probe", "LogsDirectory": "probe", "ReadWritePaths": "/srv", "LimitNOFILE": "524288",
+    "ProcSubset": "pid",
+    "RestrictAddressFamilies": "AF_UNIX",
+    "SystemCallArchitectures": "native",
+    "SystemCallErrorNumber": "EPERM",
+    "SystemCallFilter": "@basic-io",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "UMask": "0077",
+    "KeyringMode": "private",
+    "StateDirectory": "probe",
+    "CacheDirectory": "probe",
+    "LogsDirectory": "probe",
+    "ReadWritePaths": "/srv",
+    "LimitNOFILE": "524288",
     "RuntimeDirectory": "probe",
 }
 
@@ -90,11 +135,20 @@ def test_the_table_matches_the_installed_systemd(tmp_path: Path) -> None:
         key, has_value, value = entry_key.partition("=")
         lines[entry.section].append(f"{key}={value if has_value else SAMPLES.get(key, 'yes')}")
     service = tmp_path / "probe@1.service"
-    service.write_text("".join(f"[{section}]\n" + "".join(f"{line}\n" for line in lines[section])
-                               for section in ("Unit", "Service", "Install")))
+    service.write_text(
+        "".join(
+            f"[{section}]\n" + "".join(f"{line}\n" for line in lines[section])
+            for section in ("Unit", "Service", "Install")
+        )
+    )
     (tmp_path / "probe.socket").write_text("[Socket]\n" + "".join(f"{line}\n" for line in lines["Socket"]))
-    result = subprocess.run(["systemd-analyze", "verify", str(service), str(tmp_path / "probe.socket")],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(service), str(tmp_path / "probe.socket")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     about_ours = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
     unknown = {m.group(1) for line in about_ours for m in [re.search(r"Unknown key '([A-Za-z]+)'", line)] if m}
     newer_keys = {k for k, e in versions.DIRECTIVES.items() if "=" not in k and e.version > installed}
@@ -105,13 +159,16 @@ def test_the_table_matches_the_installed_systemd(tmp_path: Path) -> None:
     assert all(any(value in line for line in others) for value in newer_values), others
 
 
-@pytest.mark.parametrize("output,expected", [
-    ("systemd 252 (252.38-1~deb12u1)\n+PAM +AUDIT", 252),
-    ("systemd 257 (257.9-1)\n", 257),
-    ("systemd 255 (255.4-1ubuntu8)\n", 255),
-    ("", None),
-    ("bash: systemctl: command not found", None),
-])
+@pytest.mark.parametrize(
+    "output,expected",
+    [
+        ("systemd 252 (252.38-1~deb12u1)\n+PAM +AUDIT", 252),
+        ("systemd 257 (257.9-1)\n", 257),
+        ("systemd 255 (255.4-1ubuntu8)\n", 255),
+        ("", None),
+        ("bash: systemctl: command not found", None),
+    ],
+)
 def test_parse_version_output(output: str, expected: int | None) -> None:
     assert versions.parse_version_output(output) == expected
 

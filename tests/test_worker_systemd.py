@@ -117,12 +117,14 @@ print(json.dumps(result), flush=True)
 
 @pytest.mark.parametrize("app", [HELLO, HELLO_WSGI], ids=["asgi", "wsgi"])
 def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(
-        private_systemd: PrivateSystemd, app: str) -> None:
+    private_systemd: PrivateSystemd, app: str
+) -> None:
     box = private_systemd
     name, port = ("drain", 8130) if app == HELLO else ("drainw", 8131)
     start_app(box, name, port, 1, "--app", app, "--stop-timeout", "10")
-    client = box.popen(sys.executable, "-c", DRAIN_CLIENT, str(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                       text=True)
+    client = box.popen(
+        sys.executable, "-c", DRAIN_CLIENT, str(port), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert client.stdout is not None and client.stdin is not None
     assert client.stdout.readline().strip() == "in flight"
     began = time.monotonic()
@@ -132,9 +134,11 @@ def test_sigterm_finishes_the_slow_request_and_closes_idle_connections(
     result = json.loads(client.stdout.readline())
     assert stopper.wait(20) == 0
     stopped_after = time.monotonic() - began
-    print(f"\ndrain {name}: slow request {result['slow'][:2]} finished {result['slow'][2]:.2f} s after SIGTERM; "
-          f"idle keep-alive closed after {result['idle_closed_after']:.2f} s; "
-          f"worker stopped after {stopped_after:.2f} s")
+    print(
+        f"\ndrain {name}: slow request {result['slow'][:2]} finished {result['slow'][2]:.2f} s after SIGTERM; "
+        f"idle keep-alive closed after {result['idle_closed_after']:.2f} s; "
+        f"worker stopped after {stopped_after:.2f} s"
+    )
     assert result["slow"][0] == 200
     assert result["idle_closed_after"] is not None and result["idle_closed_after"] < 2
     assert stopped_after < 10
@@ -146,8 +150,17 @@ def test_drain_never_runs_past_the_stop_timeout(private_systemd: PrivateSystemd,
     box = private_systemd
     name, port = ("deadline", 8140) if app == HELLO else ("deadlinew", 8141)
     start_app(box, name, port, 1, "--app", app, "--stop-timeout", "3")
-    slow = box.popen("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/sleep?ms=20000",
-                     stdout=subprocess.PIPE, text=True)
+    slow = box.popen(
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"http://127.0.0.1:{port}/sleep?ms=20000",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)
     began = time.monotonic()
     box.systemctl("stop", f"{name}@1.service")
@@ -183,7 +196,8 @@ def test_status_line_has_live_figures(private_systemd: PrivateSystemd) -> None:
 
 
 def test_app_logs_reach_the_journal_with_priority_and_worker(
-        private_systemd: PrivateSystemd, shared_apps: Path) -> None:
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
     box = private_systemd
     start_app(box, "logs", 8170, 2, "--app", "blocker:app", "--chdir", str(shared_apps))
     http_get(box, "http://127.0.0.1:8170/log")
@@ -204,8 +218,9 @@ def test_app_logs_reach_the_journal_with_priority_and_worker(
         assert record["SYSLOG_IDENTIFIER"] == f"logs@{worker}"
 
 
-def test_start_says_why_a_broken_app_cannot_start_and_starts_it_once_fixed(private_systemd: PrivateSystemd,
-                                                                           shared_apps: Path) -> None:
+def test_start_says_why_a_broken_app_cannot_start_and_starts_it_once_fixed(
+    private_systemd: PrivateSystemd, shared_apps: Path
+) -> None:
     box = private_systemd
     app_dir = shared_apps / "crashloop"
     app_dir.mkdir(exist_ok=True)
@@ -267,6 +282,9 @@ def test_the_workers_together_weigh_one_autogroup_unless_told_otherwise(private_
         assert all(autogroup_nice(box, name) in (None, 0) for name in names)
         return
     # Each of 3 sessions at nice 5 (weight 335) weighs together about one nice-0 group (1024).
-    box.wait_for(lambda: [autogroup_nice(box, name) for name in names] == [5, 5, 5],
-                 timeout=10, what="the workers' autogroups at nice 5")
+    box.wait_for(
+        lambda: [autogroup_nice(box, name) for name in names] == [5, 5, 5],
+        timeout=10,
+        what="the workers' autogroups at nice 5",
+    )
     assert [autogroup_nice(box, f"each@{i}.service") for i in (1, 2)] == [0, 0]

@@ -39,9 +39,25 @@ def serving(engine: str) -> Iterator[int]:
     env = {**os.environ, "PYTHONPATH": str(APPS)}
     env.pop("NOTIFY_SOCKET", None)
     script = f'exec 3>&{listener.fileno()}; LISTEN_FDS=1 LISTEN_PID=$$ exec "$@"'
-    proc = subprocess.Popen(["bash", "-c", script, "bash", sys.executable, "-m", "sockact", "run", "wsgi_edge:app",
-                             "--log-level", "warning"],
-                            pass_fds=(listener.fileno(),), env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            script,
+            "bash",
+            sys.executable,
+            "-m",
+            "sockact",
+            "run",
+            "wsgi_edge:app",
+            "--log-level",
+            "warning",
+        ],
+        pass_fds=(listener.fileno(),),
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     listener.close()
     deadline = time.monotonic() + 20
     while True:
@@ -80,8 +96,11 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: tuple[int,
 
 
 def test_pipelined_requests_are_answered_in_order(server: tuple[int, str]) -> None:
-    answer = raw(server[0], b"GET /environ?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
-                            b"GET /environ?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = raw(
+        server[0],
+        b"GET /environ?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /environ?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
     assert answer.count(b"HTTP/1.1 200 OK") == 2
     assert answer.index(b'"n=1"') < answer.index(b'"n=2"')
 
@@ -90,8 +109,13 @@ def test_request_bodies_by_length_chunked_and_expect_continue(server: tuple[int,
     conn = http.client.HTTPConnection("127.0.0.1", server[0], timeout=10)
     conn.request("POST", "/echo", body=b"a body", headers={"Content-Type": "text/plain"})
     assert conn.getresponse().read() == b"a body"
-    conn.request("POST", "/echo", body=iter([b"chunk one, ", b"chunk two"]), encode_chunked=True,
-                 headers={"Transfer-Encoding": "chunked"})
+    conn.request(
+        "POST",
+        "/echo",
+        body=iter([b"chunk one, ", b"chunk two"]),
+        encode_chunked=True,
+        headers={"Transfer-Encoding": "chunked"},
+    )
     assert conn.getresponse().read() == b"chunk one, chunk two"
     conn.close()
     with socket.create_connection(("127.0.0.1", server[0]), timeout=10) as sock:
@@ -128,10 +152,18 @@ def test_environ(server: tuple[int, str]) -> None:
     conn.close()
     # PATH_INFO is decoded, QUERY_STRING is not (PEP 3333); repeated headers are joined with commas.
     seen["HTTP_X_TWICE"] = seen["HTTP_X_TWICE"].replace(" ", "")  # waitress adds a space
-    assert seen == {"REQUEST_METHOD": "POST", "PATH_INFO": "/environ/a b", "QUERY_STRING": "x=1&y=%20",
-                    "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_TYPE": "text/plain", "HTTP_X_TWICE": "one,two",
-                    "REMOTE_ADDR": "127.0.0.1", "SCRIPT_NAME": "", "wsgi.url_scheme": "http",
-                    "HTTP_X_CLIENT_TAG": "proxy-set"}
+    assert seen == {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/environ/a b",
+        "QUERY_STRING": "x=1&y=%20",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "text/plain",
+        "HTTP_X_TWICE": "one,two",
+        "REMOTE_ADDR": "127.0.0.1",
+        "SCRIPT_NAME": "",
+        "wsgi.url_scheme": "http",
+        "HTTP_X_CLIENT_TAG": "proxy-set",
+    }
 
 
 def test_responses_without_a_length(server: tuple[int, str]) -> None:
@@ -150,8 +182,11 @@ def test_responses_without_a_length(server: tuple[int, str]) -> None:
 
 def test_head_and_no_content_have_no_body(threads_engine: int) -> None:
     # waitress sends the app's body after a HEAD response: only sockact's own engine is held to this.
-    answer = raw(threads_engine, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /no-content HTTP/1.1\r\nHost: x\r\n\r\n"
-                            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = raw(
+        threads_engine,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /no-content HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
     first, second, third = answer.split(b"HTTP/1.1 ")[1:]
     assert first.startswith(b"200 OK") and b"content-length: 6" in first.lower() and first.endswith(b"\r\n\r\n")
     assert second.startswith(b"204 No Content") and second.endswith(b"\r\n\r\n")
@@ -197,8 +232,10 @@ def test_threads_engine_app_misbehaviour(threads_engine: int) -> None:
 
 def test_threads_engine_sends_100_continue_after_earlier_responses(threads_engine: int) -> None:
     with socket.create_connection(("127.0.0.1", threads_engine), timeout=10) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-                     b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
         answer = b""
         while b"100 Continue" not in answer:
             answer += sock.recv(4096)

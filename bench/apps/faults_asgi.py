@@ -37,8 +37,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         # One line per request, as an app logging through stderr to the journal does.
         sys.stderr.write(log_line(scope["query_string"].decode()))
         sys.stderr.flush()
-    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(BODY)),
-               (b"x-worker", b"%d" % os.getpid())]
+    headers = [
+        (b"content-type", b"text/plain"),
+        (b"content-length", b"%d" % len(BODY)),
+        (b"x-worker", b"%d" % os.getpid()),
+    ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": BODY})
 

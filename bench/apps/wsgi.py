@@ -12,9 +12,12 @@ StartResponse = Callable[[str, list[tuple[str, str]]], object]
 
 
 def app(environ: dict[str, object], start_response: StartResponse) -> Iterable[bytes]:
-    start_response("200 OK", [
-        ("Content-Type", "text/plain"),
-        ("Content-Length", str(len(BODY))),
-        ("X-Worker", str(os.getpid())),
-    ])
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(BODY))),
+            ("X-Worker", str(os.getpid())),
+        ],
+    )
     return [BODY]

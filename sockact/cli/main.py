@@ -31,7 +31,9 @@ def _groups() -> tuple[Callable[[Sub], None], ...]:
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="sockact", description="Serve Python web apps with one worker per core, supervised by systemd.")
+    parser = Parser(
+        prog="sockact", description="Serve Python web apps with one worker per core, supervised by systemd."
+    )
     parser.add_argument("--version", action="version", version=f"sockact {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for register in _groups():

@@ -69,8 +69,9 @@ def _positive(text: str) -> int:
 
 
 def _add(sub: Sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help, epilog=epilog,
-                                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     return parser
 
 
@@ -128,8 +129,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     from ..ops.logs import LogQuery, show_logs
 
-    query = LogQuery(name=args.name, follow=args.follow, lines=args.lines, worker=args.worker,
-                     priority=args.priority, since=args.since, as_json=args.json)
+    query = LogQuery(
+        name=args.name,
+        follow=args.follow,
+        lines=args.lines,
+        worker=args.worker,
+        priority=args.priority,
+        since=args.since,
+        as_json=args.json,
+    )
     return show_logs(query)
 
 
@@ -143,17 +151,28 @@ def register(sub: Sub) -> None:
     """Add the operator commands to the CLI; each lives in sockact.ops."""
     from .units import add_unit_options
 
-    install = _add(sub, "install", "check the app, write the units, daemon-reload, optionally start it (until "
-                   "every worker is ready) and enable it", INSTALL_EXAMPLE)
+    install = _add(
+        sub,
+        "install",
+        "check the app, write the units, daemon-reload, optionally start it (until "
+        "every worker is ready) and enable it",
+        INSTALL_EXAMPLE,
+    )
     add_unit_options(install)
     _unit_dir(install, "$SOCKACT_UNIT_DIR, else /etc/systemd/system")
     install.add_argument("--enable", action="store_true", help="start NAME.socket on boot (like pm2 startup)")
-    install.add_argument("--now", action="store_true",
-                         help="start NAME.socket and every worker now and wait until each is ready (READY=1); "
-                              "a fresh install whose app does not start is removed again, with the app's reason")
-    install.add_argument("--dry-run", action="store_true",
-                         help="run the checks alone (interpreter, --chdir, --env-file, the app's import under the "
-                              "workers' sandbox, the ports) and say what would be written; change nothing")
+    install.add_argument(
+        "--now",
+        action="store_true",
+        help="start NAME.socket and every worker now and wait until each is ready (READY=1); "
+        "a fresh install whose app does not start is removed again, with the app's reason",
+    )
+    install.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the checks alone (interpreter, --chdir, --env-file, the app's import under the "
+        "workers' sandbox, the ports) and say what would be written; change nothing",
+    )
     install.set_defaults(func=cmd_install)
 
     uninstall = _add(sub, "uninstall", "stop (draining), disable and remove an app's units", UNINSTALL_EXAMPLE)
@@ -166,12 +185,19 @@ def register(sub: Sub) -> None:
     listing.add_argument("--json", action="store_true", help="one JSON document instead of the table")
     listing.set_defaults(func=cmd_list)
 
-    status = _add(sub, "status", "socket, backlog and one row per worker (state, PID, RSS, CPU, requests)",
-                  STATUS_EXAMPLE)
+    status = _add(
+        sub, "status", "socket, backlog and one row per worker (state, PID, RSS, CPU, requests)", STATUS_EXAMPLE
+    )
     status.add_argument("name", help="the app name")
     status.add_argument("--json", action="store_true", help="one JSON document (schema in sockact.ops.status)")
-    status.add_argument("--watch", nargs="?", const=2.0, type=_interval, metavar="SECONDS",
-                        help="refresh every SECONDS (default 2) until Ctrl-C, like pm2 monit")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=_interval,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 2) until Ctrl-C, like pm2 monit",
+    )
     status.set_defaults(func=cmd_status)
 
     scale = _add(sub, "scale", "set the worker count live and keep it across restarts", SCALE_EXAMPLE)
@@ -179,13 +205,15 @@ def register(sub: Sub) -> None:
     scale.add_argument("count", metavar="N|auto", help="worker count, or auto for the CPUs usable here")
     scale.set_defaults(func=cmd_scale)
 
-    reload = _add(sub, "reload", "rolling restart for new code: one worker at a time, each ready before the next",
-                  RELOAD_EXAMPLE)
+    reload = _add(
+        sub, "reload", "rolling restart for new code: one worker at a time, each ready before the next", RELOAD_EXAMPLE
+    )
     reload.add_argument("name", help="the app name")
     reload.set_defaults(func=cmd_reload)
 
-    start = _add(sub, "start", "clear failed states, start the socket and every worker, wait until ready",
-                 START_EXAMPLE)
+    start = _add(
+        sub, "start", "clear failed states, start the socket and every worker, wait until ready", START_EXAMPLE
+    )
     start.add_argument("name", help="the app name")
     start.set_defaults(func=cmd_start)
 
@@ -196,20 +224,38 @@ def register(sub: Sub) -> None:
     logs = _add(sub, "logs", "every worker's journal merged, each line tagged with its worker", LOGS_EXAMPLE)
     logs.add_argument("name", help="the app name")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
-    logs.add_argument("-n", "--lines", type=_positive, default=None, metavar="N",
-                      help="the last N lines (default: 20, or 10 with --follow)")
+    logs.add_argument(
+        "-n",
+        "--lines",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="the last N lines (default: 20, or 10 with --follow)",
+    )
     logs.add_argument("--worker", type=_positive, metavar="K", help="only worker K (NAME@K.service)")
-    logs.add_argument("-p", "--priority", type=_priority, metavar="LEVEL",
-                      help="only this priority or more urgent: " + ", ".join(PRIORITIES) + " or 0-7")
+    logs.add_argument(
+        "-p",
+        "--priority",
+        type=_priority,
+        metavar="LEVEL",
+        help="only this priority or more urgent: " + ", ".join(PRIORITIES) + " or 0-7",
+    )
     logs.add_argument("--since", metavar="TIME", help="journalctl --since, e.g. '10 min ago' or '2026-01-01 12:00'")
     logs.add_argument("--json", action="store_true", help="print the journal's JSON records as they are")
     logs.set_defaults(func=cmd_logs)
 
-    run_once = _add(sub, "exec", "run a command once as the workers run (migrate, createsuperuser, a shell); "
-                    "exits with its status", EXEC_EXAMPLE)
+    run_once = _add(
+        sub,
+        "exec",
+        "run a command once as the workers run (migrate, createsuperuser, a shell); exits with its status",
+        EXEC_EXAMPLE,
+    )
     run_once.add_argument("name", help="the app name")
-    run_once.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...",
-                          help="the command and its arguments; a bare name is looked up in the workers' PATH, "
-                               "where the directory of the workers' interpreter comes first")
+    run_once.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD ...",
+        help="the command and its arguments; a bare name is looked up in the workers' PATH, "
+        "where the directory of the workers' interpreter comes first",
+    )
     run_once.set_defaults(func=cmd_exec)
-

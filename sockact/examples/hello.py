@@ -24,8 +24,13 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         query = dict(part.split("=", 1) for part in scope["query_string"].decode().split("&") if "=" in part)
         await asyncio.sleep(int(query.get("ms", "10")) / 1000)
     body = f"worker {os.environ.get('SOCKACT_WORKER', '-')} pid {os.getpid()}\n".encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

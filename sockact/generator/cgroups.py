@@ -35,17 +35,25 @@ def memory_control(root: Path = ROOT) -> MemoryControl:
         return MemoryControl(False, False, "the cgroup hierarchy could not be read")
     if "memory" in controllers:
         return MemoryControl(True, True)
-    return MemoryControl(False, False, "the cgroup v2 hierarchy has no memory controller (it is on cgroup v1, "
-                                       "or not delegated)")
+    return MemoryControl(
+        False, False, "the cgroup v2 hierarchy has no memory controller (it is on cgroup v1, or not delegated)"
+    )
 
 
 def memory_note(spec: UnitSpec, root: Path = ROOT) -> str | None:
     """A note for stderr when this machine would accept but not enforce a memory limit the spec sets."""
     control = memory_control(root)
-    unenforced = [f"{key}={value}" for key, value, enforced in (
-        ("MemoryHigh", spec.memory_high, control.memory_high), ("MemoryMax", spec.memory_max, control.memory_max))
-        if value and not enforced]
+    unenforced = [
+        f"{key}={value}"
+        for key, value, enforced in (
+            ("MemoryHigh", spec.memory_high, control.memory_high),
+            ("MemoryMax", spec.memory_max, control.memory_max),
+        )
+        if value and not enforced
+    ]
     if not unenforced:
         return None
-    return (f"note: on this machine systemd accepts {' and '.join(unenforced)} but cannot enforce "
-            f"{'it' if len(unenforced) == 1 else 'them'}: {control.why}; --max-rss works without cgroups")
+    return (
+        f"note: on this machine systemd accepts {' and '.join(unenforced)} but cannot enforce "
+        f"{'it' if len(unenforced) == 1 else 'them'}: {control.why}; --max-rss works without cgroups"
+    )

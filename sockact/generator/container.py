@@ -81,22 +81,33 @@ def _words(words: list[str]) -> str:
 def exec_start_pre(spec: UnitSpec) -> list[str]:
     """The host directories, and no id file left by the last container: podman refuses to overwrite one."""
     uid, gid = user(spec)
-    return [_words([INSTALL, "-d", "-m", "0700", "-o", uid, "-g", gid, *host_dirs(spec)]),
-            f"{RM} -f {cidfile(spec)}"]
+    return [_words([INSTALL, "-d", "-m", "0700", "-o", uid, "-g", gid, *host_dirs(spec)]), f"{RM} -f {cidfile(spec)}"]
 
 
 def run_flags(spec: UnitSpec) -> list[str]:
     """podman run's flags between `run` and the image, without those that carry systemd specifiers."""
     uid, gid = user(spec)
-    flags = ["--replace", "--rm", "--detach", "--pull=never", "--sdnotify=container", "--cgroups=disabled",
-             "--network=none", "--log-driver=passthrough", "--ulimit=host",
-             "--stop-signal=SIGTERM", f"--stop-timeout={podman_stop_timeout(spec)}"]
+    flags = [
+        "--replace",
+        "--rm",
+        "--detach",
+        "--pull=never",
+        "--sdnotify=container",
+        "--cgroups=disabled",
+        "--network=none",
+        "--log-driver=passthrough",
+        "--ulimit=host",
+        "--stop-signal=SIGTERM",
+        f"--stop-timeout={podman_stop_timeout(spec)}",
+    ]
     if spec.harden:
         flags += ["--read-only", "--cap-drop=all", "--security-opt=no-new-privileges"]
     flags.append(f"--user={uid}:{gid}")
-    flags += [f"--volume=/run/{spec.name}:{RUNTIME_IN_CONTAINER}",
-              f"--volume=/run/{spec.name}/shm:{SCOREBOARD_IN_CONTAINER}",
-              f"--env=RUNTIME_DIRECTORY={RUNTIME_IN_CONTAINER}"]
+    flags += [
+        f"--volume=/run/{spec.name}:{RUNTIME_IN_CONTAINER}",
+        f"--volume=/run/{spec.name}/shm:{SCOREBOARD_IN_CONTAINER}",
+        f"--env=RUNTIME_DIRECTORY={RUNTIME_IN_CONTAINER}",
+    ]
     # Without a value, podman copies the variable from its own environment, which systemd set up:
     # the unit's Environment= lines, the watchdog period and the journal stream podman passes through.
     for key in ("SOCKACT_APP", "SOCKACT_WORKER", "WATCHDOG_USEC", "JOURNAL_STREAM", *(key for key, _ in spec.env)):
@@ -129,30 +140,46 @@ def exec_stop_post(spec: UnitSpec) -> str:
 
 # What each podman flag of the sandbox does, and the systemd line it stands for (`sockact generate --explain`).
 SANDBOX_FLAGS: tuple[tuple[str, str], ...] = (
-    ("--read-only", "the image's files are read-only, as ProtectSystem=strict makes the host's; podman mounts a "
-                    "fresh tmpfs on /tmp, /var/tmp and /run"),
+    (
+        "--read-only",
+        "the image's files are read-only, as ProtectSystem=strict makes the host's; podman mounts a "
+        "fresh tmpfs on /tmp, /var/tmp and /run",
+    ),
     ("--cap-drop=all", "no capability at all, as CapabilityBoundingSet= (empty) gives a worker without a container"),
     ("--security-opt=no-new-privileges", "NoNewPrivileges=yes: no setuid program can raise the worker's rights"),
-    ("--user=UID:GID", "the container's user (nobody, 65534, unless --user says otherwise); it owns /run/NAME and "
-                       "the --state-dir/--cache-dir/--logs-dir directories, as DynamicUser= would"),
-    ("--network=none", "no network interface but its own loopback: the worker accepts only on the socket systemd "
-                       "passed in and connects nowhere (PrivateNetwork=yes; a worker without a container keeps the "
-                       "host's network)"),
-    ("(always)", "private PID, mount, IPC and UTS namespaces, a /dev of its own, read-only /proc/sys and /sys, and "
-                 "podman's seccomp profile (PrivateMounts=, PrivateIPC=, PrivateDevices=, ProtectHostname=, "
-                 "ProtectKernelTunables=, SystemCallFilter=)"),
+    (
+        "--user=UID:GID",
+        "the container's user (nobody, 65534, unless --user says otherwise); it owns /run/NAME and "
+        "the --state-dir/--cache-dir/--logs-dir directories, as DynamicUser= would",
+    ),
+    (
+        "--network=none",
+        "no network interface but its own loopback: the worker accepts only on the socket systemd "
+        "passed in and connects nowhere (PrivateNetwork=yes; a worker without a container keeps the "
+        "host's network)",
+    ),
+    (
+        "(always)",
+        "private PID, mount, IPC and UTS namespaces, a /dev of its own, read-only /proc/sys and /sys, and "
+        "podman's seccomp profile (PrivateMounts=, PrivateIPC=, PrivateDevices=, ProtectHostname=, "
+        "ProtectKernelTunables=, SystemCallFilter=)",
+    ),
 )
 
 
 def explain(spec: UnitSpec) -> list[str]:
     """The paragraphs of `--explain` for a container worker: its sandbox is podman's."""
     if not spec.harden:
-        return [f"--no-harden: the container runs as root ({user(spec)[0]}) inside, with podman's default "
-                "capabilities and a writable image; it keeps --network=none and podman's namespaces."]
-    paragraphs = [f"Sandbox of {spec.name}@.service: the worker runs in a podman container of {spec.container}. "
-                  "The unit runs podman as root (podman cannot run under DynamicUser= or systemd's file-system "
-                  "sandbox), so systemd-analyze security scores the unit, not the container; the container's "
-                  "sandbox is podman's flags:"]
+        return [
+            f"--no-harden: the container runs as root ({user(spec)[0]}) inside, with podman's default "
+            "capabilities and a writable image; it keeps --network=none and podman's namespaces."
+        ]
+    paragraphs = [
+        f"Sandbox of {spec.name}@.service: the worker runs in a podman container of {spec.container}. "
+        "The unit runs podman as root (podman cannot run under DynamicUser= or systemd's file-system "
+        "sandbox), so systemd-analyze security scores the unit, not the container; the container's "
+        "sandbox is podman's flags:"
+    ]
     for flag, does in SANDBOX_FLAGS:
         paragraphs.append(f"{flag}\n    {does}.")
     return paragraphs

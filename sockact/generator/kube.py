@@ -76,39 +76,58 @@ def build(unit: UnitSpec, *, image: str, workers: str, drain_given: bool) -> Kub
     """
     dns_name(unit.name)
     if unit.exec_argv is not None:
-        raise UsageError("sockact kube needs --app: a command given with --exec adopts systemd's socket "
-                         "(LISTEN_FDS), which no pod passes")
+        raise UsageError(
+            "sockact kube needs --app: a command given with --exec adopts systemd's socket "
+            "(LISTEN_FDS), which no pod passes"
+        )
     if unit.env_file is not None:
-        raise UsageError(f"--env-file {unit.env_file}: a pod cannot read a file of this host; put the variables "
-                         "in a Secret or ConfigMap and add it with envFrom, or pass them with --env")
+        raise UsageError(
+            f"--env-file {unit.env_file}: a pod cannot read a file of this host; put the variables "
+            "in a Secret or ConfigMap and add it with envFrom, or pass them with --env"
+        )
     if not drain_given:
         unit = dataclasses.replace(unit, drain_delay=default_drain(unit.stop_timeout))
     port = container_port(unit)
     if unit.health_listen is not None and not unit.health_listen.is_tcp:
-        raise UsageError(f"--health-listen {unit.health_listen.address}: a pod's probes come over the network; "
-                         "give a port, e.g. --health-listen 9000")
+        raise UsageError(
+            f"--health-listen {unit.health_listen.address}: a pod's probes come over the network; "
+            "give a port, e.g. --health-listen 9000"
+        )
     health = (listen_port(unit.health_listen) if unit.health_listen is not None else None) or HEALTH_PORT
     if health == port:
-        raise UsageError(f"the health port {health} is the app's port too; give --health-listen another port, "
-                         f"e.g. --health-listen {port + 1}")
+        raise UsageError(
+            f"the health port {health} is the app's port too; give --health-listen another port, "
+            f"e.g. --health-listen {port + 1}"
+        )
     replicas = AUTO_REPLICAS if workers == "auto" else unit.workers
-    return KubeSpec(unit=unit, image=image_reference(image), replicas=replicas, port=port, health_port=health,
-                    run_as=uid(unit), memory=memory_quantity(unit.memory_max))
+    return KubeSpec(
+        unit=unit,
+        image=image_reference(image),
+        replicas=replicas,
+        port=port,
+        health_port=health,
+        run_as=uid(unit),
+        memory=memory_quantity(unit.memory_max),
+    )
 
 
 def dns_name(value: str) -> str:
     """A Service's name: an RFC 1035 label, stricter than a unit name."""
     if not _DNS_LABEL.fullmatch(value) or len(value) > _DNS_LABEL_MAX:
-        raise UsageError(f"name {value!r}: Kubernetes names a Service with lowercase letters, digits and '-', "
-                         f"starting with a letter, at most {_DNS_LABEL_MAX} characters, e.g. 'myapp'")
+        raise UsageError(
+            f"name {value!r}: Kubernetes names a Service with lowercase letters, digits and '-', "
+            f"starting with a letter, at most {_DNS_LABEL_MAX} characters, e.g. 'myapp'"
+        )
     return value
 
 
 def image_reference(value: str) -> str:
     found = _IMAGE.fullmatch(value)
     if not found or len(found.group(1)) > _REPOSITORY_MAX:
-        raise UsageError(f"--image {value!r} is not an image reference; write [REGISTRY/]REPOSITORY[:TAG][@DIGEST], "
-                         "the repository in lowercase, e.g. --image registry.example.com/myapp:1.4.2")
+        raise UsageError(
+            f"--image {value!r} is not an image reference; write [REGISTRY/]REPOSITORY[:TAG][@DIGEST], "
+            "the repository in lowercase, e.g. --image registry.example.com/myapp:1.4.2"
+        )
     return value
 
 
@@ -124,8 +143,10 @@ def container_port(unit: UnitSpec) -> int:
         raise UsageError("sockact kube takes one --listen: a pod serves one port, which its Service forwards to")
     listener = unit.listeners[0]
     if not listener.is_tcp:
-        raise UsageError(f"--listen {listener.address}: a pod is reached over TCP; give the port the Service "
-                         "sends to, e.g. --listen 8000")
+        raise UsageError(
+            f"--listen {listener.address}: a pod is reached over TCP; give the port the Service "
+            "sends to, e.g. --listen 8000"
+        )
     return int(listener.address.rsplit(":", 1)[-1])
 
 
@@ -134,9 +155,11 @@ def uid(unit: UnitSpec) -> int | None:
     if unit.user is None:
         return DEFAULT_UID if unit.harden else None
     if not is_number(unit.user):
-        raise UsageError(f"--user {unit.user}: a pod runs as a numeric UID, not a name from this host's "
-                         f"/etc/passwd; give the number (id -u {unit.user} in the image), or leave --user out "
-                         f"for UID {DEFAULT_UID}")
+        raise UsageError(
+            f"--user {unit.user}: a pod runs as a numeric UID, not a name from this host's "
+            f"/etc/passwd; give the number (id -u {unit.user} in the image), or leave --user out "
+            f"for UID {DEFAULT_UID}"
+        )
     return int(unit.user)
 
 
@@ -145,8 +168,10 @@ def memory_quantity(value: str | None) -> str | None:
     if value is None or value == "infinity":
         return None
     if value.endswith("%"):
-        raise UsageError(f"--memory-max {value}: a pod's memory limit is a size, not a share of whichever node "
-                         "it lands on; give a size such as 512M (written 512Mi)")
+        raise UsageError(
+            f"--memory-max {value}: a pod's memory limit is a size, not a share of whichever node "
+            "it lands on; give a size such as 512M (written 512Mi)"
+        )
     found = _SYSTEMD_SUFFIX.fullmatch(value)
     assert found is not None and size_bytes(value) is not None  # validated by spec.memory_size
     number, suffix = int(found.group(1)), found.group(2)
@@ -157,14 +182,20 @@ def notes(kube: KubeSpec) -> list[str]:
     """One line each for what the manifest does differently from the units, to print on stderr."""
     unit, said = kube.unit, []
     if kube.replicas == 1:
-        said.append("note: --workers 1 is one replica: a node drain or an eviction stops the app until the pod "
-                    "is scheduled again; give --workers 2 or more")
+        said.append(
+            "note: --workers 1 is one replica: a node drain or an eviction stops the app until the pod "
+            "is scheduled again; give --workers 2 or more"
+        )
     if unit.state_dir is not None:
-        said.append(f"note: --state-dir {unit.state_dir} is an emptyDir volume: it lasts as long as the pod and each "
-                    "replica has its own; mount a PersistentVolumeClaim there for data that must outlive a pod")
+        said.append(
+            f"note: --state-dir {unit.state_dir} is an emptyDir volume: it lasts as long as the pod and each "
+            "replica has its own; mount a PersistentVolumeClaim there for data that must outlive a pod"
+        )
     if unit.memory_high is not None:
-        said.append("note: --memory-high has no counterpart in a pod spec (memory.high is set only by the alpha "
-                    "MemoryQoS feature); the manifest leaves it out")
+        said.append(
+            "note: --memory-high has no counterpart in a pod spec (memory.high is set only by the alpha "
+            "MemoryQoS feature); the manifest leaves it out"
+        )
     return said
 
 
@@ -182,8 +213,16 @@ def command(kube: KubeSpec) -> list[str]:
     assert unit.app is not None
     # The pod's own health address and drain delay replace the unit's.
     own = run_options(dataclasses.replace(unit, health_listen=None, drain_delay=None))
-    argv = ["sockact", "run", unit.app, "--bind", f"{CONTAINER_BIND}:{kube.port}", *own,
-            "--health-listen", f"{CONTAINER_BIND}:{kube.health_port}"]
+    argv = [
+        "sockact",
+        "run",
+        unit.app,
+        "--bind",
+        f"{CONTAINER_BIND}:{kube.port}",
+        *own,
+        "--health-listen",
+        f"{CONTAINER_BIND}:{kube.health_port}",
+    ]
     if unit.drain_delay and float(unit.drain_delay):
         argv += ["--drain-delay", unit.drain_delay]
     return argv
@@ -208,8 +247,12 @@ def probes(kube: KubeSpec) -> dict[str, Any]:
     }
     if kube.unit.watchdog is not None:
         period = max(1, math.ceil(float(kube.unit.watchdog) / 3))
-        found["livenessProbe"] = {"httpGet": {"path": "/live", "port": "health"}, "periodSeconds": period,
-                                  "timeoutSeconds": 1, "failureThreshold": 3}
+        found["livenessProbe"] = {
+            "httpGet": {"path": "/live", "port": "health"},
+            "periodSeconds": period,
+            "timeoutSeconds": 1,
+            "failureThreshold": 3,
+        }
     return found
 
 
@@ -217,9 +260,11 @@ def writable_dirs(kube: KubeSpec) -> list[tuple[str, str, str | None]]:
     """(volume name, mount path, variable naming it) of each directory the pod may write."""
     unit = kube.unit
     dirs: list[tuple[str, str, str | None]] = []
-    for volume, root, relative, variable in (("state", "/var/lib", unit.state_dir, "STATE_DIRECTORY"),
-                                              ("cache", "/var/cache", unit.cache_dir, "CACHE_DIRECTORY"),
-                                              ("logs", "/var/log", unit.logs_dir, "LOGS_DIRECTORY")):
+    for volume, root, relative, variable in (
+        ("state", "/var/lib", unit.state_dir, "STATE_DIRECTORY"),
+        ("cache", "/var/cache", unit.cache_dir, "CACHE_DIRECTORY"),
+        ("logs", "/var/log", unit.logs_dir, "LOGS_DIRECTORY"),
+    ):
         if relative is not None:
             dirs.append((volume, f"{root}/{relative}", variable))
     if not unit.harden:
@@ -228,8 +273,10 @@ def writable_dirs(kube: KubeSpec) -> list[tuple[str, str, str | None]]:
     taken = {path for _, path, _ in dirs}
     for index, path in enumerate(unit.writable, start=1):
         if path == "/":
-            raise UsageError("--writable /: a pod cannot mount an empty directory over its whole file system; "
-                             "name the directories the app writes")
+            raise UsageError(
+                "--writable /: a pod cannot mount an empty directory over its whole file system; "
+                "name the directories the app writes"
+            )
         if path not in taken:
             taken.add(path)
             dirs.append((f"writable-{index}", path, None))
@@ -249,8 +296,12 @@ def security(kube: KubeSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     if not kube.unit.harden:
         return pod, {}
     pod = {"runAsNonRoot": True, **pod, "seccompProfile": {"type": "RuntimeDefault"}}
-    container = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
-                 "capabilities": {"drop": ["ALL"]}}
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
     return pod, container
 
 
@@ -260,8 +311,10 @@ def container(kube: KubeSpec) -> dict[str, Any]:
         "name": kube.name,
         "image": kube.image,
         "command": command(kube),
-        "ports": [{"name": "http", "containerPort": kube.port, "protocol": "TCP"},
-                  {"name": "health", "containerPort": kube.health_port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": kube.port, "protocol": "TCP"},
+            {"name": "health", "containerPort": kube.health_port, "protocol": "TCP"},
+        ],
     }
     if unit.chdir is not None:
         found["workingDir"] = unit.chdir
@@ -315,8 +368,11 @@ def service(kube: KubeSpec) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(kube),
-        "spec": {"type": "ClusterIP", "selector": labels(kube),
-                 "ports": [{"name": "http", "port": kube.port, "targetPort": "http", "protocol": "TCP"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": labels(kube),
+            "ports": [{"name": "http", "port": kube.port, "targetPort": "http", "protocol": "TCP"}],
+        },
     }
 
 
@@ -348,5 +404,7 @@ def render(kube: KubeSpec) -> str:
 def files(kube: KubeSpec) -> list[Unit]:
     """One file per object, for --output-dir (`kubectl apply -f DIR` takes them all)."""
     names = ("deployment", "service", "pdb")
-    return [Unit(kind, f"{kube.name}-{kind}.yaml", yamltext.dump_all([document], header=HEADER))
-            for kind, document in zip(names, manifests(kube))]
+    return [
+        Unit(kind, f"{kube.name}-{kind}.yaml", yamltext.dump_all([document], header=HEADER))
+        for kind, document in zip(names, manifests(kube))
+    ]

@@ -84,8 +84,11 @@ def run_options(spec: UnitSpec) -> list[str]:
     argv = ["--stop-timeout", spec.stop_timeout, "--request-timeout", spec.request_timeout, "--respawn"]
     if spec.access_log:
         argv.append("--access-log")
-    for option, value in (("--max-requests", spec.max_requests), ("--max-requests-jitter", spec.max_requests_jitter),
-                          ("--max-rss", spec.max_rss)):
+    for option, value in (
+        ("--max-requests", spec.max_requests),
+        ("--max-requests-jitter", spec.max_requests_jitter),
+        ("--max-rss", spec.max_rss),
+    ):
         if value:
             argv += [option, str(value)]
     if spec.forwarded_allow_ips:
@@ -113,10 +116,16 @@ def _container(spec: UnitSpec) -> dict[str, Any] | None:
     """The podman lines of a container worker, escaped by sockact.container; None without --container."""
     if spec.container is None:
         return None
-    return {"image": spec.container, "exec_start_pre": container.exec_start_pre(spec),
-            "exec_start": container.exec_start(spec, runtime_args(spec)), "exec_stop": container.exec_stop(spec),
-            "exec_stop_post": container.exec_stop_post(spec), "stop_timeout": container.podman_stop_timeout(spec),
-            "timeout_stop_sec": container.timeout_stop_sec(spec), "margin": container.PODMAN_STOP_MARGIN}
+    return {
+        "image": spec.container,
+        "exec_start_pre": container.exec_start_pre(spec),
+        "exec_start": container.exec_start(spec, runtime_args(spec)),
+        "exec_stop": container.exec_stop(spec),
+        "exec_stop_post": container.exec_stop_post(spec),
+        "stop_timeout": container.podman_stop_timeout(spec),
+        "timeout_stop_sec": container.timeout_stop_sec(spec),
+        "margin": container.PODMAN_STOP_MARGIN,
+    }
 
 
 def context(spec: UnitSpec) -> dict[str, Any]:
@@ -126,9 +135,7 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "name": spec.name,  # validated: unit-name alphabet only, nothing to escape
         "instances": spec.instances,
         "workers": spec.workers,
-        "listeners": [
-            {"address": escape.path(item.address), "tcp": item.is_tcp} for item in spec.listeners
-        ],
+        "listeners": [{"address": escape.path(item.address), "tcp": item.is_tcp} for item in spec.listeners],
         "any_tcp": any(item.is_tcp for item in spec.listeners),
         "any_unix": any(not item.is_tcp for item in spec.listeners),
         "exec_start": escape.exec_line(exec_start(spec)),
@@ -153,7 +160,8 @@ def context(spec: UnitSpec) -> dict[str, Any]:
         "memory_high": spec.memory_high if versions.supports(spec.systemd_version, "MemoryHigh") else None,
         "builtin_runtime": spec.exec_argv is None,
         "health": {"address": escape.path(spec.health_listen.address), "tcp": spec.health_listen.is_tcp}
-        if spec.health_listen is not None else None,
+        if spec.health_listen is not None
+        else None,
         "container": _container(spec),
     }
 
@@ -162,16 +170,25 @@ def render(spec: UnitSpec) -> list[Unit]:
     env = _environment()
     values = context(spec)
     names = unit_filenames(spec.name, spec.health_listen is not None)
-    return [render_target(spec.name, spec.workers, spec.systemd_version) if kind == "target"
-            else Unit(kind, names[kind], env.get_template(f"{kind}.j2").render(values))
-            for kind in KINDS if kind in names]
+    return [
+        render_target(spec.name, spec.workers, spec.systemd_version)
+        if kind == "target"
+        else Unit(kind, names[kind], env.get_template(f"{kind}.j2").render(values))
+        for kind in KINDS
+        if kind in names
+    ]
 
 
 def render_target(name: str, workers: int, systemd_version: int) -> Unit:
     """NAME.target alone, which holds the worker count: `generate` writes it with the other units, and
     `sockact scale` writes it again for a new count. The name is a validated app name."""
-    values = {"version": __version__, "systemd_version": systemd_version, "name": name, "workers": workers,
-              "instances": tuple(f"{name}@{index}.service" for index in range(1, workers + 1))}
+    values = {
+        "version": __version__,
+        "systemd_version": systemd_version,
+        "name": name,
+        "workers": workers,
+        "instances": tuple(f"{name}@{index}.service" for index in range(1, workers + 1)),
+    }
     return Unit("target", f"{name}.target", _environment().get_template("target.j2").render(values))
 
 

@@ -39,89 +39,168 @@ class Hardening:
 # The full sandbox in unit order. exposure_without is measured by tests/test_hardening.py, which
 # fails when systemd's own score of a unit without the line differs from the number here.
 SANDBOX: tuple[Hardening, ...] = (
-    Hardening("DynamicUser", "yes",
-              "runs the workers as a user allocated at start and freed at stop, owning no file on the system",
-              "the app can write nowhere it could not before; --user USER uses a fixed account instead "
-              "(files it owns stay writable with --writable)", 1.2),
-    Hardening("ProtectSystem", "strict",
-              "mounts the whole file system read-only for the worker, /etc and /usr included",
-              "the app cannot write next to its code (SQLite files, uploads, __pycache__); "
-              "--state-dir/--cache-dir/--logs-dir or --writable PATH open what it needs", 1.2),
-    Hardening("ProtectHome", "yes",
-              "hides /home, /root and /run/user (read-only instead when the app or its interpreter lives there)",
-              "an app under /home gets ProtectHome=read-only automatically", 1.3),
-    Hardening("PrivateTmp", "yes",
-              "gives the workers their own /tmp and /var/tmp, emptied at stop",
-              "files in /tmp are not shared with other services (DynamicUser= implies it anyway)", 1.2),
-    Hardening("PrivateDevices", "yes",
-              "a /dev with only null, zero, random, urandom, tty and friends; no disks, no hardware",
-              "apps that open hardware devices (GPUs, serial ports) need --no-harden", 1.5),
-    Hardening("PrivateUsers", "yes",
-              "a user namespace: only root and the worker's own user are mapped, other users appear as nobody",
-              "files readable only through a group other than the worker's own become unreadable", 1.4),
-    Hardening("PrivateMounts", "yes",
-              "the worker's mounts are its own and none of its mount changes reach the host",
-              "none for web apps", 1.2),
-    Hardening("PrivateIPC", "yes",
-              "its own SysV IPC and POSIX message queue namespace (systemd 248+)",
-              "SysV shared memory is not shared with processes outside the worker", 1.2),
-    Hardening("ProtectKernelTunables", "yes",
-              "/proc/sys, /sys and friends read-only", "none for web apps", 1.4),
-    Hardening("ProtectKernelModules", "yes",
-              "no loading of kernel modules, /usr/lib/modules hidden", "none for web apps", 1.4),
-    Hardening("ProtectKernelLogs", "yes",
-              "no reading of the kernel log (dmesg)", "none for web apps", 1.4),
-    Hardening("ProtectControlGroups", "yes",
-              "/sys/fs/cgroup read-only", "none for web apps", 1.4),
-    Hardening("ProtectClock", "yes",
-              "no setting of the system or hardware clock", "none for web apps", 1.3),
-    Hardening("ProtectHostname", "yes",
-              "no changing of the host name", "none for web apps", 1.2),
-    Hardening("ProtectProc", "invisible",
-              "other processes are invisible in /proc (hidepid=invisible, kernel 5.8+)",
-              "the app cannot inspect other processes (ps, psutil.process_iter() see only the worker's own)", 1.4),
-    Hardening("ProcSubset", "pid",
-              "/proc shows process directories only: no /proc/meminfo, /proc/cpuinfo, /proc/stat",
-              "libraries that read /proc/meminfo or /proc/cpuinfo (psutil.virtual_memory(), some "
-              "monitoring agents) fail; os.cpu_count() and os.sched_getaffinity() still work", 1.2),
-    Hardening("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6",
-              "new sockets may be unix, IPv4 or IPv6 only (the journal, notify socket, databases, HTTP clients)",
-              "no netlink (getifaddrs(), socket.if_nameindex()), no raw or packet sockets", 1.7),
-    Hardening("RestrictNamespaces", "yes",
-              "no creating of namespaces (containers, sandboxes of its own)",
-              "apps that spawn sandboxed children (bubblewrap, browsers) need --no-harden", 2.0),
-    Hardening("RestrictRealtime", "yes", "no realtime scheduling (a spinning worker cannot freeze a core)",
-              "none for web apps", 1.3),
+    Hardening(
+        "DynamicUser",
+        "yes",
+        "runs the workers as a user allocated at start and freed at stop, owning no file on the system",
+        "the app can write nowhere it could not before; --user USER uses a fixed account instead "
+        "(files it owns stay writable with --writable)",
+        1.2,
+    ),
+    Hardening(
+        "ProtectSystem",
+        "strict",
+        "mounts the whole file system read-only for the worker, /etc and /usr included",
+        "the app cannot write next to its code (SQLite files, uploads, __pycache__); "
+        "--state-dir/--cache-dir/--logs-dir or --writable PATH open what it needs",
+        1.2,
+    ),
+    Hardening(
+        "ProtectHome",
+        "yes",
+        "hides /home, /root and /run/user (read-only instead when the app or its interpreter lives there)",
+        "an app under /home gets ProtectHome=read-only automatically",
+        1.3,
+    ),
+    Hardening(
+        "PrivateTmp",
+        "yes",
+        "gives the workers their own /tmp and /var/tmp, emptied at stop",
+        "files in /tmp are not shared with other services (DynamicUser= implies it anyway)",
+        1.2,
+    ),
+    Hardening(
+        "PrivateDevices",
+        "yes",
+        "a /dev with only null, zero, random, urandom, tty and friends; no disks, no hardware",
+        "apps that open hardware devices (GPUs, serial ports) need --no-harden",
+        1.5,
+    ),
+    Hardening(
+        "PrivateUsers",
+        "yes",
+        "a user namespace: only root and the worker's own user are mapped, other users appear as nobody",
+        "files readable only through a group other than the worker's own become unreadable",
+        1.4,
+    ),
+    Hardening(
+        "PrivateMounts",
+        "yes",
+        "the worker's mounts are its own and none of its mount changes reach the host",
+        "none for web apps",
+        1.2,
+    ),
+    Hardening(
+        "PrivateIPC",
+        "yes",
+        "its own SysV IPC and POSIX message queue namespace (systemd 248+)",
+        "SysV shared memory is not shared with processes outside the worker",
+        1.2,
+    ),
+    Hardening("ProtectKernelTunables", "yes", "/proc/sys, /sys and friends read-only", "none for web apps", 1.4),
+    Hardening(
+        "ProtectKernelModules", "yes", "no loading of kernel modules, /usr/lib/modules hidden", "none for web apps", 1.4
+    ),
+    Hardening("ProtectKernelLogs", "yes", "no reading of the kernel log (dmesg)", "none for web apps", 1.4),
+    Hardening("ProtectControlGroups", "yes", "/sys/fs/cgroup read-only", "none for web apps", 1.4),
+    Hardening("ProtectClock", "yes", "no setting of the system or hardware clock", "none for web apps", 1.3),
+    Hardening("ProtectHostname", "yes", "no changing of the host name", "none for web apps", 1.2),
+    Hardening(
+        "ProtectProc",
+        "invisible",
+        "other processes are invisible in /proc (hidepid=invisible, kernel 5.8+)",
+        "the app cannot inspect other processes (ps, psutil.process_iter() see only the worker's own)",
+        1.4,
+    ),
+    Hardening(
+        "ProcSubset",
+        "pid",
+        "/proc shows process directories only: no /proc/meminfo, /proc/cpuinfo, /proc/stat",
+        "libraries that read /proc/meminfo or /proc/cpuinfo (psutil.virtual_memory(), some "
+        "monitoring agents) fail; os.cpu_count() and os.sched_getaffinity() still work",
+        1.2,
+    ),
+    Hardening(
+        "RestrictAddressFamilies",
+        "AF_UNIX AF_INET AF_INET6",
+        "new sockets may be unix, IPv4 or IPv6 only (the journal, notify socket, databases, HTTP clients)",
+        "no netlink (getifaddrs(), socket.if_nameindex()), no raw or packet sockets",
+        1.7,
+    ),
+    Hardening(
+        "RestrictNamespaces",
+        "yes",
+        "no creating of namespaces (containers, sandboxes of its own)",
+        "apps that spawn sandboxed children (bubblewrap, browsers) need --no-harden",
+        2.0,
+    ),
+    Hardening(
+        "RestrictRealtime",
+        "yes",
+        "no realtime scheduling (a spinning worker cannot freeze a core)",
+        "none for web apps",
+        1.3,
+    ),
     Hardening("RestrictSUIDSGID", "yes", "no creating of set-user-ID or set-group-ID files", "none", 1.2),
     Hardening("LockPersonality", "yes", "no switching of the execution domain (personality(2))", "none", 1.3),
-    Hardening("MemoryDenyWriteExecute", "yes",
-              "no memory that is writable and executable at once, the usual first step of code injection",
-              "JIT compilers (PyPy, numba, Python 3.13's experimental JIT) and cffi's ffi.callback() in ABI "
-              "mode need W+X memory and fail; ctypes callbacks work (libffi 3.4 trampolines); "
-              "--allow-jit lifts it", 1.3),
-    Hardening("SystemCallArchitectures", "native", "no 32-bit (x32, i386) system calls on a 64-bit host",
-              "none", 1.4),
-    Hardening("SystemCallFilter", "@system-service",
-              "only the system calls of an ordinary service: no mount, reboot, swap, kexec, module, raw I/O ...",
-              "a call outside the list fails with EPERM (see SystemCallErrorNumber=) instead of working", 1.7),
-    Hardening("SystemCallFilter", "~@privileged @resources",
-              "of those, not the privileged ones (chown, setuid, capset, chroot ...) nor the resource ones "
-              "(sched_setaffinity, setpriority, mbind ...)",
-              "os.chown(), os.nice() and os.sched_setaffinity() raise PermissionError "
-              "(resource.setrlimit() still works: glibc uses prlimit64)", 1.5),
-    Hardening("SystemCallErrorNumber", "EPERM",
-              "a filtered system call fails with EPERM, which Python raises as PermissionError, "
-              "instead of killing the worker with SIGSYS",
-              "none: it only softens the failure mode", 1.2),
-    Hardening("CapabilityBoundingSet", "",
-              "no capabilities at all, even if the worker ran as root: no binding of low ports, no chown, no kill",
-              "none: systemd binds the socket (port 80 too) before the worker starts", 3.0),
-    Hardening("NoNewPrivileges", "yes", "set-user-ID programs run by the app gain nothing",
-              "sudo, ping and other set-uid helpers do not work from inside the app", 1.2),
-    Hardening("RemoveIPC", "yes", "SysV IPC objects and POSIX shared memory of the worker's user go at stop",
-              "none", 1.2),
-    Hardening("UMask", "0077", "files the app creates are private to its user",
-              "files meant for other users (logs read by a group) need an explicit chmod", 1.2),
+    Hardening(
+        "MemoryDenyWriteExecute",
+        "yes",
+        "no memory that is writable and executable at once, the usual first step of code injection",
+        "JIT compilers (PyPy, numba, Python 3.13's experimental JIT) and cffi's ffi.callback() in ABI "
+        "mode need W+X memory and fail; ctypes callbacks work (libffi 3.4 trampolines); "
+        "--allow-jit lifts it",
+        1.3,
+    ),
+    Hardening("SystemCallArchitectures", "native", "no 32-bit (x32, i386) system calls on a 64-bit host", "none", 1.4),
+    Hardening(
+        "SystemCallFilter",
+        "@system-service",
+        "only the system calls of an ordinary service: no mount, reboot, swap, kexec, module, raw I/O ...",
+        "a call outside the list fails with EPERM (see SystemCallErrorNumber=) instead of working",
+        1.7,
+    ),
+    Hardening(
+        "SystemCallFilter",
+        "~@privileged @resources",
+        "of those, not the privileged ones (chown, setuid, capset, chroot ...) nor the resource ones "
+        "(sched_setaffinity, setpriority, mbind ...)",
+        "os.chown(), os.nice() and os.sched_setaffinity() raise PermissionError "
+        "(resource.setrlimit() still works: glibc uses prlimit64)",
+        1.5,
+    ),
+    Hardening(
+        "SystemCallErrorNumber",
+        "EPERM",
+        "a filtered system call fails with EPERM, which Python raises as PermissionError, "
+        "instead of killing the worker with SIGSYS",
+        "none: it only softens the failure mode",
+        1.2,
+    ),
+    Hardening(
+        "CapabilityBoundingSet",
+        "",
+        "no capabilities at all, even if the worker ran as root: no binding of low ports, no chown, no kill",
+        "none: systemd binds the socket (port 80 too) before the worker starts",
+        3.0,
+    ),
+    Hardening(
+        "NoNewPrivileges",
+        "yes",
+        "set-user-ID programs run by the app gain nothing",
+        "sudo, ping and other set-uid helpers do not work from inside the app",
+        1.2,
+    ),
+    Hardening(
+        "RemoveIPC", "yes", "SysV IPC objects and POSIX shared memory of the worker's user go at stop", "none", 1.2
+    ),
+    Hardening(
+        "UMask",
+        "0077",
+        "files the app creates are private to its user",
+        "files meant for other users (logs read by a group) need an explicit chmod",
+        1.2,
+    ),
 )
 
 ALLOW_JIT_LIFTS = "MemoryDenyWriteExecute"
@@ -189,6 +268,8 @@ def unreadable_note(spec: UnitSpec) -> str | None:
     for path in (spec.python, spec.chdir):
         closed = closed_to_others(path) if path else None
         if closed:
-            return (f"note: {closed} is closed to other users, so the workers' dynamic user cannot reach {path}; "
-                    "install the app and its venv under /srv or /opt (mode 755), or pass --user ACCOUNT")
+            return (
+                f"note: {closed} is closed to other users, so the workers' dynamic user cannot reach {path}; "
+                "install the app and its venv under /srv or /opt (mode 755), or pass --user ACCOUNT"
+            )
     return None

@@ -39,8 +39,10 @@ _UID_16BIT_MINUS_1 = 65535
 # reference grammar of the containers/image library; the path is lowercase, the tag at most 128 characters.
 _DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)"
 _PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_IMAGE_RE = re.compile(rf"{_DOMAIN}?{_PATH_PART}(?:/{_PATH_PART})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
-                       r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+_IMAGE_RE = re.compile(
+    rf"{_DOMAIN}?{_PATH_PART}(?:/{_PATH_PART})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
 _IMAGE_NAME_MAX = 255
 # podman's container names: letters, digits and '_.-' after a first letter or digit ("sockact-NAME-N").
 _CONTAINER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -203,9 +205,7 @@ def listener(value: str, field: str = "--listen") -> Listener:
         return Listener("tcp", f"[{ipv6(host, value, field)}]:{port(rest, value, field)}")
     host, sep, rest = value.rpartition(":")
     if not sep:
-        raise UsageError(
-            f"{field} {value!r} is not PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path"
-        )
+        raise UsageError(f"{field} {value!r} is not PORT, HOST:PORT, [V6ADDR]:PORT or an absolute unix socket path")
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
@@ -219,8 +219,9 @@ def listener(value: str, field: str = "--listen") -> Listener:
 def ipv6(host: str, whole: str, field: str = "--listen") -> str:
     """The address as systemd prints it back (inet_ntop), so the unit says what systemd will show."""
     if "%" in host:
-        raise UsageError(f"{field} {whole!r}: scoped addresses (%IFACE) are not supported; "
-                         "listen on the address without the scope")
+        raise UsageError(
+            f"{field} {whole!r}: scoped addresses (%IFACE) are not supported; listen on the address without the scope"
+        )
     try:
         packed = ipaddress.IPv6Address(host).packed
     except ValueError:
@@ -243,14 +244,18 @@ def listen_port(item: Listener) -> int | None:
 def health_listener(value: str, listeners: tuple[Listener, ...], builtin_runtime: bool) -> Listener:
     """--health-listen: an address of its own, on a port (or path) no --listen uses."""
     if not builtin_runtime:
-        raise UsageError("--health-listen applies to the built-in runtime (--app); "
-                         "a command given with --exec serves its own health checks")
+        raise UsageError(
+            "--health-listen applies to the built-in runtime (--app); "
+            "a command given with --exec serves its own health checks"
+        )
     health = listener(value, "--health-listen")
     for item in listeners:
         same_port = health.is_tcp and item.is_tcp and listen_port(health) == listen_port(item)
         if same_port or health == item:
-            raise UsageError(f"--health-listen {value!r} collides with --listen {item.address}; "
-                             "give the health endpoint a port of its own, e.g. 127.0.0.1:9000")
+            raise UsageError(
+                f"--health-listen {value!r} collides with --listen {item.address}; "
+                "give the health endpoint a port of its own, e.g. 127.0.0.1:9000"
+            )
     return health
 
 
@@ -260,11 +265,14 @@ def drain_delay_sec(value: str, stop_timeout: str, builtin_runtime: bool) -> str
     if delay is None:
         return None
     if not builtin_runtime:
-        raise UsageError("--drain-delay applies to the built-in runtime (--app); "
-                         "a command given with --exec drains its own way")
+        raise UsageError(
+            "--drain-delay applies to the built-in runtime (--app); a command given with --exec drains its own way"
+        )
     if float(delay) >= float(stop_timeout):
-        raise UsageError(f"--drain-delay {value} is not below --stop-timeout {stop_timeout}: the delay counts inside "
-                         "the stop timeout and the drain needs the rest; lower it or raise --stop-timeout")
+        raise UsageError(
+            f"--drain-delay {value} is not below --stop-timeout {stop_timeout}: the delay counts inside "
+            "the stop timeout and the drain needs the rest; lower it or raise --stop-timeout"
+        )
     return canonical_seconds(delay)
 
 
@@ -327,8 +335,9 @@ def env_pair(value: str) -> tuple[str, str]:
     reject_control("--env", value)
     key, sep, val = value.partition("=")
     if not sep:
-        raise UsageError(f"--env {value!r} has no '='; "
-                         "write KEY=VALUE, e.g. --env DJANGO_SETTINGS_MODULE=proj.settings")
+        raise UsageError(
+            f"--env {value!r} has no '='; write KEY=VALUE, e.g. --env DJANGO_SETTINGS_MODULE=proj.settings"
+        )
     if not _ENV_KEY_RE.fullmatch(key):
         raise UsageError(f"--env {value!r}: {key!r} is not a variable name; use letters, digits and '_'")
     return key, val
@@ -340,8 +349,10 @@ def user(value: str, *, harden: bool = True) -> str:
     if not _USER_RE.fullmatch(value) or not numeric_ok:
         raise UsageError(f"--user {value!r} is not a user name or UID; use e.g. www-data or 33")
     if harden and value in _ROOT_USERS:
-        raise UsageError(f"--user {value}: workers never need root (systemd binds the port); "
-                         "leave --user out for a dynamic user, or add --no-harden to insist")
+        raise UsageError(
+            f"--user {value}: workers never need root (systemd binds the port); "
+            "leave --user out for a dynamic user, or add --no-harden to insist"
+        )
     return value
 
 
@@ -349,7 +360,7 @@ def image_reference(value: str) -> str:
     """A container image reference podman can run, e.g. registry.example.com/team/myapp:1.4."""
     reject_control("--container", value)
     bare = value.partition("@")[0]  # without the digest
-    name = bare[:bare.rindex(":")] if ":" in bare.rpartition("/")[2] else bare  # and without the tag
+    name = bare[: bare.rindex(":")] if ":" in bare.rpartition("/")[2] else bare  # and without the tag
     if not _IMAGE_RE.fullmatch(value) or len(name) > _IMAGE_NAME_MAX:
         raise UsageError(
             f"--container {value!r} is not an image reference; give [REGISTRY/]PATH[:TAG][@DIGEST] with a "
@@ -363,11 +374,15 @@ def container_user(value: str, *, harden: bool = True) -> str:
     reject_control("--user", value)
     found = _CONTAINER_USER_RE.fullmatch(value)
     if not found or any(int(part) > _UID_MAX for part in found.groups() if part is not None):
-        raise UsageError(f"--user {value!r}: with --container give a UID or UID:GID (e.g. 1000 or 1000:1000); "
-                         "the host makes the worker's directories owned by it and cannot read the image's user names")
+        raise UsageError(
+            f"--user {value!r}: with --container give a UID or UID:GID (e.g. 1000 or 1000:1000); "
+            "the host makes the worker's directories owned by it and cannot read the image's user names"
+        )
     if harden and found.group(1) == "0":
-        raise UsageError(f"--user {value}: workers never need root (systemd binds the port); leave --user out "
-                         "for nobody (65534), or add --no-harden to insist")
+        raise UsageError(
+            f"--user {value}: workers never need root (systemd binds the port); leave --user out "
+            "for nobody (65534), or add --no-harden to insist"
+        )
     return value
 
 
@@ -376,20 +391,30 @@ def check_container(spec: UnitSpec) -> UnitSpec:
     if spec.container is None:
         return spec
     if spec.exec_argv is not None:
-        raise UsageError("--container runs `sockact run MODULE:ATTR` in the image; give --app, not --exec "
-                         "(an image that serves by itself needs no socket unit: see docs/containers.md)")
+        raise UsageError(
+            "--container runs `sockact run MODULE:ATTR` in the image; give --app, not --exec "
+            "(an image that serves by itself needs no socket unit: see docs/containers.md)"
+        )
     if spec.writable:
-        raise UsageError("--writable opens host paths in systemd's sandbox; a container sees only its image and "
-                         "its volumes: keep data in --state-dir, --cache-dir or --logs-dir, mounted at the same paths")
+        raise UsageError(
+            "--writable opens host paths in systemd's sandbox; a container sees only its image and "
+            "its volumes: keep data in --state-dir, --cache-dir or --logs-dir, mounted at the same paths"
+        )
     if spec.allow_jit:
-        raise UsageError("--allow-jit lifts MemoryDenyWriteExecute= of systemd's sandbox, which a container worker "
-                         "does not run under (podman's seccomp profile lets a JIT map executable memory)")
+        raise UsageError(
+            "--allow-jit lifts MemoryDenyWriteExecute= of systemd's sandbox, which a container worker "
+            "does not run under (podman's seccomp profile lets a JIT map executable memory)"
+        )
     if spec.health_listen is not None:
-        raise UsageError("--health-listen with --container: the health socket is not passed into the container "
-                         "yet; check the app's port instead (or run without --container)")
+        raise UsageError(
+            "--health-listen with --container: the health socket is not passed into the container "
+            "yet; check the app's port instead (or run without --container)"
+        )
     if not _CONTAINER_NAME_RE.fullmatch(spec.name):
-        raise UsageError(f"name {spec.name!r} cannot name a container (sockact-{spec.name}-N); with --container use "
-                         "letters, digits and '_.-' only")
+        raise UsageError(
+            f"name {spec.name!r} cannot name a container (sockact-{spec.name}-N); with --container use "
+            "letters, digits and '_.-' only"
+        )
     return spec
 
 
@@ -455,8 +480,9 @@ def request_timeout_sec(value: str | None, builtin_runtime: bool) -> str:
     if value is None:
         return DEFAULT_REQUEST_TIMEOUT
     if not builtin_runtime:
-        raise UsageError("--request-timeout applies to the built-in runtime (--app); "
-                         "a command given with --exec enforces its own")
+        raise UsageError(
+            "--request-timeout applies to the built-in runtime (--app); a command given with --exec enforces its own"
+        )
     return seconds_or_off("--request-timeout", value) or "0"
 
 
@@ -466,16 +492,24 @@ def trusted_proxies(value: str, builtin_runtime: bool) -> str:
 
     reject_control("--forwarded-allow-ips", value)
     if not builtin_runtime:
-        raise UsageError("--forwarded-allow-ips applies to the built-in runtime (--app); "
-                         "a command given with --exec reads forwarding headers its own way")
+        raise UsageError(
+            "--forwarded-allow-ips applies to the built-in runtime (--app); "
+            "a command given with --exec reads forwarding headers its own way"
+        )
     return ProxyTrust(value).text
 
 
 # `sockact run`'s HTTP limit options, each with the field of runtime.http11.Limits holding its default:
 # only a value that differs from it is rendered, so units keep the runtime's defaults unless asked.
-HTTP_LIMITS = {"--max-body": "max_body", "--max-headers": "max_fields", "--max-header-size": "max_field",
-               "--max-target": "max_target", "--head-timeout": "head_timeout", "--keep-alive": "keep_alive",
-               "--send-timeout": "send_timeout"}
+HTTP_LIMITS = {
+    "--max-body": "max_body",
+    "--max-headers": "max_fields",
+    "--max-header-size": "max_field",
+    "--max-target": "max_target",
+    "--head-timeout": "head_timeout",
+    "--keep-alive": "keep_alive",
+    "--send-timeout": "send_timeout",
+}
 _BODY_MAX = 1 << 40  # 1024G; above it, 0 (no limit) says the same more plainly
 _SHORTEST_FIELD = 4  # "a:" and CRLF: the fewest bytes a header field line takes
 
@@ -492,8 +526,10 @@ def http_limits(given: dict[str, str | None], builtin_runtime: bool) -> tuple[tu
             continue
         reject_control(option, value)
         if not builtin_runtime:
-            raise UsageError(f"{option} applies to the built-in runtime (--app); "
-                             "a command given with --exec sets its own HTTP limits")
+            raise UsageError(
+                f"{option} applies to the built-in runtime (--app); "
+                "a command given with --exec sets its own HTTP limits"
+            )
         text, number = _http_limit(option, value, DEFAULT_LIMITS.max_head)
         if number != getattr(DEFAULT_LIMITS, HTTP_LIMITS[option]):
             chosen.append((option, text))
@@ -510,8 +546,9 @@ def _http_limit(option: str, value: str, max_head: int) -> tuple[str, float]:
     if option == "--max-headers":
         most = max_head // _SHORTEST_FIELD
         if not is_number(value) or not 1 <= int(value) <= most:
-            raise UsageError(f"{option} {value!r}: give a whole number of header fields from 1 to {most}, "
-                             f"e.g. {option} 200")
+            raise UsageError(
+                f"{option} {value!r}: give a whole number of header fields from 1 to {most}, e.g. {option} 200"
+            )
         return str(int(value)), int(value)
     text = canonical_seconds(seconds(option, value))
     return text, float(text)
@@ -525,8 +562,10 @@ def _request_size(option: str, value: str, bounds: tuple[int, int], why: str, ex
     try:
         size = sizes.parse(value)
     except ValueError:
-        raise UsageError(f"{option} {value!r} is not a size; give bytes with an optional K, M or G suffix "
-                         f"(1024-based) {hint}, e.g. {option} {example}") from None
+        raise UsageError(
+            f"{option} {value!r} is not a size; give bytes with an optional K, M or G suffix "
+            f"(1024-based) {hint}, e.g. {option} {example}"
+        ) from None
     if not least <= size <= most:
         raise UsageError(f"{option} {value!r} is out of range; give a size {hint}")
     return sizes.canonical(size), size
@@ -556,11 +595,15 @@ def memory_size(field: str, value: str) -> str:
         return value
     size = size_bytes(value)
     if size is None or size >= 1 << 64:
-        raise UsageError(f"{field} {value!r}: give a size such as 512M or 2G (K, M, G, T are 1024-based), "
-                         "a percentage of the host's memory such as 25%, or infinity")
+        raise UsageError(
+            f"{field} {value!r}: give a size such as 512M or 2G (K, M, G, T are 1024-based), "
+            "a percentage of the host's memory such as 25%, or infinity"
+        )
     if size < _SIZE_MIN:
-        raise UsageError(f"{field} {value!r} is below 32M, less than a Python worker needs to start; "
-                         "give e.g. 512M (a bare number counts bytes)")
+        raise UsageError(
+            f"{field} {value!r} is below 32M, less than a Python worker needs to start; "
+            "give e.g. 512M (a bare number counts bytes)"
+        )
     return value
 
 
@@ -582,16 +625,22 @@ def check_memory(spec: UnitSpec) -> UnitSpec:
     """Limits that contradict each other: each is valid alone, the pair is not."""
     high, top = (size_bytes(v) if v else None for v in (spec.memory_high, spec.memory_max))
     if high is not None and top is not None and high >= top:
-        raise UsageError(f"--memory-high {spec.memory_high} is not below --memory-max {spec.memory_max}: "
-                         "MemoryHigh= is where reclaim starts, before the kill at MemoryMax=; lower it")
+        raise UsageError(
+            f"--memory-high {spec.memory_high} is not below --memory-max {spec.memory_max}: "
+            "MemoryHigh= is where reclaim starts, before the kill at MemoryMax=; lower it"
+        )
     if spec.max_rss and top is not None and spec.max_rss * (1 << 20) >= top:
-        raise UsageError(f"--max-rss {spec.max_rss} (MiB) is not below --memory-max {spec.memory_max}: the kernel "
-                         "would kill the worker before it recycles itself; set --max-rss below it")
+        raise UsageError(
+            f"--max-rss {spec.max_rss} (MiB) is not below --memory-max {spec.memory_max}: the kernel "
+            "would kill the worker before it recycles itself; set --max-rss below it"
+        )
     if spec.max_requests_jitter and not spec.max_requests:
         raise UsageError("--max-requests-jitter spreads the limit of --max-requests; give --max-requests N too")
     if spec.exec_argv is not None and (spec.max_requests or spec.max_rss):
-        raise UsageError("--max-requests and --max-rss are options of the built-in runtime (--app); "
-                         "a command given with --exec recycles itself, if it can")
+        raise UsageError(
+            "--max-requests and --max-rss are options of the built-in runtime (--app); "
+            "a command given with --exec recycles itself, if it can"
+        )
     return spec
 
 
@@ -658,40 +707,62 @@ def build(
         chosen_user = container_user(run_as, harden=harden)
     else:
         chosen_user = user(run_as, harden=harden)
-    return check_container(check_memory(UnitSpec(
-        name=name(unit_name),
-        listeners=listeners,
-        workers=workers(worker_count),
-        python=python(python_path),
-        app=app(app_ref) if app_ref is not None else None,
-        exec_argv=exec_command(exec_cmd) if exec_cmd is not None else None,
-        chdir=absolute_path("--chdir", chdir) if chdir is not None else None,
-        env=tuple(env_pair(item) for item in env or ()),
-        env_file=file_path("--env-file", env_file) if env_file is not None else None,
-        user=chosen_user,
-        watchdog=watchdog_sec(watchdog, builtin_runtime=app_ref is not None),
-        request_timeout=request_timeout_sec(request_timeout, builtin_runtime=app_ref is not None),
-        stop_timeout=stop,
-        systemd_version=target_version(systemd_version),
-        harden=harden,
-        allow_jit=allow_jit,
-        state_dir=directory_name("--state-dir", state_dir) if state_dir is not None else None,
-        cache_dir=directory_name("--cache-dir", cache_dir) if cache_dir is not None else None,
-        logs_dir=directory_name("--logs-dir", logs_dir) if logs_dir is not None else None,
-        writable=tuple(writable_path(item) for item in writable or ()),
-        access_log=access_log,
-        memory_max=memory_size("--memory-max", memory_max) if memory_max is not None else None,
-        memory_high=memory_size("--memory-high", memory_high) if memory_high is not None else None,
-        max_requests=count("--max-requests", max_requests),
-        max_requests_jitter=count("--max-requests-jitter", max_requests_jitter),
-        max_rss=count("--max-rss", max_rss),
-        forwarded_allow_ips=(trusted_proxies(forwarded_allow_ips, builtin_runtime=app_ref is not None)
-                             if forwarded_allow_ips is not None else None),
-        http_limits=http_limits(dict(zip(HTTP_LIMITS, (max_body, max_headers, max_header_size, max_target,
-                                                       head_timeout, keep_alive, send_timeout))),
-                                builtin_runtime=app_ref is not None),
-        health_listen=(health_listener(health_listen, listeners, builtin_runtime)
-                       if health_listen is not None else None),
-        drain_delay=drain_delay_sec(drain_delay, stop, builtin_runtime),
-        container=image,
-    )))
+    return check_container(
+        check_memory(
+            UnitSpec(
+                name=name(unit_name),
+                listeners=listeners,
+                workers=workers(worker_count),
+                python=python(python_path),
+                app=app(app_ref) if app_ref is not None else None,
+                exec_argv=exec_command(exec_cmd) if exec_cmd is not None else None,
+                chdir=absolute_path("--chdir", chdir) if chdir is not None else None,
+                env=tuple(env_pair(item) for item in env or ()),
+                env_file=file_path("--env-file", env_file) if env_file is not None else None,
+                user=chosen_user,
+                watchdog=watchdog_sec(watchdog, builtin_runtime=app_ref is not None),
+                request_timeout=request_timeout_sec(request_timeout, builtin_runtime=app_ref is not None),
+                stop_timeout=stop,
+                systemd_version=target_version(systemd_version),
+                harden=harden,
+                allow_jit=allow_jit,
+                state_dir=directory_name("--state-dir", state_dir) if state_dir is not None else None,
+                cache_dir=directory_name("--cache-dir", cache_dir) if cache_dir is not None else None,
+                logs_dir=directory_name("--logs-dir", logs_dir) if logs_dir is not None else None,
+                writable=tuple(writable_path(item) for item in writable or ()),
+                access_log=access_log,
+                memory_max=memory_size("--memory-max", memory_max) if memory_max is not None else None,
+                memory_high=memory_size("--memory-high", memory_high) if memory_high is not None else None,
+                max_requests=count("--max-requests", max_requests),
+                max_requests_jitter=count("--max-requests-jitter", max_requests_jitter),
+                max_rss=count("--max-rss", max_rss),
+                forwarded_allow_ips=(
+                    trusted_proxies(forwarded_allow_ips, builtin_runtime=app_ref is not None)
+                    if forwarded_allow_ips is not None
+                    else None
+                ),
+                http_limits=http_limits(
+                    dict(
+                        zip(
+                            HTTP_LIMITS,
+                            (
+                                max_body,
+                                max_headers,
+                                max_header_size,
+                                max_target,
+                                head_timeout,
+                                keep_alive,
+                                send_timeout,
+                            ),
+                        )
+                    ),
+                    builtin_runtime=app_ref is not None,
+                ),
+                health_listen=(
+                    health_listener(health_listen, listeners, builtin_runtime) if health_listen is not None else None
+                ),
+                drain_delay=drain_delay_sec(drain_delay, stop, builtin_runtime),
+                container=image,
+            )
+        )
+    )

@@ -37,8 +37,9 @@ DIRECTIVES: dict[str, Since] = {
     "Wants": Since(OLDEST, _BASE, "Unit"),
     "After": Since(OLDEST, _BASE, "Unit"),
     "WantedBy": Since(OLDEST, _BASE, "Install"),
-    "StartLimitIntervalSec": Since(229, "v229: StartLimitInterval= and StartLimitBurst= moved from [Service] to [Unit]",
-                                   "Unit"),
+    "StartLimitIntervalSec": Since(
+        229, "v229: StartLimitInterval= and StartLimitBurst= moved from [Service] to [Unit]", "Unit"
+    ),
     "StartLimitBurst": Since(229, "v229: StartLimitBurst= moved from [Service] to [Unit]", "Unit"),
     # [Socket]
     "ListenStream": Since(OLDEST, _BASE, "Socket"),
@@ -148,6 +149,9 @@ def running_version() -> Detected:
         out = ""
     found = parse_version_output(out)
     if found is None:
-        return Detected(FALLBACK, f"note: could not read the systemd version (systemctl --version); "
-                                  f"rendering for systemd {FALLBACK}, pass --systemd-version N to choose")
+        return Detected(
+            FALLBACK,
+            f"note: could not read the systemd version (systemctl --version); "
+            f"rendering for systemd {FALLBACK}, pass --systemd-version N to choose",
+        )
     return Detected(found)

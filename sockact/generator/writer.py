@@ -24,8 +24,9 @@ def write_units(units: list[Unit], directory: str) -> list[Path]:
     except OSError as exc:
         for temp, _ in staged:
             Path(temp).unlink(missing_ok=True)
-        raise UsageError(f"cannot write units into {directory!r}: {exc.strerror}; "
-                         "check the directory's permissions") from None
+        raise UsageError(
+            f"cannot write units into {directory!r}: {exc.strerror}; check the directory's permissions"
+        ) from None
     return [final for _, final in staged]
 
 

@@ -40,8 +40,9 @@ def scalar(value: str | int | bool) -> str:
         raise TypeError(f"no YAML form for {type(value).__name__}")
     bad = _NOT_PRINTABLE.search(value)
     if bad:
-        raise UsageError(f"{value!r} holds the character {bad.group()!r}, "
-                         "which a YAML manifest cannot carry; remove it")
+        raise UsageError(
+            f"{value!r} holds the character {bad.group()!r}, which a YAML manifest cannot carry; remove it"
+        )
     return json.dumps(value, ensure_ascii=False)
 
 

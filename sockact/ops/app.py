@@ -12,8 +12,16 @@ from ..generator import spec
 from . import HEADER
 from .systemctl import Props, show_by_id
 
-UNIT_PROPS = ("LoadState", "ActiveState", "SubState", "FragmentPath", "Wants", "Listen", "UnitFileState",
-              "NeedDaemonReload")
+UNIT_PROPS = (
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "FragmentPath",
+    "Wants",
+    "Listen",
+    "UnitFileState",
+    "NeedDaemonReload",
+)
 
 
 def is_ours(path: str | Path) -> bool:
@@ -36,9 +44,7 @@ def require_ours(unit: str, path: str | Path) -> None:
 def require_root(command: str) -> None:
     """Changing units and starting or stopping them needs root; say so before doing anything."""
     if os.geteuid() != 0:
-        raise PermissionNeeded(
-            f"{command} changes systemd units and needs root: run `sudo sockact {command} ...`"
-        )
+        raise PermissionNeeded(f"{command} changes systemd units and needs root: run `sudo sockact {command} ...`")
 
 
 def instance_index(name: str, unit: str) -> int | None:

@@ -18,8 +18,10 @@ def preflight(spec: UnitSpec) -> list[str]:
     passed = [check_podman(), check_image(spec)]
     if spec.env_file is not None:
         if not os.path.isfile(spec.env_file) or not os.access(spec.env_file, os.R_OK):
-            raise PreflightFailed(f"--env-file {spec.env_file} is not a readable file; podman reads it at each "
-                                  "start: create it (KEY=VALUE lines) or leave --env-file out")
+            raise PreflightFailed(
+                f"--env-file {spec.env_file} is not a readable file; podman reads it at each "
+                "start: create it (KEY=VALUE lines) or leave --env-file out"
+            )
         passed.append(f"--env-file {spec.env_file}: readable")
     passed += [check_port(spec, item) for item in spec.listeners if item.is_tcp]
     passed.append(check_import(spec))
@@ -34,8 +36,14 @@ def check_podman() -> str:
 
 def _podman(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run([container.PODMAN, *argv], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            [container.PODMAN, *argv],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return subprocess.CompletedProcess(argv, -1, "", f"podman {argv[0]} took longer than {timeout:g} s")
 
@@ -44,8 +52,10 @@ def check_image(spec: UnitSpec) -> str:
     """The workers start with --pull=never: the image must be in root's store before they start."""
     assert spec.container is not None
     if _podman("image", "exists", spec.container).returncode != 0:
-        raise PreflightFailed(f"--container {spec.container} is not in podman's image store; `podman pull "
-                              f"{spec.container}` (or build it) first: the workers never pull")
+        raise PreflightFailed(
+            f"--container {spec.container} is not in podman's image store; `podman pull "
+            f"{spec.container}` (or build it) first: the workers never pull"
+        )
     return f"--container {spec.container}: in podman's image store"
 
 
@@ -74,8 +84,10 @@ def check_import(spec: UnitSpec) -> str:
         raise PreflightFailed(f"{said[-1]}; fix the app, the image or --app/--chdir (checked in {spec.container})")
     if result.returncode == EXIT_NO_SOCKACT:
         reason = said[-1] if said else "no reason given"
-        raise PreflightFailed(f"{PYTHON_IN_IMAGE} in {spec.container} cannot import sockact ({reason}); "
-                              "install sockact into the image (docs/containers.md has a Containerfile)")
+        raise PreflightFailed(
+            f"{PYTHON_IN_IMAGE} in {spec.container} cannot import sockact ({reason}); "
+            "install sockact into the image (docs/containers.md has a Containerfile)"
+        )
     if result.returncode != 0:
         errors = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         detail = errors[-1] if errors else f"exit status {result.returncode}"

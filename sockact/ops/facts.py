@@ -23,6 +23,7 @@ _STATUS_REPLACED = re.compile(r"; serving process replaced (\d+) times")
 
 # --- listen backlogs -------------------------------------------------------------------------------
 
+
 def listen_address(listen: str) -> str:
     """'[::]:8000' from systemd's Listen= value '[::]:8000 (Stream)'."""
     address, _, kind = listen.rpartition(" (")
@@ -32,7 +33,7 @@ def listen_address(listen: str) -> str:
 def _proc_net_ip(hex_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     # /proc/net/tcp prints each 32-bit word of the address in host (little-endian) byte order.
     raw = bytes.fromhex(hex_ip)
-    swapped = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    swapped = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
     return ipaddress.ip_address(swapped)
 
 
@@ -102,6 +103,7 @@ def backlogs(addresses: list[str]) -> dict[str, int | None]:
 
 # --- STATUS= ---------------------------------------------------------------------------------------
 
+
 class Counters(NamedTuple):
     """What a sockact worker publishes in STATUS=; None where the text does not say."""
 
@@ -132,8 +134,9 @@ def parse_status_text(text: str) -> Counters:
         counters = Counters(int(serving.group(1)), int(serving.group(2)), float(serving.group(3)))
         stuck, blocked = _STATUS_STUCK.search(text), _STATUS_BLOCKED.search(text)
         if stuck:
-            counters = counters._replace(threads_stuck=int(stuck.group(1)), threads=int(stuck.group(2)),
-                                         stuck_seconds=float(stuck.group(3)))
+            counters = counters._replace(
+                threads_stuck=int(stuck.group(1)), threads=int(stuck.group(2)), stuck_seconds=float(stuck.group(3))
+            )
         if blocked:
             counters = counters._replace(loop_blocked_seconds=float(blocked.group(1)))
         replaced = _STATUS_REPLACED.search(text)
@@ -147,6 +150,7 @@ def parse_status_text(text: str) -> Counters:
 
 
 # --- psutil ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Usage:

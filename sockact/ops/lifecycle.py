@@ -18,9 +18,12 @@ READY_TIMEOUT = 90.0  # systemd's own default TimeoutStartSec=
 def _states(app: App) -> dict[str, str]:
     """Each wanted instance's ActiveState, or "retrying" while the app cannot start."""
     shown = show_by_id(app.instances, ["ActiveState", "StatusText"])
-    return {unit: "retrying" if props.get("ActiveState") == "activating"
-            and props.get("StatusText", "").startswith(CANNOT_START) else props.get("ActiveState", "?")
-            for unit, props in shown.items()}
+    return {
+        unit: "retrying"
+        if props.get("ActiveState") == "activating" and props.get("StatusText", "").startswith(CANNOT_START)
+        else props.get("ActiveState", "?")
+        for unit, props in shown.items()
+    }
 
 
 def _wait_started(app: App, timeout: float = READY_TIMEOUT) -> dict[str, str]:
@@ -40,8 +43,11 @@ def start(name: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     every worker, and wait until each worker is ready."""
     require_root("start")
     app = resolve(name)
-    cleared = [unit for unit, props in show_by_id([app.socket_unit, *app.instances], ["ActiveState"]).items()
-               if props.get("ActiveState") == "failed"]
+    cleared = [
+        unit
+        for unit, props in show_by_id([app.socket_unit, *app.instances], ["ActiveState"]).items()
+        if props.get("ActiveState") == "failed"
+    ]
     if cleared:
         try_systemctl("reset-failed", *cleared)
         out.write(f"{name}: cleared the failed state of {', '.join(cleared)}\n")
@@ -60,8 +66,10 @@ def start(name: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
         err.write(f"{unit} did not become ready ({states[unit]}); its journal:\n")
         err.writelines(f"  {line}\n" for line in journal_since(app, unit, None, last=10))
     if failed:
-        raise SystemdError(f"{name}: {len(failed)} of {len(states)} workers did not start; fix the app "
-                           f"(see above or `sockact logs {name}`) and run `sudo sockact start {name}` again")
+        raise SystemdError(
+            f"{name}: {len(failed)} of {len(states)} workers did not start; fix the app "
+            f"(see above or `sockact logs {name}`) and run `sudo sockact start {name}` again"
+        )
     out.write(f"{name}: socket listening, {len(states)} workers ready in {time.monotonic() - began:.1f} s\n")
     return 0
 
@@ -76,6 +84,8 @@ def stop(name: str, out: TextIO = sys.stdout) -> int:
     health = f"{name}-health.socket"
     loaded = show_by_id([health], ["LoadState"]).get(health, {}).get("LoadState") == "loaded"
     systemctl("stop", app.target_unit, app.socket_unit, *([health] if loaded else []))
-    out.write(f"{name}: workers drained and stopped, socket closed in {time.monotonic() - began:.1f} s "
-              f"(`sudo sockact start {name}` starts them again)\n")
+    out.write(
+        f"{name}: workers drained and stopped, socket closed in {time.monotonic() - began:.1f} s "
+        f"(`sudo sockact start {name}` starts them again)\n"
+    )
     return 0

@@ -15,8 +15,15 @@ from .app import App, instance_index, resolve
 from .systemctl import Record, can_read_journal, failure, journal_args, message, parse_records
 
 RESET = "\x1b[0m"
-PRIORITY_COLOURS = {0: "\x1b[1;31m", 1: "\x1b[1;31m", 2: "\x1b[1;31m", 3: "\x1b[31m", 4: "\x1b[33m",
-                    5: "\x1b[1m", 7: "\x1b[2m"}
+PRIORITY_COLOURS = {
+    0: "\x1b[1;31m",
+    1: "\x1b[1;31m",
+    2: "\x1b[1;31m",
+    3: "\x1b[31m",
+    4: "\x1b[33m",
+    5: "\x1b[1m",
+    7: "\x1b[2m",
+}
 TAG_COLOURS = ("\x1b[36m", "\x1b[32m", "\x1b[35m", "\x1b[34m", "\x1b[33m", "\x1b[96m")
 
 
@@ -71,8 +78,9 @@ def format_record(name: str, record: Record, *, colour: bool) -> str:
     return "\n".join(f"{stamp} {tag}  {line}" for line in (text.splitlines() or [""]))
 
 
-def write_records(name: str, lines: Iterable[str], *, as_json: bool, colour: bool, out: TextIO,
-                  seen: list[str] | None = None) -> None:
+def write_records(
+    name: str, lines: Iterable[str], *, as_json: bool, colour: bool, out: TextIO, seen: list[str] | None = None
+) -> None:
     """Print the journal's lines; each printed message also goes to `seen`, when given."""
     for line in lines:
         if as_json:
@@ -88,8 +96,9 @@ def write_records(name: str, lines: Iterable[str], *, as_json: bool, colour: boo
 def stream(argv: list[str], name: str, *, as_json: bool, out: TextIO, seen: list[str] | None = None) -> None:
     colour = out.isatty() and "NO_COLOR" not in os.environ
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+        )
     except FileNotFoundError:
         raise SystemdError("journalctl is not installed; sockact needs systemd's journal") from None
     assert proc.stdout is not None and proc.stderr is not None

@@ -49,6 +49,7 @@ def runtime_flag(directory: Path) -> list[str]:
 
 # --- install ---------------------------------------------------------------------------------------
 
+
 def _check_loaded_elsewhere(name: str, directory: Path) -> None:
     """Refuse to shadow, or be shadowed by, a unit of the same name in another directory."""
     loaded = show_by_id([f"{name}.socket", f"{name}.target", f"{name}@1.service"], ["LoadState", "FragmentPath"])
@@ -59,10 +60,13 @@ def _check_loaded_elsewhere(name: str, directory: Path) -> None:
         if not path or Path(path).parent.resolve() == directory.resolve():
             continue
         if not is_ours(path):
-            raise NotOursError(f"{unit} is already defined by {path}, which sockact did not write; "
-                               "choose another app name")
-        raise UsageError(f"{name} is already installed in {Path(path).parent}; uninstall it there first "
-                         f"(`sudo sockact uninstall {name} --unit-dir {Path(path).parent}`) or install there")
+            raise NotOursError(
+                f"{unit} is already defined by {path}, which sockact did not write; choose another app name"
+            )
+        raise UsageError(
+            f"{name} is already installed in {Path(path).parent}; uninstall it there first "
+            f"(`sudo sockact uninstall {name} --unit-dir {Path(path).parent}`) or install there"
+        )
 
 
 def _check_files(units: list[Unit], directory: Path) -> None:
@@ -72,8 +76,9 @@ def _check_files(units: list[Unit], directory: Path) -> None:
             require_ours(unit.filename, path)
 
 
-def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dry_run: bool = False,
-            out: TextIO = sys.stdout) -> int:
+def install(
+    spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dry_run: bool = False, out: TextIO = sys.stdout
+) -> int:
     """Preflight, then write the units, daemon-reload, start (--now: until every worker is ready) and
     enable. Nothing is written when a check fails; a fresh install that does not start is removed again."""
     from ..generator.render import render
@@ -90,8 +95,11 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dr
     if dry_run:
         _print_plan(spec, units, directory, enable=enable, now=now, out=out)
         return 0
-    previous = {unit.filename: (directory / unit.filename).read_text(encoding="utf-8")
-                for unit in units if (directory / unit.filename).exists()}
+    previous = {
+        unit.filename: (directory / unit.filename).read_text(encoding="utf-8")
+        for unit in units
+        if (directory / unit.filename).exists()
+    }
     serving, failing = _workers_before(spec)
     out.writelines(f"wrote {path}\n" for path in write_units(units, str(directory)))
     daemon_reload()
@@ -104,12 +112,16 @@ def install(spec: UnitSpec, *, unit_dir: str | None, enable: bool, now: bool, dr
         until = " (until the next reboot: --unit-dir is under /run)" if runtime_flag(directory) else ""
         out.write(f"enabled {' and '.join(sockets)}: it starts on boot{until}\n")
     if serving:
-        out.write(f"{spec.name} is running ({len(serving)} workers on the previous units): run `sudo sockact reload "
-                  f"{spec.name}` to restart them on the new ones, and `sudo sockact scale {spec.name} {spec.workers}` "
-                  "if the worker count changed\n")
+        out.write(
+            f"{spec.name} is running ({len(serving)} workers on the previous units): run `sudo sockact reload "
+            f"{spec.name}` to restart them on the new ones, and `sudo sockact scale {spec.name} {spec.workers}` "
+            "if the worker count changed\n"
+        )
     elif failing and not now:  # with --now they were restarted on the new units above
-        out.write(f"{spec.name}'s workers could not start the app ({len(failing)} waiting to retry): run `sudo sockact "
-                  f"start {spec.name}` to try the new units now and wait until they are ready\n")
+        out.write(
+            f"{spec.name}'s workers could not start the app ({len(failing)} waiting to retry): run `sudo sockact "
+            f"start {spec.name}` to try the new units now and wait until they are ready\n"
+        )
     return 0
 
 
@@ -129,14 +141,16 @@ def _workers_before(spec: UnitSpec) -> tuple[list[str], list[str]]:
     return serving, failing
 
 
-def _print_plan(spec: UnitSpec, units: list[Unit], directory: Path, *, enable: bool, now: bool,
-                out: TextIO) -> None:
+def _print_plan(spec: UnitSpec, units: list[Unit], directory: Path, *, enable: bool, now: bool, out: TextIO) -> None:
     """What install would do, for --dry-run."""
     out.writelines(f"would write {directory / unit.filename}\n" for unit in units)
     if now:
         out.write(f"would start {spec.name}.socket and {spec.workers} workers and wait until they are ready\n")
     if enable:
-        out.write(f"would enable {' and '.join(sockets_of(spec))}{' until the next reboot' if runtime_flag(directory) else ''}\n")
+        out.write(
+            f"would enable {' and '.join(sockets_of(spec))}"
+            f"{' until the next reboot' if runtime_flag(directory) else ''}\n"
+        )
     out.write("dry run: every check passed; nothing was written (run it again without --dry-run to install)\n")
 
 
@@ -163,8 +177,9 @@ def _start(spec: UnitSpec, units: list[Unit], directory: Path, previous: dict[st
         started = wait_started(spec.instances, before)
     if started.ready:
         listening = ", ".join(item.address for item in spec.listeners)
-        out.write(f"started {spec.name}: listening on {listening}, {spec.workers} workers ready in "
-                  f"{started.seconds:.1f} s\n")
+        out.write(
+            f"started {spec.name}: listening on {listening}, {spec.workers} workers ready in {started.seconds:.1f} s\n"
+        )
         return
     if previous:
         undone = _restore(spec, directory, previous, was_active)
@@ -200,8 +215,10 @@ def _restore(spec: UnitSpec, directory: Path, previous: dict[str, str], was_acti
     running = sum(unit in was_active for unit in spec.instances)
     workers = f"{running} of its workers still run as before" if running else "its workers are stopped"
     sock = "listening" if f"{name}.socket" in was_active else "stopped"
-    return (f"this was an upgrade: the previous units of {name} are back in place (its enablement is unchanged), "
-            f"{workers} and its socket is {sock}")
+    return (
+        f"this was an upgrade: the previous units of {name} are back in place (its enablement is unchanged), "
+        f"{workers} and its socket is {sock}"
+    )
 
 
 def _print_score(name: str, out: TextIO) -> None:
@@ -209,11 +226,14 @@ def _print_score(name: str, out: TextIO) -> None:
 
     score = security_score(f"{name}@1.service")
     if score is not None:
-        out.write(f"sandbox: `systemd-analyze security {name}@1.service` exposure {score:.1f} "
-                  f"(`sockact generate {name} ... --explain` says what each line does)\n")
+        out.write(
+            f"sandbox: `systemd-analyze security {name}@1.service` exposure {score:.1f} "
+            f"(`sockact generate {name} ... --explain` says what each line does)\n"
+        )
 
 
 # --- uninstall -------------------------------------------------------------------------------------
+
 
 def _drop_ins(directory: Path, name: str) -> tuple[list[Path], list[Path]]:
     """(drop-ins sockact wrote, drop-ins it did not) for the app's units."""
@@ -255,8 +275,11 @@ def installed_dir(name: str, unit_dir: str | None) -> Path:
 
 
 # systemd's directory settings, their base under /, and what they hold for a person.
-_KEPT = (("StateDirectory", "var/lib", "the app's data"), ("CacheDirectory", "var/cache", "its cache"),
-         ("LogsDirectory", "var/log", "its log files"))
+_KEPT = (
+    ("StateDirectory", "var/lib", "the app's data"),
+    ("CacheDirectory", "var/cache", "its cache"),
+    ("LogsDirectory", "var/log", "its log files"),
+)
 
 
 def kept_directories(props: Props, root: Path = Path("/")) -> list[tuple[Path, str]]:
@@ -303,12 +326,14 @@ def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> i
     kept = kept_directories(worker)
     for path, what in kept:
         out.write(f"kept {path} ({what}): remove it yourself once it is no longer needed\n")
-    out.write(f"uninstalled {name}: stopped, disabled, {len(ours) + len(files)} files removed"
-              f"{_kept_count(len(kept))}\n")
+    out.write(
+        f"uninstalled {name}: stopped, disabled, {len(ours) + len(files)} files removed{_kept_count(len(kept))}\n"
+    )
     return 0
 
 
 # --- list ------------------------------------------------------------------------------------------
+
 
 def find_apps(directory: Path) -> list[str]:
     """Names of the apps whose NAME.target in directory sockact wrote."""
@@ -318,14 +343,18 @@ def find_apps(directory: Path) -> list[str]:
 def _app_entry(name: str, units: dict[str, Props]) -> dict[str, Any]:
     sock, target = units.get(f"{name}.socket", {}), units.get(f"{name}.target", {})
     running = sum(
-        1 for unit, props in units.items()
+        1
+        for unit, props in units.items()
         if instance_index(name, unit) is not None and props.get("ActiveState") == "active"
     )
     return {
         "app": name,
-        "socket": {"state": sock.get("ActiveState", "unknown"), "sub_state": sock.get("SubState", ""),
-                   "enabled": sock.get("UnitFileState", ""),
-                   "listen": [listen_address(line) for line in sock.get("Listen", "").splitlines() if line]},
+        "socket": {
+            "state": sock.get("ActiveState", "unknown"),
+            "sub_state": sock.get("SubState", ""),
+            "enabled": sock.get("UnitFileState", ""),
+            "listen": [listen_address(line) for line in sock.get("Listen", "").splitlines() if line],
+        },
         "target_state": target.get("ActiveState", "unknown"),
         "workers_wanted": len(wanted_indexes(name, target.get("Wants", ""))),
         "workers_running": running,
@@ -334,9 +363,14 @@ def _app_entry(name: str, units: dict[str, Props]) -> dict[str, Any]:
 
 def _render_list(apps: list[dict[str, Any]]) -> str:
     rows = [
-        [entry["app"], f"{entry['socket']['state']} ({entry['socket']['sub_state']})", entry["socket"]["enabled"],
-         ", ".join(entry["socket"]["listen"]) or "-", f"{entry['workers_running']}/{entry['workers_wanted']}",
-         entry["target_state"]]
+        [
+            entry["app"],
+            f"{entry['socket']['state']} ({entry['socket']['sub_state']})",
+            entry["socket"]["enabled"],
+            ", ".join(entry["socket"]["listen"]) or "-",
+            f"{entry['workers_running']}/{entry['workers_wanted']}",
+            entry["target_state"],
+        ]
         for entry in apps
     ]
     return table(["APP", "SOCKET", "ON BOOT", "LISTEN", "WORKERS", "TARGET"], rows) + "\n"
@@ -358,8 +392,9 @@ def list_apps(*, unit_dir: str | None, as_json: bool, out: TextIO = sys.stdout) 
     units = show_by_id(patterns, props) if names else {}
     apps = [_app_entry(name, units) for name in names]
     if as_json:
-        out.write(json.dumps({"schema": LIST_SCHEMA, "unit_dirs": [str(path) for path in directories],
-                              "apps": apps}) + "\n")
+        out.write(
+            json.dumps({"schema": LIST_SCHEMA, "unit_dirs": [str(path) for path in directories], "apps": apps}) + "\n"
+        )
     elif not apps:
         where = " or ".join(str(path) for path in directories) or "the unit directories"
         out.write(f"no apps in {where} (units whose first line is '{HEADER} ...')\n")

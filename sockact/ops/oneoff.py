@@ -21,31 +21,115 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # [Service] settings that make a worker a supervised server of the socket. A one-off command takes
 # none of them: systemd-run decides its type, its stdio and how it is waited for.
-SERVER_ONLY = frozenset({
-    "Type", "NotifyAccess", "Sockets", "NonBlocking", "BusName", "PIDFile", "GuessMainPID", "RemainAfterExit",
-    "ExitType", "OOMPolicy", "OpenFile", "FileDescriptorStoreMax", "FileDescriptorStorePreserve",
-    "ExecCondition", "ExecStartPre", "ExecStart", "ExecStartPost", "ExecReload", "ExecStop", "ExecStopPost",
-    "Restart", "RestartSec", "RestartSteps", "RestartMaxDelaySec", "RestartMode", "RestartPreventExitStatus",
-    "RestartForceExitStatus", "SuccessExitStatus", "WatchdogSec", "WatchdogSignal", "ReloadSignal",
-    "TimeoutSec", "TimeoutStartSec", "TimeoutStopSec", "TimeoutAbortSec", "TimeoutStartFailureMode",
-    "TimeoutStopFailureMode", "RuntimeMaxSec", "RuntimeRandomizedExtraSec",
-    "KillMode", "KillSignal", "RestartKillSignal", "FinalKillSignal", "SendSIGKILL", "SendSIGHUP",
-    "StandardInput", "StandardOutput", "StandardError", "StandardInputText", "StandardInputData",
-    "TTYPath", "TTYReset", "TTYVHangup", "TTYVTDisallocate", "USBFunctionDescriptors", "USBFunctionStrings",
-})
+SERVER_ONLY = frozenset(
+    {
+        "Type",
+        "NotifyAccess",
+        "Sockets",
+        "NonBlocking",
+        "BusName",
+        "PIDFile",
+        "GuessMainPID",
+        "RemainAfterExit",
+        "ExitType",
+        "OOMPolicy",
+        "OpenFile",
+        "FileDescriptorStoreMax",
+        "FileDescriptorStorePreserve",
+        "ExecCondition",
+        "ExecStartPre",
+        "ExecStart",
+        "ExecStartPost",
+        "ExecReload",
+        "ExecStop",
+        "ExecStopPost",
+        "Restart",
+        "RestartSec",
+        "RestartSteps",
+        "RestartMaxDelaySec",
+        "RestartMode",
+        "RestartPreventExitStatus",
+        "RestartForceExitStatus",
+        "SuccessExitStatus",
+        "WatchdogSec",
+        "WatchdogSignal",
+        "ReloadSignal",
+        "TimeoutSec",
+        "TimeoutStartSec",
+        "TimeoutStopSec",
+        "TimeoutAbortSec",
+        "TimeoutStartFailureMode",
+        "TimeoutStopFailureMode",
+        "RuntimeMaxSec",
+        "RuntimeRandomizedExtraSec",
+        "KillMode",
+        "KillSignal",
+        "RestartKillSignal",
+        "FinalKillSignal",
+        "SendSIGKILL",
+        "SendSIGHUP",
+        "StandardInput",
+        "StandardOutput",
+        "StandardError",
+        "StandardInputText",
+        "StandardInputData",
+        "TTYPath",
+        "TTYReset",
+        "TTYVHangup",
+        "TTYVTDisallocate",
+        "USBFunctionDescriptors",
+        "USBFunctionStrings",
+    }
+)
 # Settings whose values systemd expands %-specifiers in (the rest, e.g. MemoryMax=50%, are taken as written).
 # systemd-run passes values over D-Bus, where nothing is expanded, so they are expanded here.
-SPECIFIER_KEYS = frozenset({
-    "Environment", "EnvironmentFile", "PassEnvironment", "UnsetEnvironment", "WorkingDirectory", "RootDirectory",
-    "User", "Group", "SupplementaryGroups", "SyslogIdentifier", "StateDirectory", "CacheDirectory",
-    "LogsDirectory", "RuntimeDirectory", "ConfigurationDirectory", "ReadWritePaths", "ReadOnlyPaths",
-    "InaccessiblePaths", "ExecPaths", "NoExecPaths", "BindPaths", "BindReadOnlyPaths", "TemporaryFileSystem",
-    "LoadCredential", "SetCredential", "ExecStart",
-})
+SPECIFIER_KEYS = frozenset(
+    {
+        "Environment",
+        "EnvironmentFile",
+        "PassEnvironment",
+        "UnsetEnvironment",
+        "WorkingDirectory",
+        "RootDirectory",
+        "User",
+        "Group",
+        "SupplementaryGroups",
+        "SyslogIdentifier",
+        "StateDirectory",
+        "CacheDirectory",
+        "LogsDirectory",
+        "RuntimeDirectory",
+        "ConfigurationDirectory",
+        "ReadWritePaths",
+        "ReadOnlyPaths",
+        "InaccessiblePaths",
+        "ExecPaths",
+        "NoExecPaths",
+        "BindPaths",
+        "BindReadOnlyPaths",
+        "TemporaryFileSystem",
+        "LoadCredential",
+        "SetCredential",
+        "ExecStart",
+    }
+)
 # exit statuses systemd itself gives a process it could not set up (systemd.exec(5), "Process exit codes")
-SETUP_FAILURES = {200: "CHDIR", 203: "EXEC", 209: "STDOUT", 210: "CHROOT", 214: "SETSCHEDULER", 216: "GROUP",
-                  217: "USER", 218: "CAPABILITIES", 226: "NAMESPACE", 228: "SECCOMP", 233: "RUNTIME_DIRECTORY",
-                  238: "STATE_DIRECTORY", 239: "CACHE_DIRECTORY", 240: "LOGS_DIRECTORY"}
+SETUP_FAILURES = {
+    200: "CHDIR",
+    203: "EXEC",
+    209: "STDOUT",
+    210: "CHROOT",
+    214: "SETSCHEDULER",
+    216: "GROUP",
+    217: "USER",
+    218: "CAPABILITIES",
+    226: "NAMESPACE",
+    228: "SECCOMP",
+    233: "RUNTIME_DIRECTORY",
+    238: "STATE_DIRECTORY",
+    239: "CACHE_DIRECTORY",
+    240: "LOGS_DIRECTORY",
+}
 
 
 @dataclass(frozen=True)
@@ -80,16 +164,31 @@ def expand(setting: Setting, name: str) -> str:
     """A setting's value with the %-specifiers systemd would expand for NAME@exec.service."""
     if setting.key not in SPECIFIER_KEYS:
         return setting.value
-    known = {"%": "%", "i": INSTANCE, "I": INSTANCE, "p": name, "P": name, "n": f"{name}@{INSTANCE}.service",
-             "N": f"{name}@{INSTANCE}", "t": "/run", "S": "/var/lib", "C": "/var/cache", "L": "/var/log",
-             "T": "/tmp", "V": "/var/tmp", "E": "/etc"}
+    known = {
+        "%": "%",
+        "i": INSTANCE,
+        "I": INSTANCE,
+        "p": name,
+        "P": name,
+        "n": f"{name}@{INSTANCE}.service",
+        "N": f"{name}@{INSTANCE}",
+        "t": "/run",
+        "S": "/var/lib",
+        "C": "/var/cache",
+        "L": "/var/log",
+        "T": "/tmp",
+        "V": "/var/tmp",
+        "E": "/etc",
+    }
     parts, rest = [], setting.value
     while "%" in rest:
         before, _, rest = rest.partition("%")
         letter, rest = rest[:1], rest[1:]
         if letter not in known:
-            raise UsageError(f"{setting.origin}: {setting.key}={setting.value} uses the specifier %{letter}, "
-                             "which sockact exec cannot expand; write the value out in a drop-in")
+            raise UsageError(
+                f"{setting.origin}: {setting.key}={setting.value} uses the specifier %{letter}, "
+                "which sockact exec cannot expand; write the value out in a drop-in"
+            )
         parts += [before, known[letter]]
     return "".join(parts) + rest
 
@@ -180,6 +279,7 @@ def resolve_command(argv: Sequence[str], path: str, workdir: str) -> list[str]:
 def stdio_mode(streams: Sequence[TextIO]) -> str:
     """--pty when sockact runs on a terminal (a shell, createsuperuser's prompts, Ctrl-C), else --pipe,
     which hands our own stdin, stdout and stderr to the command (pipelines, redirections, tests)."""
+
     def is_tty(stream: TextIO) -> bool:
         try:
             return os.isatty(stream.fileno())
@@ -195,8 +295,16 @@ def no_env_expansion(argv: Sequence[str]) -> list[str]:
 
 
 def systemd_run_argv(name: str, unit: str, props: Sequence[str], argv: Sequence[str], mode: str) -> list[str]:
-    words = ["systemd-run", "--quiet", "--no-ask-password", "--collect", "--wait", mode, f"--unit={unit}",
-             f"--description={name}: one-off command (sockact exec)"]
+    words = [
+        "systemd-run",
+        "--quiet",
+        "--no-ask-password",
+        "--collect",
+        "--wait",
+        mode,
+        f"--unit={unit}",
+        f"--description={name}: one-off command (sockact exec)",
+    ]
     words += [f"--property={prop}" for prop in props]
     return [*words, "--", *no_env_expansion(argv)]
 
@@ -225,12 +333,16 @@ def template_of(name: str) -> Template:
     props = show_by_id([unit], ["LoadState", "FragmentPath", "DropInPaths", "NeedDaemonReload"]).get(unit, {})
     fragment = props.get("FragmentPath", "")
     if props.get("LoadState") != "loaded" or not fragment:
-        raise UsageError(f"{name} has no worker unit {name}@.service loaded ({props.get('LoadState') or 'not-found'}); "
-                         f"reinstall it with `sudo sockact install {name} ...`")
+        raise UsageError(
+            f"{name} has no worker unit {name}@.service loaded ({props.get('LoadState') or 'not-found'}); "
+            f"reinstall it with `sudo sockact install {name} ...`"
+        )
     require_ours(f"{name}@.service", fragment)
     if props.get("NeedDaemonReload") == "yes":
-        sys.stderr.write(f"sockact: note: {fragment} changed since systemd loaded it; the command runs with the "
-                         "file as it is now, the workers with the old one until `sudo systemctl daemon-reload`\n")
+        sys.stderr.write(
+            f"sockact: note: {fragment} changed since systemd loaded it; the command runs with the "
+            "file as it is now, the workers with the old one until `sudo systemctl daemon-reload`\n"
+        )
     return Template(fragment, tuple(props.get("DropInPaths", "").split()))
 
 
@@ -250,8 +362,10 @@ def setup_failure(unit: str, status: int) -> str | None:
     reason = next((line for line in lines if "Failed to" in line or "Failed at step" in line), None)
     if reason is None:  # the command itself exited with that status
         return None
-    return (f"systemd could not start the command as the workers run (exit {status}/{SETUP_FAILURES[status]}): "
-            f"{reason.split(': ', 1)[-1]}")
+    return (
+        f"systemd could not start the command as the workers run (exit {status}/{SETUP_FAILURES[status]}): "
+        f"{reason.split(': ', 1)[-1]}"
+    )
 
 
 def wait(process: subprocess.Popen[bytes], unit: str) -> int:
@@ -269,18 +383,26 @@ def wait(process: subprocess.Popen[bytes], unit: str) -> int:
 def exec_command(name: str, command: Sequence[str], err: TextIO = sys.stderr) -> int:
     """Run command once with the workers' user, environment, directories and sandbox; its exit status."""
     if not command:
-        raise UsageError(f"give the command to run after --, "
-                         f"e.g. `sudo sockact exec {name} -- python3 manage.py migrate`")
+        raise UsageError(
+            f"give the command to run after --, e.g. `sudo sockact exec {name} -- python3 manage.py migrate`"
+        )
     if os.geteuid() != 0:
-        raise PermissionNeeded(f"exec starts the command as a systemd unit with the workers' user and sandbox, "
-                               f"which needs root: run `sudo sockact exec {name} -- {shlex.join(command)}`")
+        raise PermissionNeeded(
+            f"exec starts the command as a systemd unit with the workers' user and sandbox, "
+            f"which needs root: run `sudo sockact exec {name} -- {shlex.join(command)}`"
+        )
     resolve(name)
     settings = template_of(name).settings()
     seen_path, added_path = command_path(settings, name, manager_path())
     argv = resolve_command(command, seen_path, last_value(settings, "WorkingDirectory", name))
     unit = f"{name}-exec-{os.getpid()}"
-    run_argv = systemd_run_argv(name, unit, one_off_properties(settings, name, added_path), argv,
-                                stdio_mode((sys.stdin, sys.stdout, sys.stderr)))
+    run_argv = systemd_run_argv(
+        name,
+        unit,
+        one_off_properties(settings, name, added_path),
+        argv,
+        stdio_mode((sys.stdin, sys.stdout, sys.stderr)),
+    )
     try:
         process = subprocess.Popen(run_argv)
     except FileNotFoundError:

@@ -70,6 +70,7 @@ def preflight(spec: UnitSpec) -> list[str]:
 
 # --- the interpreter and the paths -----------------------------------------------------------------
 
+
 def link_chain(path: str) -> list[str]:
     """path, each symlink target on the way (made absolute) and the real path, in order, without repeats."""
     chain, current = [path], path
@@ -113,15 +114,21 @@ def check_interpreter(spec: UnitSpec) -> str:
     option, path = program(spec)
     real = os.path.realpath(path)
     if not os.path.lexists(path):
-        raise PreflightFailed(f"{option} {path} does not exist; give the path of the venv's python "
-                              "(e.g. /srv/myapp/venv/bin/python)" if option == "--python"
-                              else f"{option} {path} does not exist; give the absolute path of the program")
+        raise PreflightFailed(
+            f"{option} {path} does not exist; give the path of the venv's python (e.g. /srv/myapp/venv/bin/python)"
+            if option == "--python"
+            else f"{option} {path} does not exist; give the absolute path of the program"
+        )
     if not os.path.exists(path):
-        raise PreflightFailed(f"{option} {path} is a symlink to {real}, which does not exist (the interpreter the "
-                              "venv was made from is gone); make the venv again with /usr/bin/python3 -m venv")
+        raise PreflightFailed(
+            f"{option} {path} is a symlink to {real}, which does not exist (the interpreter the "
+            "venv was made from is gone); make the venv again with /usr/bin/python3 -m venv"
+        )
     if not os.path.isfile(real) or not os.access(real, os.X_OK):
-        raise PreflightFailed(f"{option} {path} resolves to {real}, which is not an executable file; "
-                              "give the venv's python (or chmod +x it)")
+        raise PreflightFailed(
+            f"{option} {path} resolves to {real}, which is not an executable file; "
+            "give the venv's python (or chmod +x it)"
+        )
     hidden = _unreachable(spec, path)
     if hidden:
         hop, top = hidden
@@ -129,7 +136,8 @@ def check_interpreter(spec: UnitSpec) -> str:
         raise PreflightFailed(
             f"{what} {path} resolves to {hop} under {top}, which the workers cannot reach (ProtectHome=); "
             f"make the venv from /usr/bin/python3 (python3 -m venv …) or pass {option} with "
-            f"{'an interpreter' if option == '--python' else 'a program'} outside /home, /root and /run/user")
+            f"{'an interpreter' if option == '--python' else 'a program'} outside /home, /root and /run/user"
+        )
     return f"{option} {path}: executable ({real})"
 
 
@@ -138,27 +146,35 @@ def check_paths(spec: UnitSpec) -> list[str]:
     passed = []
     if spec.chdir is not None:
         if not os.path.exists(spec.chdir):
-            raise PreflightFailed(f"--chdir {spec.chdir} does not exist; create it or give the directory "
-                                  "that holds the app's code")
+            raise PreflightFailed(
+                f"--chdir {spec.chdir} does not exist; create it or give the directory that holds the app's code"
+            )
         if not os.path.isdir(spec.chdir):
-            raise PreflightFailed(f"--chdir {spec.chdir} is not a directory; give the directory that holds "
-                                  "the app's code")
+            raise PreflightFailed(
+                f"--chdir {spec.chdir} is not a directory; give the directory that holds the app's code"
+            )
         hidden = _unreachable(spec, spec.chdir)
         if hidden:
-            raise PreflightFailed(f"--chdir {spec.chdir} resolves to {hidden[0]} under {hidden[1]}, which the "
-                                  "workers cannot reach (ProtectHome=); move the app outside /home, /root and "
-                                  "/run/user (e.g. /srv) or give --chdir that path")
+            raise PreflightFailed(
+                f"--chdir {spec.chdir} resolves to {hidden[0]} under {hidden[1]}, which the "
+                "workers cannot reach (ProtectHome=); move the app outside /home, /root and "
+                "/run/user (e.g. /srv) or give --chdir that path"
+            )
         passed.append(f"--chdir {spec.chdir}: a directory")
     if spec.env_file is not None:
         if not os.path.isfile(spec.env_file):
-            raise PreflightFailed(f"--env-file {spec.env_file} does not exist or is not a file; create it "
-                                  "(KEY=VALUE lines) or leave --env-file out")
+            raise PreflightFailed(
+                f"--env-file {spec.env_file} does not exist or is not a file; create it "
+                "(KEY=VALUE lines) or leave --env-file out"
+            )
         try:
             with open(spec.env_file, "rb"):
                 pass
         except OSError as exc:
-            raise PreflightFailed(f"--env-file {spec.env_file} cannot be read ({exc.strerror}); "
-                                  "make it readable by root (systemd reads it)") from None
+            raise PreflightFailed(
+                f"--env-file {spec.env_file} cannot be read ({exc.strerror}); "
+                "make it readable by root (systemd reads it)"
+            ) from None
         passed.append(f"--env-file {spec.env_file}: readable")
     passed += [check_writable(spec, path) for path in spec.writable]
     return passed
@@ -176,8 +192,10 @@ def check_writable(spec: UnitSpec, path: str) -> str:
     """A --writable path exists (systemd cannot set up the sandbox otherwise) and the workers' user may
     write it: ReadWritePaths= lifts the read-only mount, not the file's permissions."""
     if not os.path.exists(path):
-        raise PreflightFailed(f"--writable {path} does not exist; create it first (systemd cannot mount a "
-                              "missing path into the workers' sandbox)")
+        raise PreflightFailed(
+            f"--writable {path} does not exist; create it first (systemd cannot mount a "
+            "missing path into the workers' sandbox)"
+        )
     info = os.stat(path)
     mode = stat.filemode(info.st_mode)
     if _has_acl(path):
@@ -191,19 +209,25 @@ def check_writable(spec: UnitSpec, path: str) -> str:
         raise PreflightFailed(
             f"--writable {path} belongs to {owner} ({mode}): the workers' dynamic user cannot write it; keep the "
             f"app's data in --state-dir NAME (systemd makes /var/lib/NAME and gives it to the workers), or run "
-            f"them as a user of yours (--user web) and chown that user {path}")
+            f"them as a user of yours (--user web) and chown that user {path}"
+        )
     name = str(spec.user)
     try:
         user = pwd.getpwnam(name)
     except KeyError:
         return f"--writable {path}: exists (user {name} is not in /etc/passwd: not judged here)"
     groups = {user.pw_gid} | {group.gr_gid for group in grp.getgrall() if user.pw_name in group.gr_mem}
-    can = ((info.st_uid == user.pw_uid and info.st_mode & stat.S_IWUSR)
-           or (info.st_gid in groups and info.st_mode & stat.S_IWGRP) or info.st_mode & stat.S_IWOTH)
+    can = (
+        (info.st_uid == user.pw_uid and info.st_mode & stat.S_IWUSR)
+        or (info.st_gid in groups and info.st_mode & stat.S_IWGRP)
+        or info.st_mode & stat.S_IWOTH
+    )
     if not can:
         owner = _name(pwd.getpwuid, info.st_uid)
-        raise PreflightFailed(f"--writable {path} belongs to {owner} ({mode}): user {name} cannot write "
-                              f"it; chown {name} {path} (or give its group write access)")
+        raise PreflightFailed(
+            f"--writable {path} belongs to {owner} ({mode}): user {name} cannot write "
+            f"it; chown {name} {path} (or give its group write access)"
+        )
     return f"--writable {path}: writable by {name}"
 
 
@@ -215,6 +239,7 @@ def _name(lookup: Any, number: int) -> str:
 
 
 # --- the app imports, as a worker imports it -------------------------------------------------------
+
 
 def _word(value: str) -> str:
     """One double-quoted word for a systemd-run property (no specifiers are expanded there)."""
@@ -229,9 +254,11 @@ def sandbox_properties(spec: UnitSpec) -> list[str]:
     path) import as they will in a worker.
     """
     props = list(sandbox.lines(spec))
-    for variable, root, name in (("STATE_DIRECTORY", "/var/lib", spec.state_dir),
-                                 ("CACHE_DIRECTORY", "/var/cache", spec.cache_dir),
-                                 ("LOGS_DIRECTORY", "/var/log", spec.logs_dir)):
+    for variable, root, name in (
+        ("STATE_DIRECTORY", "/var/lib", spec.state_dir),
+        ("CACHE_DIRECTORY", "/var/cache", spec.cache_dir),
+        ("LOGS_DIRECTORY", "/var/log", spec.logs_dir),
+    ):
         if name is not None:
             props.append(f"Environment={_word(f'{variable}={root}/{name}')}")
     if spec.run_as is not None:
@@ -248,10 +275,23 @@ def sandbox_properties(spec: UnitSpec) -> list[str]:
 def import_command(spec: UnitSpec) -> list[str]:
     assert spec.app is not None
     flags = [arg for prop in sandbox_properties(spec) for arg in ("-p", prop)]
-    return ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", "--no-ask-password",
-            f"--description=sockact install {spec.name}: import check", "-p", f"RuntimeMaxSec={IMPORT_TIMEOUT:g}",
-            *flags,
-            "--", spec.python, "-c", IMPORT_CHECK, spec.app]
+    return [
+        "systemd-run",
+        "--wait",
+        "--pipe",
+        "--quiet",
+        "--collect",
+        "--no-ask-password",
+        f"--description=sockact install {spec.name}: import check",
+        "-p",
+        f"RuntimeMaxSec={IMPORT_TIMEOUT:g}",
+        *flags,
+        "--",
+        spec.python,
+        "-c",
+        IMPORT_CHECK,
+        spec.app,
+    ]
 
 
 def _sandboxed() -> bool:
@@ -270,19 +310,32 @@ def check_import(spec: UnitSpec) -> str:
         argv, cwd, env = [spec.python, "-c", IMPORT_CHECK, spec.app], spec.chdir, {**os.environ, **dict(spec.env)}
     began = time.monotonic()
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                timeout=IMPORT_TIMEOUT + 15, check=False)
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            timeout=IMPORT_TIMEOUT + 15,
+            check=False,
+        )
     except FileNotFoundError:
         raise PreflightFailed(f"cannot run {argv[0]}; install systemd (or check --python)") from None
     except subprocess.TimeoutExpired:
         result = subprocess.CompletedProcess(argv, -1, "", "")
     if result.returncode != 0 and time.monotonic() - began >= IMPORT_TIMEOUT:
-        raise PreflightFailed(f"importing {spec.app.partition(':')[0]} took longer than {IMPORT_TIMEOUT:g} s; "
-                              "connect to databases and services at startup (lifespan), not at import")
+        raise PreflightFailed(
+            f"importing {spec.app.partition(':')[0]} took longer than {IMPORT_TIMEOUT:g} s; "
+            "connect to databases and services at startup (lifespan), not at import"
+        )
     if result.returncode != 0:
         raise PreflightFailed(_import_failure(spec, result))
-    how = ("as the workers' user under their sandbox" if sandboxed
-           else "as a plain subprocess: without root and the system bus there is no sandbox to check it in")
+    how = (
+        "as the workers' user under their sandbox"
+        if sandboxed
+        else "as a plain subprocess: without root and the system bus there is no sandbox to check it in"
+    )
     return f"--app {spec.app}: imports ({how})"
 
 
@@ -308,16 +361,28 @@ def check_exec(spec: UnitSpec) -> list[str]:
     for what, path in (("the program", program_path), ("its #! interpreter", _shebang(program_path))):
         if path is None:
             continue
-        argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect", "--no-ask-password",
-                f"--description=sockact install {spec.name}: program check",
-                *[arg for prop in sandbox_properties(spec) for arg in ("-p", prop)], "--", "/usr/bin/test", "-x", path]
+        argv = [
+            "systemd-run",
+            "--wait",
+            "--pipe",
+            "--quiet",
+            "--collect",
+            "--no-ask-password",
+            f"--description=sockact install {spec.name}: program check",
+            *[arg for prop in sandbox_properties(spec) for arg in ("-p", prop)],
+            "--",
+            "/usr/bin/test",
+            "-x",
+            path,
+        ]
         result = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
         if result.returncode != 0:
             shown = path if what == "the program" else f"{path} (the #! line of {program_path})"
             raise PreflightFailed(
                 f"the workers' user cannot execute {shown} under their sandbox (ProtectHome=, directory modes): "
                 "put it outside /home and /root with every directory on its way open to others (mode 755), "
-                "or pass --user ACCOUNT")
+                "or pass --user ACCOUNT"
+            )
         passed.append(f"--exec: {what} {path} executable by the workers' user under their sandbox")
     return passed
 
@@ -332,24 +397,33 @@ def _import_failure(spec: UnitSpec, result: subprocess.CompletedProcess[str]) ->
     if code == EXIT_APP and said:
         return f"{said}; fix the app or --app/--chdir (checked with {spec.python} as the workers run it)"
     if code == EXIT_NO_SOCKACT:
-        return (f"{spec.python} cannot import sockact ({said}); install sockact into that venv "
-                f"({spec.python} -m pip install with the sockact wheel or checkout) "
-                "or pass --python with one that has it")
+        return (
+            f"{spec.python} cannot import sockact ({said}); install sockact into that venv "
+            f"({spec.python} -m pip install with the sockact wheel or checkout) "
+            "or pass --python with one that has it"
+        )
     if code == EXIT_EXEC:
-        return (f"the workers' user cannot execute {spec.python} (systemd exit 203): every directory on its way, "
-                f"and on the way to its real file {os.path.realpath(spec.python)}, must be open to others (mode 755), "
-                "or pass --user ACCOUNT")
+        return (
+            f"the workers' user cannot execute {spec.python} (systemd exit 203): every directory on its way, "
+            f"and on the way to its real file {os.path.realpath(spec.python)}, must be open to others (mode 755), "
+            "or pass --user ACCOUNT"
+        )
     if code == EXIT_USER:
-        return (f"--user {spec.user} does not exist here (systemd exit 217); create the account, "
-                "or leave --user out for a dynamic user")
+        return (
+            f"--user {spec.user} does not exist here (systemd exit 217); create the account, "
+            "or leave --user out for a dynamic user"
+        )
     if code == EXIT_CHDIR:
-        return (f"the workers' user cannot enter --chdir {spec.chdir} (systemd exit 200): make it and its parents "
-                "open to others (mode 755), or pass --user ACCOUNT")
+        return (
+            f"the workers' user cannot enter --chdir {spec.chdir} (systemd exit 200): make it and its parents "
+            "open to others (mode 755), or pass --user ACCOUNT"
+        )
     detail = _last_line(result.stderr) or _last_line(result.stdout) or f"exit status {code}"
     return f"the import check of {spec.app} failed ({detail}); check --python, --chdir and --env-file"
 
 
 # --- the port --------------------------------------------------------------------------------------
+
 
 def bind_address(listener: Listener) -> tuple[socket.AddressFamily, str, int]:
     """How systemd binds a ListenStream= address: a bare port is [::] with IPv4 mapped in."""

@@ -10,8 +10,16 @@ from .systemctl import Props, journal_records, message, show_by_id
 
 READY_TIMEOUT = 90.0  # systemd's own default TimeoutStartSec=
 POLL = 0.1
-START_PROPS = ("ActiveState", "SubState", "StatusText", "NRestarts", "ExecMainCode", "ExecMainStatus", "Result",
-               "InvocationID")
+START_PROPS = (
+    "ActiveState",
+    "SubState",
+    "StatusText",
+    "NRestarts",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "Result",
+    "InvocationID",
+)
 RETRY_SUFFIX = "; retrying in "  # sockact.runtime.boot.failed: "<reason>; retrying in 1 s (attempt 1)"
 # Exit statuses systemd itself gives a process it could not start (systemd.exec(5), "Process Exit Codes").
 SYSTEMD_EXITS = {
@@ -48,24 +56,32 @@ class Before:
     @classmethod
     def read(cls, units: tuple[str, ...]) -> Before:
         shown = show_by_id(units, START_PROPS)
-        return cls({unit: int(props.get("NRestarts") or 0) for unit, props in shown.items()},
-                   {unit: props.get("InvocationID", "") for unit, props in shown.items()
-                    if props.get("StatusText", "").startswith(CANNOT_START)})
+        return cls(
+            {unit: int(props.get("NRestarts") or 0) for unit, props in shown.items()},
+            {
+                unit: props.get("InvocationID", "")
+                for unit, props in shown.items()
+                if props.get("StatusText", "").startswith(CANNOT_START)
+            },
+        )
 
 
 def app_reason(status_text: str) -> str:
     """The app's own reason from a worker's STATUS= line while it waits to try again."""
     text = status_text
     while text.startswith(CANNOT_START):
-        text = text[len(CANNOT_START):]
+        text = text[len(CANNOT_START) :]
     return text.split(RETRY_SUFFIX, 1)[0]
 
 
 def last_error(unit: str) -> str:
     """The newest error-priority journal line of unit (systemd's "Failed to locate executable ..."), if any."""
     records = journal_records("--lines=30", f"--unit={unit}")
-    errors = [message(record).strip().removeprefix(f"{unit}: ") for record in records  # the unit is named already
-              if int(record.get("PRIORITY", 6)) <= ERR_PRIORITY]
+    errors = [
+        message(record).strip().removeprefix(f"{unit}: ")
+        for record in records  # the unit is named already
+        if int(record.get("PRIORITY", 6)) <= ERR_PRIORITY
+    ]
     # A failed exec logs "Failed to execute X: E", then "Failed at step EXEC spawning X: E", while the next
     # attempt may already be logging; the step line closes an attempt, so it is the one to show.
     steps = [line for line in errors if line.startswith("Failed at step ")]
@@ -123,6 +139,10 @@ def wait_started(units: tuple[str, ...], before: Before, timeout: float = READY_
             return Started(time.monotonic() - began, states=states)
         if time.monotonic() > deadline:
             waiting = next(unit for unit, state in states.items() if state != "active")
-            return Started(time.monotonic() - began, waiting,
-                           f"did not report ready (READY=1) within {timeout:g} s, still {states[waiting]}", states)
+            return Started(
+                time.monotonic() - began,
+                waiting,
+                f"did not report ready (READY=1) within {timeout:g} s, still {states[waiting]}",
+                states,
+            )
         time.sleep(POLL)

@@ -29,8 +29,13 @@ SPAWN_FAILED = "641257651c1b4ec9a8624d7a40a9e1e7"  # "Failed at step EXEC spawni
 RESTART_SCHEDULED = "5eb03494b6584870a536b337290809b3"  # "Scheduled restart job, restart counter is at N"
 # systemd's own lines that say that something failed, never why.
 _GENERIC = {PROCESS_EXITED, UNIT_FAILED, UNIT_DEACTIVATED, JOB_FAILED, RESTART_SCHEDULED}
-_GENERIC_TEXT = ("Start request repeated too quickly", "Failed to start ", "Scheduled restart job",
-                 "Failed with result", "Main process exited")
+_GENERIC_TEXT = (
+    "Start request repeated too quickly",
+    "Failed to start ",
+    "Scheduled restart job",
+    "Failed with result",
+    "Main process exited",
+)
 ERROR = 3  # syslog priority err: the app's and systemd's error lines
 INFO = 6  # an --exec app's traceback on stderr is stored at info
 _RETRYING = re.compile(r"\s+— retrying in [0-9.]+ s \(attempt \d+\)$")  # sockact.runtime.boot's suffix
@@ -118,7 +123,7 @@ def app_reason(status_text: str) -> str | None:
     """The app's own reason from a worker's STATUS= while it waits to try again, without the wait."""
     if not status_text.startswith(CANNOT_START):
         return None
-    return _STATUS_RETRY.sub("", status_text[len(CANNOT_START):])
+    return _STATUS_RETRY.sub("", status_text[len(CANNOT_START) :])
 
 
 def clean_line(text: str) -> str:
@@ -127,8 +132,17 @@ def clean_line(text: str) -> str:
     return _UNIT_PREFIX.sub("", _RETRYING.sub("", first))
 
 
-def explain(name: str, state: str, status_text: str, last: Exit | None, line: str | None,
-            *, journal: bool, exec_app: bool = False, paths: Props | None = None) -> Why | None:
+def explain(
+    name: str,
+    state: str,
+    status_text: str,
+    last: Exit | None,
+    line: str | None,
+    *,
+    journal: bool,
+    exec_app: bool = False,
+    paths: Props | None = None,
+) -> Why | None:
     """Why a worker in `state` is not serving, or None when nothing failed (running, or stopped cleanly).
 
     `last` is its main process's last exit, `line` the journal's line about that exit (None when the
@@ -138,8 +152,11 @@ def explain(name: str, state: str, status_text: str, last: Exit | None, line: st
     logs = f"`sockact logs {name}`" if journal else f"`sudo sockact logs {name}`"
     own = app_reason(status_text)
     if own is not None:
-        return Why("the app failed to start", own,
-                   f"fix the app ({logs} has its full error); the workers try again by themselves")
+        return Why(
+            "the app failed to start",
+            own,
+            f"fix the app ({logs} has its full error); the workers try again by themselves",
+        )
     if state in ("running", "not serving") or last is None or not last.failed:
         return None
     if last.code == "exited":
@@ -150,8 +167,11 @@ def explain(name: str, state: str, status_text: str, last: Exit | None, line: st
     # A failed unit stays down: systemd's "Start request repeated too quickly" (252 leaves Result= at
     # exit-code then), or a failure that Restart= does not cover.
     if state == "failed" or last.result == "start-limit-hit":
-        return Why(f"{why.reason}; {RESULTS['start-limit-hit']}", why.line,
-                   f"{why.next_step}; then `sudo sockact start {name}`")
+        return Why(
+            f"{why.reason}; {RESULTS['start-limit-hit']}",
+            why.line,
+            f"{why.next_step}; then `sudo sockact start {name}`",
+        )
     return why
 
 
@@ -167,26 +187,42 @@ def _exited(name: str, last: Exit, line: str | None, logs: str, *, exec_app: boo
         what = "cannot execute the command" if exec_app else "cannot execute the interpreter"
         what = f"{what} {path}" if path else what
         what += " (--exec)" if exec_app else " (--python)"
-        return Why(f"{what} ({last.named()})", line,
-                   "give a path the workers' user can execute: not under /root or /home (the sandbox hides "
-                   "them), and for a venv one made with /usr/bin/python3 -m venv; then reinstall")
+        return Why(
+            f"{what} ({last.named()})",
+            line,
+            "give a path the workers' user can execute: not under /root or /home (the sandbox hides "
+            "them), and for a venv one made with /usr/bin/python3 -m venv; then reinstall",
+        )
     directory = paths.get("WorkingDirectory", "").lstrip("!")  # "!" marks an optional one
     if last.status == 200 and directory:
-        return Why(f"cannot enter the working directory {directory} (--chdir) ({last.named()})", line,
-                   f"create {directory} or give another --chdir, then reinstall (`sudo sockact install {name} ...`)")
+        return Why(
+            f"cannot enter the working directory {directory} (--chdir) ({last.named()})",
+            line,
+            f"create {directory} or give another --chdir, then reinstall (`sudo sockact install {name} ...`)",
+        )
     if last.status in SETUP_FAILURES:
-        return Why(f"{SETUP_FAILURES[last.status][1]} ({last.named()})", line,
-                   f"fix that path or option and reinstall (`sudo sockact install {name} ...`); {logs} has more")
+        return Why(
+            f"{SETUP_FAILURES[last.status][1]} ({last.named()})",
+            line,
+            f"fix that path or option and reinstall (`sudo sockact install {name} ...`); {logs} has more",
+        )
     if last.status == RUNTIME_CANNOT_START and not exec_app:
-        return Why(f"the app failed to start ({last.named()})", line,
-                   f"fix the app ({logs} has its full error); the workers try again by themselves")
+        return Why(
+            f"the app failed to start ({last.named()})",
+            line,
+            f"fix the app ({logs} has its full error); the workers try again by themselves",
+        )
     if last.status == RECYCLE_EXIT and not exec_app:
-        return Why(f"recycled (--max-requests or --max-rss, {last.named()})", line,
-                   "nothing to do: systemd starts it again at once")
+        return Why(
+            f"recycled (--max-requests or --max-rss, {last.named()})",
+            line,
+            "nothing to do: systemd starts it again at once",
+        )
     return Why(f"the app exited with status {last.status}", line, f"fix the app ({logs} has more)")
 
 
 # --- the journal's line ----------------------------------------------------------------------------
+
 
 def _invocation(record: Record) -> str:
     return str(record.get("_SYSTEMD_INVOCATION_ID") or record.get("INVOCATION_ID") or "")
@@ -222,8 +258,10 @@ def reason_line(records: Iterable[Record]) -> str | None:
         return None
     invocation = _invocation(exited)
     newer = records.index(exited)
-    older = next((i for i, record in enumerate(records[newer + 1:], newer + 1)
-                  if record.get("MESSAGE_ID") == PROCESS_EXITED), len(records))
+    older = next(
+        (i for i, record in enumerate(records[newer + 1 :], newer + 1) if record.get("MESSAGE_ID") == PROCESS_EXITED),
+        len(records),
+    )
     # Without invocation ids (an old journald), the records between this exit and the one before it.
     window = [record for record in records[newer:older] if not invocation or _invocation(record) == invocation]
     told = [record for record in window if not _is_generic(record) and message(record).strip()]

@@ -55,8 +55,9 @@ def restart_instance(app: App, unit: str, err: TextIO) -> Restarted:
         problem = str(exc)
     after = _state(unit)
     if not problem and after.get("ActiveState") == "active":
-        return Restarted(unit, int(before.get("MainPID") or 0), int(after.get("MainPID") or 0),
-                         time.monotonic() - began)
+        return Restarted(
+            unit, int(before.get("MainPID") or 0), int(after.get("MainPID") or 0), time.monotonic() - began
+        )
     state = f"now {after.get('ActiveState', '?')}/{after.get('SubState', '?')}, result {after.get('Result', '?')}"
     why = f"{problem}; {state}" if problem else state
     err.write(f"{unit} did not become ready ({why}); its journal since the restart:\n")
@@ -90,12 +91,16 @@ def reload(name: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int
     units = app.instances
     states = show_by_id(units, ["ActiveState"])
     if not app.running and all(states.get(unit, {}).get("ActiveState") != "active" for unit in units):
-        out.write(f"{name}: no worker is running, so there is nothing to reload; "
-                  f"the next connection to {app.socket_unit} starts them with the new code\n")
+        out.write(
+            f"{name}: no worker is running, so there is nothing to reload; "
+            f"the next connection to {app.socket_unit} starts them with the new code\n"
+        )
         return 0
     if len(units) == 1:
-        err.write(f"{name} has one worker: this reload cannot be gapless; while it restarts, new connections "
-                  f"wait in the socket backlog (scale to 2 or more workers for a gapless reload)\n")
+        err.write(
+            f"{name} has one worker: this reload cannot be gapless; while it restarts, new connections "
+            f"wait in the socket backlog (scale to 2 or more workers for a gapless reload)\n"
+        )
     out.write(f"{name}: restarting {len(units)} workers one at a time\n")
     began, done = time.monotonic(), list[Restarted]()
     for unit in units:
@@ -104,8 +109,10 @@ def reload(name: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int
         except SystemdError:
             raise SystemdError(_stop_message(app, done, unit)) from None
         done.append(restarted)
-        out.write(f"{unit}: ready again after {restarted.seconds:.1f} s (pid {restarted.old_pid or '-'} -> "
-                  f"{restarted.new_pid})\n")
+        out.write(
+            f"{unit}: ready again after {restarted.seconds:.1f} s (pid {restarted.old_pid or '-'} -> "
+            f"{restarted.new_pid})\n"
+        )
         out.flush()
     out.write(f"{name}: reloaded {len(done)} workers in {time.monotonic() - began:.1f} s\n")
     return 0

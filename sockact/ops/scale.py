@@ -41,8 +41,10 @@ def target_for(text: str, name: str, count: int) -> Unit:
     version = int(found.group(1)) if found else running_version().version
     now = render_target(name, _wanted_count(text, name), version)
     if now.text != text:
-        raise NotOursError(f"{name}.target differs from what sockact writes (edited by hand?); reinstall it with "
-                           f"`sudo sockact install {name} ...` and scale again")
+        raise NotOursError(
+            f"{name}.target differs from what sockact writes (edited by hand?); reinstall it with "
+            f"`sudo sockact install {name} ...` and scale again"
+        )
     return render_target(name, count, version)
 
 
@@ -71,7 +73,8 @@ def _live_changes(app: App, count: int) -> tuple[list[str], list[str]]:
     states = show_by_id([*wanted, f"{app.name}@*.service"], ["ActiveState"])
     start = [unit for unit in wanted if states.get(unit, {}).get("ActiveState") not in _UP]
     stop = [
-        unit for unit, props in states.items()
+        unit
+        for unit, props in states.items()
         if (instance_index(app.name, unit) or 0) > count and props.get("ActiveState") in _NOT_DOWN
     ]
     stop.sort(key=lambda unit: instance_index(app.name, unit) or 0)
@@ -85,8 +88,10 @@ def apply_live(app: App, count: int) -> tuple[list[str], list[str]]:
         try:
             systemctl("start", *start)
         except SystemdError as exc:
-            raise SystemdError(f"{app.target_unit} now wants {count} workers, but starting them failed: {exc}; "
-                               f"see `sockact logs {app.name} -p warning`") from None
+            raise SystemdError(
+                f"{app.target_unit} now wants {count} workers, but starting them failed: {exc}; "
+                f"see `sockact logs {app.name} -p warning`"
+            ) from None
     if stop:
         systemctl("stop", *stop)
         try_systemctl("reset-failed", *stop)  # so stopped extras do not linger as failed units

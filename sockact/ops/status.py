@@ -59,8 +59,20 @@ from .systemctl import Props, Record, can_read_journal, journal_records, show_by
 from .table import age, duration, mebibytes, table
 
 SCHEMA = "sockact-status/1"
-WORKER_PROPS = ("ActiveState", "SubState", "MainPID", "NRestarts", "StatusText", "ExecMainStartTimestampMonotonic",
-                "ExecMainCode", "ExecMainStatus", "Result", "NotifyAccess", "WorkingDirectory", "ExecStart")
+WORKER_PROPS = (
+    "ActiveState",
+    "SubState",
+    "MainPID",
+    "NRestarts",
+    "StatusText",
+    "ExecMainStartTimestampMonotonic",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "Result",
+    "NotifyAccess",
+    "WorkingDirectory",
+    "ExecStart",
+)
 CPU_WINDOW = 0.3  # seconds between the two psutil samples a CPU% needs
 EXIT_HISTORY = 300  # newest exit records read from the journal; older ones cannot be a worker's last
 REASON_HISTORY = 400  # newest journal records of the failing workers searched for the line that says why
@@ -117,8 +129,13 @@ class Status:
     workers: list[Worker]
 
     def as_json(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, **asdict(self), "workers_running": self.running, "ok": self.ok,
-                "next_step": self.next_step}
+        return {
+            "schema": SCHEMA,
+            **asdict(self),
+            "workers_running": self.running,
+            "ok": self.ok,
+            "next_step": self.next_step,
+        }
 
     @property
     def running(self) -> int:
@@ -128,8 +145,11 @@ class Status:
     def idle(self) -> bool:
         """Nothing started the workers yet (or they were stopped cleanly) and the socket listens: the
         first connection starts them."""
-        return (self.socket["state"] == "active" and self.target["state"] in ("inactive", "unknown")
-                and all(worker.state == "stopped" and worker.reason is None for worker in self.workers))
+        return (
+            self.socket["state"] == "active"
+            and self.target["state"] in ("inactive", "unknown")
+            and all(worker.state == "stopped" and worker.reason is None for worker in self.workers)
+        )
 
     @property
     def ok(self) -> bool:
@@ -144,8 +164,10 @@ class Status:
             if worker.next_step:
                 return worker.next_step
         if any(worker.not_serving for worker in self.workers):
-            return (f"a worker serves nothing: systemd's watchdog restarts it (--watchdog, --request-timeout); "
-                    f"`sockact logs {self.app}` shows the requests that block it")
+            return (
+                f"a worker serves nothing: systemd's watchdog restarts it (--watchdog, --request-timeout); "
+                f"`sockact logs {self.app}` shows the requests that block it"
+            )
         if self.socket["state"] != "active":
             return f"start it: `sudo sockact start {self.app}`"
         if any(worker.state in ("starting", "restarting", "draining") for worker in self.workers):
@@ -166,6 +188,7 @@ def state_word(active: str, sub: str, status_text: str = "") -> str:
 
 # --- last exits from the journal -------------------------------------------------------------------
 
+
 def _exit_reason(record: Record) -> str:
     code, status = record.get("EXIT_CODE", ""), str(record.get("EXIT_STATUS", ""))
     if code in ("exited", "killed", "dumped") and status.isdigit():
@@ -181,8 +204,13 @@ def last_exits(records: list[Record]) -> dict[str, LastExit]:
         when = int(record.get("__REALTIME_TIMESTAMP", 0)) / 1e6
         if kind == PROCESS_EXITED:
             status = str(record.get("EXIT_STATUS", ""))
-            found[unit] = LastExit(_exit_reason(record), None, when, str(record.get("EXIT_CODE") or "") or None,
-                                   int(status) if status.isdigit() else None)
+            found[unit] = LastExit(
+                _exit_reason(record),
+                None,
+                when,
+                str(record.get("EXIT_CODE") or "") or None,
+                int(status) if status.isdigit() else None,
+            )
         elif kind == UNIT_DEACTIVATED:  # a clean stop: systemd logs no "Main process exited" for it
             found[unit] = LastExit("stopped", "success", when)
         elif kind == UNIT_FAILED and unit in found:
@@ -213,6 +241,7 @@ def read_reason_lines(name: str, units: list[str]) -> dict[str, str]:
 
 
 # --- collecting ------------------------------------------------------------------------------------
+
 
 def _worker_units(app: App) -> dict[int, Props]:
     """Wanted instances, plus any other loaded instance that is not simply stopped (e.g. left by a scale-down)."""
@@ -256,12 +285,27 @@ def _last_failure(props: Props, last: LastExit | None) -> Exit | None:
 
 def _why(app: App, props: Props, state: str, last: LastExit | None, line: str | None, journal: bool) -> Why | None:
     exec_app = props.get("NotifyAccess", "all") != "all"  # the built-in runtime's units say NotifyAccess=all
-    return explain(app.name, state, props.get("StatusText", ""), _last_failure(props, last), line,
-                   journal=journal, exec_app=exec_app, paths=props)
+    return explain(
+        app.name,
+        state,
+        props.get("StatusText", ""),
+        _last_failure(props, last),
+        line,
+        journal=journal,
+        exec_app=exec_app,
+        paths=props,
+    )
 
 
-def _worker(app: App, index: int, props: Props, usage: Usage | None, last: LastExit | None,
-            line: str | None = None, journal: bool = False) -> Worker:
+def _worker(
+    app: App,
+    index: int,
+    props: Props,
+    usage: Usage | None,
+    last: LastExit | None,
+    line: str | None = None,
+    journal: bool = False,
+) -> Worker:
     pid = int(props.get("MainPID") or 0) or None
     counters = parse_status_text(props.get("StatusText", ""))
     active, sub = props.get("ActiveState", ""), props.get("SubState", "")
@@ -270,14 +314,26 @@ def _worker(app: App, index: int, props: Props, usage: Usage | None, last: LastE
     state = "not serving" if not_serving else state_word(active, sub, props.get("StatusText", ""))
     why = _why(app, props, state, last, line, journal)
     return Worker(
-        instance=index, unit=app.instance(index), wanted=index in app.wanted,
-        state=state, active_state=active, sub_state=sub, pid=pid, uptime_seconds=_uptime(props),
+        instance=index,
+        unit=app.instance(index),
+        wanted=index in app.wanted,
+        state=state,
+        active_state=active,
+        sub_state=sub,
+        pid=pid,
+        uptime_seconds=_uptime(props),
         # systemd's restarts of the unit, and the serving processes its main process forked again
         restarts=int(props.get("NRestarts") or 0) + counters.replaced,
-        rss_bytes=usage.rss if usage else None, cpu_percent=usage.cpu_percent if usage else None,
-        requests=counters.requests, in_flight=counters.in_flight, requests_per_second=counters.per_second,
-        status_text=props.get("StatusText", ""), last_exit=last, not_serving=not_serving,
-        threads_stuck=counters.threads_stuck, reason=why.text() if why else None,
+        rss_bytes=usage.rss if usage else None,
+        cpu_percent=usage.cpu_percent if usage else None,
+        requests=counters.requests,
+        in_flight=counters.in_flight,
+        requests_per_second=counters.per_second,
+        status_text=props.get("StatusText", ""),
+        last_exit=last,
+        not_serving=not_serving,
+        threads_stuck=counters.threads_stuck,
+        reason=why.text() if why else None,
         next_step=why.next_step if why else None,
     )
 
@@ -287,7 +343,7 @@ def _listeners(listen: str) -> list[Listener]:
     lines = [line for line in listen.splitlines() if line]
     addresses = [listen_address(line) for line in lines]
     queues = backlogs(addresses)
-    kinds = [line[len(address):].strip(" ()") for line, address in zip(lines, addresses)]
+    kinds = [line[len(address) :].strip(" ()") for line, address in zip(lines, addresses)]
     return [Listener(address, kind, queues[address]) for address, kind in zip(addresses, kinds)]
 
 
@@ -319,16 +375,27 @@ def collect(name: str, sampler: Sampler) -> Status:
     failing = [app.instance(index) for index, props in units.items() if _failing(props)]
     lines = read_reason_lines(name, failing)
     workers = [
-        _worker(app, index, props, usages.get(int(props.get("MainPID") or 0)), exits.get(app.instance(index)),
-                lines.get(app.instance(index)), journal)
+        _worker(
+            app,
+            index,
+            props,
+            usages.get(int(props.get("MainPID") or 0)),
+            exits.get(app.instance(index)),
+            lines.get(app.instance(index)),
+            journal,
+        )
         for index, props in sorted(units.items())
     ]
-    target = {"unit": app.target_unit, "state": app.target.get("ActiveState", "unknown"),
-              "workers_wanted": len(app.wanted)}
+    target = {
+        "unit": app.target_unit,
+        "state": app.target.get("ActiveState", "unknown"),
+        "workers_wanted": len(app.wanted),
+    }
     return Status(name, time.time(), target, _socket(app), workers)
 
 
 # --- rendering -------------------------------------------------------------------------------------
+
 
 def _number(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
@@ -351,38 +418,76 @@ def _state(worker: Worker) -> str:
 
 def _worker_row(worker: Worker, now: float) -> list[str]:
     return [
-        f"@{worker.instance}" + ("" if worker.wanted else " (extra)"), _state(worker), _number(worker.pid),
-        duration(worker.uptime_seconds), str(worker.restarts), mebibytes(worker.rss_bytes),
-        _number(worker.cpu_percent, 1), _number(worker.requests), _number(worker.in_flight),
-        _number(worker.requests_per_second, 1), _last_exit(worker.last_exit, now),
+        f"@{worker.instance}" + ("" if worker.wanted else " (extra)"),
+        _state(worker),
+        _number(worker.pid),
+        duration(worker.uptime_seconds),
+        str(worker.restarts),
+        mebibytes(worker.rss_bytes),
+        _number(worker.cpu_percent, 1),
+        _number(worker.requests),
+        _number(worker.in_flight),
+        _number(worker.requests_per_second, 1),
+        _last_exit(worker.last_exit, now),
     ]
 
 
 def render(status: Status) -> str:
     sock, target = status.socket, status.target
     stuck = sum(worker.not_serving is not None for worker in status.workers)
-    head = (f"{status.app}: {status.running} of {target['workers_wanted']} workers running"
-            f"{f', {stuck} not serving' if stuck else ''} ({target['unit']} {target['state']})")
+    head = (
+        f"{status.app}: {status.running} of {target['workers_wanted']} workers running"
+        f"{f', {stuck} not serving' if stuck else ''} ({target['unit']} {target['state']})"
+    )
     listens = sock["listen"] or [{"address": "-", "backlog": None}]
     socket_rows = [
-        [sock["unit"] if i == 0 else "", f"{sock['state']} ({sock['sub_state']})" if i == 0 else "",
-         sock["enabled"] if i == 0 else "", item["address"], _number(item["backlog"])]
+        [
+            sock["unit"] if i == 0 else "",
+            f"{sock['state']} ({sock['sub_state']})" if i == 0 else "",
+            sock["enabled"] if i == 0 else "",
+            item["address"],
+            _number(item["backlog"]),
+        ]
         for i, item in enumerate(listens)
     ]
     worker_rows = [_worker_row(worker, status.time) for worker in status.workers]
-    return "\n".join([
-        head, "",
-        table(["SOCKET", "STATE", "ON BOOT", "LISTEN", "BACKLOG"], socket_rows), "",
-        table(["WORKER", "STATE", "PID", "UPTIME", "RESTARTS", "RSS", "CPU%", "REQUESTS", "IN FLIGHT", "REQ/S",
-               "LAST EXIT"], worker_rows),
-        *_reasons(status),
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                head,
+                "",
+                table(["SOCKET", "STATE", "ON BOOT", "LISTEN", "BACKLOG"], socket_rows),
+                "",
+                table(
+                    [
+                        "WORKER",
+                        "STATE",
+                        "PID",
+                        "UPTIME",
+                        "RESTARTS",
+                        "RSS",
+                        "CPU%",
+                        "REQUESTS",
+                        "IN FLIGHT",
+                        "REQ/S",
+                        "LAST EXIT",
+                    ],
+                    worker_rows,
+                ),
+                *_reasons(status),
+            ]
+        )
+        + "\n"
+    )
 
 
 def _reasons(status: Status) -> list[str]:
     """A line in words for each worker that is not running, with the reason, then the next step."""
-    lines = [f"@{worker.instance} {worker.state}: {worker.reason}{_wait(worker)}" for worker in status.workers
-             if worker.reason]
+    lines = [
+        f"@{worker.instance} {worker.state}: {worker.reason}{_wait(worker)}"
+        for worker in status.workers
+        if worker.reason
+    ]
     if status.idle:
         lines.append("No worker was started yet: the first connection to the socket starts them.")
     elif not status.ok:
@@ -393,7 +498,7 @@ def _reasons(status: Status) -> list[str]:
 def _wait(worker: Worker) -> str:
     """'; retrying in 4 s (attempt 3)' from STATUS= of a worker waiting to try again."""
     text = worker.status_text
-    return text[text.rindex("; retrying in"):] if worker.state == "retrying" and "; retrying in" in text else ""
+    return text[text.rindex("; retrying in") :] if worker.state == "retrying" and "; retrying in" in text else ""
 
 
 def show_status(name: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
@@ -428,6 +533,8 @@ def failing_workers(name: str) -> list[Worker]:
     exits = read_last_exits([app.instance(index) for index in units])
     lines = read_reason_lines(name, [app.instance(index) for index, props in units.items() if _failing(props)])
     journal = can_read_journal()
-    workers = [_worker(app, index, props, None, exits.get(app.instance(index)), lines.get(app.instance(index)),
-                       journal) for index, props in sorted(units.items())]
+    workers = [
+        _worker(app, index, props, None, exits.get(app.instance(index)), lines.get(app.instance(index)), journal)
+        for index, props in sorted(units.items())
+    ]
     return [worker for worker in workers if worker.reason]

@@ -52,7 +52,12 @@ def run(
     """Run one systemctl/journalctl command and capture its output as text."""
     try:
         result = subprocess.run(
-            list(argv), capture_output=True, text=True, env=_env(), timeout=timeout, check=False,
+            list(argv),
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=timeout,
+            check=False,
             stdin=subprocess.DEVNULL,
         )
     except FileNotFoundError:

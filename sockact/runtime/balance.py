@@ -3,7 +3,8 @@
 Every worker waits on the same listening socket, and the kernel wakes them in a fixed order, so one
 worker takes far more than its share (measured: 1.3x with short-lived connections, 3x for keep-alive
 connections opened at once). Each worker publishes its open-connection count and a heartbeat in its
-own small file under /dev/shm (sockact.APP@WORKER.PID) (an API file system, writable even under ProtectSystem=strict); a worker
+own small file under /dev/shm (sockact.APP@WORKER.PID) (an API file system, writable even under
+ProtectSystem=strict); a worker
 accepts only while no live sibling has fewer connections. Siblings whose heartbeat is stale (hung,
 dead, draining) are ignored, so a stuck worker can never stop the others from accepting.
 
@@ -139,8 +140,12 @@ class Scoreboard:
         fewest: int | None = None
         for slot in self.siblings.values():
             count, beat, flags = SLOT.unpack_from(slot, 0)
-            if now - beat < STALE and not flags & LEAVING and not (accepting and flags) \
-                    and (fewest is None or count < fewest):
+            if (
+                now - beat < STALE
+                and not flags & LEAVING
+                and not (accepting and flags)
+                and (fewest is None or count < fewest)
+            ):
                 fewest = count
         return fewest
 
@@ -300,6 +305,9 @@ def for_this_worker() -> Scoreboard | None:
     except OSError as exc:
         # No room or no shared memory: the kernel's order decides, as without sockact. Said once,
         # since the worker never tries again.
-        logger.warning("serving without the /dev/shm scoreboard (%s): connections are not balanced "
-                       "across workers until this worker restarts", exc)
+        logger.warning(
+            "serving without the /dev/shm scoreboard (%s): connections are not balanced "
+            "across workers until this worker restarts",
+            exc,
+        )
         return None

@@ -57,10 +57,18 @@ def address(info: Any) -> tuple[str, int] | None:
 class Site:
     """What every connection of this worker shares: the app, its state, the limits, the scoreboard."""
 
-    def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], board: Scoreboard | None,
-                 reconsider: Callable[[], None], limits: Limits = http11.DEFAULT_LIMITS,
-                 wsgi: Any = None, on_request: Callable[[int], None] | None = None,
-                 proxies: Any = None) -> None:
+    def __init__(
+        self,
+        config: Any,
+        server_state: Any,
+        app_state: dict[str, Any],
+        board: Scoreboard | None,
+        reconsider: Callable[[], None],
+        limits: Limits = http11.DEFAULT_LIMITS,
+        wsgi: Any = None,
+        on_request: Callable[[int], None] | None = None,
+        proxies: Any = None,
+    ) -> None:
         self.config = config
         self.app = config.loaded_app
         self.wsgi = wsgi  # a wsgi_threads.Pool: requests go to its threads instead of becoming tasks
@@ -79,8 +87,10 @@ class Site:
         self.ws_protocol_class = getattr(config, "ws_protocol_class", None) if wsgi is None else None
         # older uvicorn (Debian 12: 0.17.6): protocols take no app_state.
         self._ws_extra: dict[str, Any] = {}
-        if self.ws_protocol_class is not None and "app_state" in inspect.signature(
-                self.ws_protocol_class.__init__).parameters:
+        if (
+            self.ws_protocol_class is not None
+            and "app_state" in inspect.signature(self.ws_protocol_class.__init__).parameters
+        ):
             self._ws_extra = {"app_state": app_state}
         self.clock = time.monotonic()  # advanced by sweep(): connections read it instead of a clock call
         self._defaults_from: Any = None
@@ -119,8 +129,7 @@ class Site:
 class BaseExchange:
     """One request and its response, whatever runs the app; the connection sees only this much."""
 
-    __slots__ = ("client", "complete", "connection", "disconnected", "head", "head_keep_alive", "keep_alive",
-                 "status")
+    __slots__ = ("client", "complete", "connection", "disconnected", "head", "head_keep_alive", "keep_alive", "status")
 
     def __init__(self, connection: HttpConnection, head: Head, keep_alive: bool) -> None:
         self.connection = connection
@@ -155,8 +164,21 @@ class BaseExchange:
 class Exchange(BaseExchange):
     """An ASGI request: the scope, receive() and send() the app is called with."""
 
-    __slots__ = ("body", "body_done", "body_given", "body_size", "chunked", "expect_continue", "expected",
-                 "pending", "response_started", "scope", "sent", "skip_body", "woken")
+    __slots__ = (
+        "body",
+        "body_done",
+        "body_given",
+        "body_size",
+        "chunked",
+        "expect_continue",
+        "expected",
+        "pending",
+        "response_started",
+        "scope",
+        "sent",
+        "skip_body",
+        "woken",
+    )
 
     def __init__(self, connection: HttpConnection, head: Head, keep_alive: bool, scope: dict[str, Any]) -> None:
         super().__init__(connection, head, keep_alive)
@@ -228,8 +250,9 @@ class Exchange(BaseExchange):
             logger.error("the app returned without starting a response to %s %s", self.head.method, self.scope["path"])
             connection.fail(500)
         elif not self.complete:
-            logger.error("the app returned without finishing its response to %s %s", self.head.method,
-                         self.scope["path"])
+            logger.error(
+                "the app returned without finishing its response to %s %s", self.head.method, self.scope["path"]
+            )
             connection.transport.close()
 
     async def receive(self) -> dict[str, Any]:
@@ -282,8 +305,9 @@ class Exchange(BaseExchange):
             data = body
             self.sent += len(body)
             if self.expected >= 0 and (self.sent > self.expected or (not more and self.sent < self.expected)):
-                raise RuntimeError(f"response body of {self.sent} bytes does not match its Content-Length "
-                                   f"of {self.expected}")
+                raise RuntimeError(
+                    f"response body of {self.sent} bytes does not match its Content-Length of {self.expected}"
+                )
         if self.pending is not None:
             data = self.pending + data
             self.pending = None
@@ -306,9 +330,14 @@ class Exchange(BaseExchange):
     def _start(self, message: dict[str, Any]) -> None:
         connection = self.connection
         try:
-            framing = ResponseHead(message["status"], message.get("headers", ()),
-                                   request_method=self.head.method, request_version=self.head.version,
-                                   keep_alive=self.keep_alive, extra=connection.site.default_headers())
+            framing = ResponseHead(
+                message["status"],
+                message.get("headers", ()),
+                request_method=self.head.method,
+                request_version=self.head.version,
+                keep_alive=self.keep_alive,
+                extra=connection.site.default_headers(),
+            )
         except ResponseError as exc:
             raise RuntimeError(str(exc)) from None  # the app's error: a 500 replaces the response
         self.status = framing.status
@@ -331,10 +360,19 @@ def asgi_scope(connection: HttpConnection, head: Head) -> dict[str, Any]:
     if site.proxies is not None:
         client, scheme = site.proxies.resolve(connection.client, head.headers)
     return {
-        "type": "http", "asgi": site.asgi, "http_version": head.version, "server": connection.server,
-        "client": client, "scheme": scheme, "method": head.method, "root_path": root,
-        "path": root + path if root else path, "raw_path": root.encode() + raw_path if root else raw_path,
-        "query_string": head.query, "headers": head.headers, "state": site.app_state.copy(),
+        "type": "http",
+        "asgi": site.asgi,
+        "http_version": head.version,
+        "server": connection.server,
+        "client": client,
+        "scheme": scheme,
+        "method": head.method,
+        "root_path": root,
+        "path": root + path if root else path,
+        "raw_path": root.encode() + raw_path if root else raw_path,
+        "query_string": head.query,
+        "headers": head.headers,
+        "state": site.app_state.copy(),
     }
 
 
@@ -461,8 +499,10 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
             return True
         if not site.warned_websocket and site.wsgi is None:
             site.warned_websocket = True
-            logger.warning("a WebSocket upgrade was asked for but no WebSocket library is installed "
-                           "(pip install websockets); served as plain HTTP")
+            logger.warning(
+                "a WebSocket upgrade was asked for but no WebSocket library is installed "
+                "(pip install websockets); served as plain HTTP"
+            )
         return False
 
     def request_head(self, head: Head) -> None:
@@ -553,8 +593,13 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
             return
         if self.pipeline:
             self._serve(self.pipeline.popleft())
-            if (not self.pipeline and self.reading_paused and self.parsing is None and self.failing is None
-                    and self.upgrading is None):
+            if (
+                not self.pipeline
+                and self.reading_paused
+                and self.parsing is None
+                and self.failing is None
+                and self.upgrading is None
+            ):
                 self.resume_reading()
             return
         if self.failing is not None:
@@ -577,8 +622,7 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         host = f"{client[0]}:{client[1]}" if client else "-"
         # The core let no control byte or space into a target; a quote would end the logged field.
         target = head.target.replace(b'"', b"%22").decode("ascii", "backslashreplace")
-        access.info('%s - "%s %s HTTP/%s" %d', host, head.method, target,
-                    head.version, exchange.status)
+        access.info('%s - "%s %s HTTP/%s" %d', host, head.method, target, head.version, exchange.status)
 
     def fail(self, status: int, reason: str | None = None) -> None:
         """Answer with `status` and close: a refused request, or an app that failed before responding.
@@ -666,7 +710,8 @@ class HttpConnection(asyncio.Protocol, http11.RequestReader):
         protocol.connection_made(self.transport)
         if self.site.proxies is not None:  # --forwarded-allow-ips, for the scope uvicorn's protocol makes
             protocol.client, protocol.scheme = self.site.proxies.resolve(  # type: ignore[attr-defined]
-                self.client, head.headers, websocket=True)
+                self.client, head.headers, websocket=True
+            )
         protocol.data_received(b"".join(lines))
         if self.reading_paused:
             self.reading_paused = False

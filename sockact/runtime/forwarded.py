@@ -126,8 +126,9 @@ class ProxyTrust:
         return address in self.addresses or any(address in network for network in self.networks)
 
     # the request ------------------------------------------------------------------------------------
-    def resolve(self, peer: Any, headers: Iterable[tuple[bytes, bytes]], *,
-                websocket: bool = False) -> tuple[Client, str]:
+    def resolve(
+        self, peer: Any, headers: Iterable[tuple[bytes, bytes]], *, websocket: bool = False
+    ) -> tuple[Client, str]:
         """The (client, scheme) for the ASGI scope or WSGI environ: the peer and the connection's own
         scheme unless the peer is trusted and its headers say otherwise."""
         own_client: Client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) and peer else None
@@ -210,9 +211,11 @@ class ProxyTrust:
     def _log_conflict(self) -> None:
         if not self._conflict_logged:  # once per worker: a client can send this on every request
             self._conflict_logged = True
-            logger.warning("X-Forwarded-For and Forwarded name different clients: the client is left unknown; "
-                           "make the proxy set one family and remove the other (nginx: proxy_set_header "
-                           "Forwarded \"\";) (logged once)")
+            logger.warning(
+                "X-Forwarded-For and Forwarded name different clients: the client is left unknown; "
+                "make the proxy set one family and remove the other (nginx: proxy_set_header "
+                'Forwarded "";) (logged once)'
+            )
 
 
 def to_environ(environ: dict[str, Any], client: Client, scheme: str) -> None:

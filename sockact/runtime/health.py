@@ -17,6 +17,7 @@ publishes timestamps here (`State.beat`); a stale beat is the verdict.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import socket
@@ -67,8 +68,10 @@ class State:
 
 
 def _response(status: str, body: bytes, head_only: bool, extra: str = "") -> bytes:
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
-            f"Cache-Control: no-store\r\n{extra}Connection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+        f"Cache-Control: no-store\r\n{extra}Connection: close\r\n\r\n"
+    )
     return head.encode("ascii") + (b"" if head_only else body)
 
 
@@ -159,10 +162,8 @@ class Endpoint:
             return
         held.data += chunk
         if b"\r\n\r\n" in held.data or b"\n\n" in held.data or len(held.data) >= READ_MOST:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(answer(self.state, held.data))  # under 300 bytes: fits a fresh socket's buffer
-            except OSError:
-                pass
             self._close(conn)
 
     def _expire(self, now: float) -> None:

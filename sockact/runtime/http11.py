@@ -58,10 +58,19 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _STATUS = re.compile(r"([1-5][0-9][0-9]) ([\t \x21-\x7e\x80-\xff]*)")
 # Trailer fields that would change how this message or the connection is framed or routed, were any
 # hop to merge trailers into the head (RFC 9110 §6.5.1): refused. The others are dropped, never merged.
-_FORBIDDEN_TRAILERS = frozenset({
-    b"content-length", b"transfer-encoding", b"host", b"trailer", b"connection", b"keep-alive", b"te",
-    b"upgrade", b"expect",
-})
+_FORBIDDEN_TRAILERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"trailer",
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"upgrade",
+        b"expect",
+    }
+)
 
 
 _DROPPED = (b"", b"")  # a field counted against the limits, then left out of the head
@@ -87,7 +96,8 @@ def error_response(status: int, text: str | None = None) -> bytes:
     body = (text or reason_phrase(status) or "Error").encode()
     return STATUS_LINES[status] + (
         b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
-        % (len(body), body))
+        % (len(body), body)
+    )
 
 
 def chunk(data: bytes) -> bytes:
@@ -97,12 +107,32 @@ def chunk(data: bytes) -> bytes:
 class Head:
     """A request head the core accepted, with its framing and keep-alive decided."""
 
-    __slots__ = ("content_length", "expect_continue", "headers", "keep_alive", "method", "path", "query",
-                 "target", "upgrade", "version")
+    __slots__ = (
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "target",
+        "upgrade",
+        "version",
+    )
 
-    def __init__(self, method: str, target: bytes, path: bytes, query: bytes, version: str,
-                 headers: list[tuple[bytes, bytes]], keep_alive: bool, content_length: int,
-                 expect_continue: bool, upgrade: bytes | None) -> None:
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        path: bytes,
+        query: bytes,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        content_length: int,
+        expect_continue: bool,
+        upgrade: bytes | None,
+    ) -> None:
         self.method = method
         self.target = target  # as sent
         self.path = path  # raw (still percent-encoded) path: "/" for OPTIONS * and absolute-form without one
@@ -349,8 +379,18 @@ class RequestReader:
         fields = self._fields
         if _DROPPED in fields:
             fields = [field for field in fields if field is not _DROPPED]
-        return Head(method, url, path, query, version, fields, not close, content_length,
-                    expect and version == "1.1", upgrade_token)
+        return Head(
+            method,
+            url,
+            path,
+            query,
+            version,
+            fields,
+            not close,
+            content_length,
+            expect and version == "1.1",
+            upgrade_token,
+        )
 
 
 def _split_target(method: str, url: bytes) -> tuple[bytes, bytes]:
@@ -407,9 +447,17 @@ class ResponseHead:
 
     __slots__ = ("chunked", "data", "keep_alive", "length", "skip_body", "status")
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
-                 *, request_method: str, request_version: str, keep_alive: bool, extra: bytes = b"",
-                 status_line: bytes | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...],
+        *,
+        request_method: str,
+        request_version: str,
+        keep_alive: bool,
+        extra: bytes = b"",
+        status_line: bytes | None = None,
+    ) -> None:
         if status_line is None:
             if not isinstance(status, int) or not 100 <= status <= 599:
                 raise ResponseError(f"invalid response status {status!r}")

@@ -52,8 +52,10 @@ def adopt(fd: int) -> socket.socket:
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
-        raise RuntimeFailure(f"fd {fd} is not open although LISTEN_FDS says systemd passed it; start the worker "
-                             "through its socket unit, or unset LISTEN_FDS to --bind a socket of its own") from None
+        raise RuntimeFailure(
+            f"fd {fd} is not open although LISTEN_FDS says systemd passed it; start the worker "
+            "through its socket unit, or unset LISTEN_FDS to --bind a socket of its own"
+        ) from None
     if not stat.S_ISSOCK(mode):
         raise RuntimeFailure(f"fd {fd} passed by systemd is not a socket; use ListenStream= in the socket unit")
     sock = socket.socket(fileno=fd)

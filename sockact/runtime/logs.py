@@ -155,8 +155,15 @@ class BoundedQueueHandler(logging.Handler):
             count, self.dropped = self.dropped, 0
         if not count:
             return
-        line = logging.LogRecord("sockact.runtime", logging.WARNING, __file__, 0,
-                                 f"{count} log records dropped (journal not keeping up)", None, None)
+        line = logging.LogRecord(
+            "sockact.runtime",
+            logging.WARNING,
+            __file__,
+            0,
+            f"{count} log records dropped (journal not keeping up)",
+            None,
+            None,
+        )
         if not self._emit(line):
             with self._drop_lock:
                 self.dropped += count  # said later, once a write succeeds again
@@ -193,7 +200,7 @@ class FdHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         data = memoryview((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
         while data:
-            data = data[os.write(self.fd, data):]
+            data = data[os.write(self.fd, data) :]
 
 
 def _field(name: bytes, value: str) -> bytes:
@@ -227,16 +234,20 @@ class JournalHandler(logging.Handler):
         return sock
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._send(b"".join((
-            _field(b"MESSAGE", self.format(record)),
-            b"PRIORITY=%d\n" % priority(record.levelno),
-            _field(b"LOGGER", record.name),
-            _field(b"THREAD_NAME", record.threadName or ""),
-            _field(b"CODE_FILE", record.pathname),
-            b"CODE_LINE=%d\n" % record.lineno,
-            _field(b"CODE_FUNC", record.funcName or ""),
-            self.constant,
-        )))
+        self._send(
+            b"".join(
+                (
+                    _field(b"MESSAGE", self.format(record)),
+                    b"PRIORITY=%d\n" % priority(record.levelno),
+                    _field(b"LOGGER", record.name),
+                    _field(b"THREAD_NAME", record.threadName or ""),
+                    _field(b"CODE_FILE", record.pathname),
+                    b"CODE_LINE=%d\n" % record.lineno,
+                    _field(b"CODE_FUNC", record.funcName or ""),
+                    self.constant,
+                )
+            )
+        )
 
     def _send(self, entry: bytes) -> None:
         try:
@@ -257,8 +268,9 @@ class JournalHandler(logging.Handler):
         fd = os.memfd_create("journal-entry", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.write(fd, entry)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
-                        fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+            fcntl.fcntl(
+                fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+            )
             self.sock.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
         finally:
             os.close(fd)
@@ -310,7 +322,7 @@ class QueuedLines(io.TextIOBase):
         level = logging.INFO
         prefix = _SD_PREFIX.match(line)
         if prefix:
-            level, line = _LEVEL[int(prefix.group(1))], line[prefix.end():]
+            level, line = _LEVEL[int(prefix.group(1))], line[prefix.end() :]
         self.handler.handle(logging.LogRecord(self.logger_name, level, "", 0, line, None, None))
 
 

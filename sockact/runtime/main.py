@@ -29,8 +29,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.drain_delay and args.drain_delay >= args.stop_timeout:
         # One line, exit status 2, like every usage mistake: the delay must leave time to drain.
-        sys.stderr.write(f"sockact run: --drain-delay {args.drain_delay:g} is not below --stop-timeout "
-                         f"{args.stop_timeout:g}; the delay counts inside the stop timeout, lower it\n")
+        sys.stderr.write(
+            f"sockact run: --drain-delay {args.drain_delay:g} is not below --stop-timeout "
+            f"{args.stop_timeout:g}; the delay counts inside the stop timeout, lower it\n"
+        )
         raise SystemExit(2)
     return args
 
@@ -44,65 +46,140 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("app", metavar="MODULE:ATTR")
-    parser.add_argument("--bind", action="append", metavar="ADDR",
-                        help="bind this address when systemd passed no socket")
-    parser.add_argument("--stop-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="drain deadline after SIGTERM (match TimeoutStopSec=)")
+    parser.add_argument(
+        "--bind", action="append", metavar="ADDR", help="bind this address when systemd passed no socket"
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="drain deadline after SIGTERM (match TimeoutStopSec=)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
-    parser.add_argument("--interface", default="auto", choices=INTERFACES,
-                        help="protocol of the app (default: detected)")
-    parser.add_argument("--request-timeout", type=_seconds, default=30.0, metavar="SECONDS",
-                        help="WSGI: a worker whose every thread has run one request this long stops its watchdog "
-                             "pings and is restarted; ASGI: a request that blocks the event loop this long is "
-                             "logged (0: off; default: 30)")
+    parser.add_argument(
+        "--interface", default="auto", choices=INTERFACES, help="protocol of the app (default: detected)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="WSGI: a worker whose every thread has run one request this long stops its watchdog "
+        "pings and is restarted; ASGI: a request that blocks the event loop this long is "
+        "logged (0: off; default: 30)",
+    )
     parser.add_argument("--threads", type=int, default=10, metavar="N", help="WSGI threads per worker (default: 10)")
-    parser.add_argument("--respawn", action="store_true",
-                        help="keep a parent that forks the serving process again at once when it crashes "
-                             "(sockact's units use it; the unit needs NotifyAccess=all)")
-    parser.add_argument("--health-listen", metavar="ADDR",
-                        help="answer GET /ready and /live on this address (HOST:PORT, [V6]:PORT or a socket path), "
-                             "from a thread of its own; under systemd the socket named 'health' in LISTEN_FDNAMES "
-                             "is used instead (default: off)")
-    parser.add_argument("--drain-delay", type=_seconds, default=0.0, metavar="SECONDS",
-                        help="after SIGTERM, while no other worker of the app serves, /ready answers 503 at once but "
-                             "the worker goes on accepting this long before it drains, so load balancers take the "
-                             "host out first; counts inside --stop-timeout (default: 0)")
+    parser.add_argument(
+        "--respawn",
+        action="store_true",
+        help="keep a parent that forks the serving process again at once when it crashes "
+        "(sockact's units use it; the unit needs NotifyAccess=all)",
+    )
+    parser.add_argument(
+        "--health-listen",
+        metavar="ADDR",
+        help="answer GET /ready and /live on this address (HOST:PORT, [V6]:PORT or a socket path), "
+        "from a thread of its own; under systemd the socket named 'health' in LISTEN_FDNAMES "
+        "is used instead (default: off)",
+    )
+    parser.add_argument(
+        "--drain-delay",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="after SIGTERM, while no other worker of the app serves, /ready answers 503 at once but "
+        "the worker goes on accepting this long before it drains, so load balancers take the "
+        "host out first; counts inside --stop-timeout (default: 0)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--forwarded-allow-ips", type=proxy_trust, metavar="LIST",
-                        help="believe X-Forwarded-For, X-Forwarded-Proto and Forwarded only from these peers: IP "
-                             "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
-                             "a Unix socket, or * for every peer (default: off, the headers change nothing)")
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        type=proxy_trust,
+        metavar="LIST",
+        help="believe X-Forwarded-For, X-Forwarded-Proto and Forwarded only from these peers: IP "
+        "addresses and networks separated by commas (127.0.0.1,::1,10.0.0.0/8), unix for "
+        "a Unix socket, or * for every peer (default: off, the headers change nothing)",
+    )
     http = parser.add_argument_group(
-        "HTTP limits", "a request past a limit is refused with the status named and its connection closed")
+        "HTTP limits", "a request past a limit is refused with the status named and its connection closed"
+    )
     default = http11.DEFAULT_LIMITS
-    http.add_argument("--max-body", type=size, default=default.max_body, metavar="BYTES",
-                      help="request body size: 413, from Content-Length before the body is read, or once a chunked "
-                           "body passes it (suffixes K, M, G; 0: no limit; default: 100M)")
-    http.add_argument("--max-headers", type=positive, default=default.max_fields, metavar="N",
-                      help=f"header fields per request: 431 past it (default: {default.max_fields})")
-    http.add_argument("--max-header-size", type=size, default=default.max_field, metavar="BYTES",
-                      help=f"one header field line: 431 past it (default: {default.max_field})")
-    http.add_argument("--max-target", type=size, default=default.max_target, metavar="BYTES",
-                      help=f"the request target (path and query): 414 past it (default: {default.max_target})")
-    http.add_argument("--head-timeout", type=_seconds, default=default.head_timeout, metavar="SECONDS",
-                      help="a request head (or a body) still arriving after this long is dropped with 408 "
-                           f"(default: {default.head_timeout:g})")
-    http.add_argument("--keep-alive", type=_seconds, default=default.keep_alive, metavar="SECONDS",
-                      help=f"an idle keep-alive connection is closed after this long (default: {default.keep_alive:g})")
-    http.add_argument("--send-timeout", type=_seconds, default=default.send_timeout, metavar="SECONDS",
-                      help="a client that takes no byte of its response for this long is dropped "
-                           f"(default: {default.send_timeout:g})")
+    http.add_argument(
+        "--max-body",
+        type=size,
+        default=default.max_body,
+        metavar="BYTES",
+        help="request body size: 413, from Content-Length before the body is read, or once a chunked "
+        "body passes it (suffixes K, M, G; 0: no limit; default: 100M)",
+    )
+    http.add_argument(
+        "--max-headers",
+        type=positive,
+        default=default.max_fields,
+        metavar="N",
+        help=f"header fields per request: 431 past it (default: {default.max_fields})",
+    )
+    http.add_argument(
+        "--max-header-size",
+        type=size,
+        default=default.max_field,
+        metavar="BYTES",
+        help=f"one header field line: 431 past it (default: {default.max_field})",
+    )
+    http.add_argument(
+        "--max-target",
+        type=size,
+        default=default.max_target,
+        metavar="BYTES",
+        help=f"the request target (path and query): 414 past it (default: {default.max_target})",
+    )
+    http.add_argument(
+        "--head-timeout",
+        type=_seconds,
+        default=default.head_timeout,
+        metavar="SECONDS",
+        help="a request head (or a body) still arriving after this long is dropped with 408 "
+        f"(default: {default.head_timeout:g})",
+    )
+    http.add_argument(
+        "--keep-alive",
+        type=_seconds,
+        default=default.keep_alive,
+        metavar="SECONDS",
+        help=f"an idle keep-alive connection is closed after this long (default: {default.keep_alive:g})",
+    )
+    http.add_argument(
+        "--send-timeout",
+        type=_seconds,
+        default=default.send_timeout,
+        metavar="SECONDS",
+        help="a client that takes no byte of its response for this long is dropped "
+        f"(default: {default.send_timeout:g})",
+    )
     recycling = parser.add_argument_group(
-        "recycling", "a worker past a limit drains as on SIGTERM and exits with status 4; systemd starts it "
-                     "again at once while its siblings serve")
-    recycling.add_argument("--max-requests", type=count, default=0, metavar="N",
-                           help="recycle after N requests (default: 0, off)")
-    recycling.add_argument("--max-requests-jitter", type=count, default=0, metavar="J",
-                           help="each worker draws its own limit in [N, N+J], so siblings do not recycle "
-                                "together (default: 0)")
-    recycling.add_argument("--max-rss", type=count, default=0, metavar="MIB",
-                           help="recycle once the worker's resident memory passes MIB MiB, checked every 0.1 s "
-                                "(default: 0, off: a fitting limit depends on the app)")
+        "recycling",
+        "a worker past a limit drains as on SIGTERM and exits with status 4; systemd starts it "
+        "again at once while its siblings serve",
+    )
+    recycling.add_argument(
+        "--max-requests", type=count, default=0, metavar="N", help="recycle after N requests (default: 0, off)"
+    )
+    recycling.add_argument(
+        "--max-requests-jitter",
+        type=count,
+        default=0,
+        metavar="J",
+        help="each worker draws its own limit in [N, N+J], so siblings do not recycle together (default: 0)",
+    )
+    recycling.add_argument(
+        "--max-rss",
+        type=count,
+        default=0,
+        metavar="MIB",
+        help="recycle once the worker's resident memory passes MIB MiB, checked every 0.1 s "
+        "(default: 0, off: a fitting limit depends on the app)",
+    )
     return parser
 
 
@@ -129,9 +206,15 @@ def positive(text: str) -> int:
 
 
 def limits_of(args: argparse.Namespace) -> http11.Limits:
-    return http11.Limits(max_target=args.max_target, max_fields=args.max_headers, max_field=args.max_header_size,
-                         max_body=args.max_body, head_timeout=args.head_timeout, keep_alive=args.keep_alive,
-                         send_timeout=args.send_timeout)
+    return http11.Limits(
+        max_target=args.max_target,
+        max_fields=args.max_headers,
+        max_field=args.max_header_size,
+        max_body=args.max_body,
+        head_timeout=args.head_timeout,
+        keep_alive=args.keep_alive,
+        send_timeout=args.send_timeout,
+    )
 
 
 def proxy_trust(text: str) -> ProxyTrust:
@@ -180,8 +263,11 @@ def load_app(reference: str) -> Any:
 
 def one_line(exc: BaseException) -> str:
     """'Type: message (at the app's file:line)'; the import machinery's own frames name no place of the app's."""
-    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
-              if not frame.filename.startswith("<frozen ") and not _is_importlib(frame.filename)]
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<frozen ") and not _is_importlib(frame.filename)
+    ]
     app_frames = [frame for frame in frames if frame.filename != __file__]
     where = f" (at {app_frames[-1].filename}:{app_frames[-1].lineno})" if frames and frames[-1] in app_frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
@@ -195,8 +281,11 @@ def in_full(what: str, exc: BaseException) -> None:
 
     if not under_journal() and not logger.isEnabledFor(logging.DEBUG):
         return
-    logger.handle(logger.makeRecord(logger.name, logging.DEBUG, __file__, 0, "%s, in full:", (what,),
-                                    (type(exc), exc, exc.__traceback__)))
+    logger.handle(
+        logger.makeRecord(
+            logger.name, logging.DEBUG, __file__, 0, "%s, in full:", (what,), (type(exc), exc, exc.__traceback__)
+        )
+    )
 
 
 def _is_importlib(filename: str) -> bool:
@@ -212,8 +301,10 @@ def sockets_for(bind: list[str] | None) -> list[Any]:
         return adopted
     if bind:
         return [bind_address(address) for address in bind]
-    raise RuntimeFailure("no sockets: systemd passed none (LISTEN_FDS unset) and no --bind was given; "
-                         "start it through its socket unit or add --bind 127.0.0.1:8000")
+    raise RuntimeFailure(
+        "no sockets: systemd passed none (LISTEN_FDS unset) and no --bind was given; "
+        "start it through its socket unit or add --bind 127.0.0.1:8000"
+    )
 
 
 def health_sockets_for(address: str | None) -> list[Any]:
@@ -292,8 +383,9 @@ def serve_once(args: argparse.Namespace, sockets: list[Any], notifier: Notifier,
     return recycler.exit_status() if recycler is not None else 0
 
 
-def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier,
-          health: State | None = None) -> Recycler | None:
+def serve(
+    args: argparse.Namespace, sockets: list[Any], notifier: Notifier, health: State | None = None
+) -> Recycler | None:
     """Serve until SIGTERM (or a recycle); the recycler, if a limit was on, says how to exit."""
     from . import boot
 
@@ -305,10 +397,21 @@ def serve(args: argparse.Namespace, sockets: list[Any], notifier: Notifier,
     from .server import run
 
     boot.engine = run.__module__
-    run(app, sockets, stop_timeout=args.stop_timeout, access_log=args.access_log,
-        notifier=notifier, interface=interface, threads=args.threads, recycler=recycler,
-        request_timeout=args.request_timeout, limits=limits_of(args), proxies=args.forwarded_allow_ips,
-        health=health, drain_delay=args.drain_delay)
+    run(
+        app,
+        sockets,
+        stop_timeout=args.stop_timeout,
+        access_log=args.access_log,
+        notifier=notifier,
+        interface=interface,
+        threads=args.threads,
+        recycler=recycler,
+        request_timeout=args.request_timeout,
+        limits=limits_of(args),
+        proxies=args.forwarded_allow_ips,
+        health=health,
+        drain_delay=args.drain_delay,
+    )
     return recycler
 
 

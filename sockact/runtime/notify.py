@@ -108,4 +108,3 @@ def watchdog_interval() -> float | None:
     if pid is not None and pid != str(os.getpid()):
         return None
     return int(usec) / 1_000_000
-

@@ -44,8 +44,10 @@ class Pulse:
         note = f"; {stuck}" if stuck else ""
         replaced = f"; serving process replaced {self.replaced} times" if self.replaced else ""
         leaving = f"leaving: {self.leaving}; " if self.leaving else ""
-        return (f"{leaving}serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; "
-                f"ready since {self.ready_since}{replaced}")
+        return (
+            f"{leaving}serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; "
+            f"ready since {self.ready_since}{replaced}"
+        )
 
     def ready(self) -> None:
         self.ready_since = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -61,8 +63,12 @@ class Pulse:
         now = time.monotonic()
         if self.ready_due:
             self.ready_due = not self.notifier.ready()
-        if healthy and self.watchdog is not None and now - self._last_ping >= self.watchdog / 4 \
-                and self.notifier.watchdog():
+        if (
+            healthy
+            and self.watchdog is not None
+            and now - self._last_ping >= self.watchdog / 4
+            and self.notifier.watchdog()
+        ):
             self._last_ping = now  # not delivered: tried again on the next tick, not a quarter period later
         if self.board is not None:
             self.board.heartbeat(connections)  # the exact count, so no drift can last

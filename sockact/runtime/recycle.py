@@ -83,8 +83,12 @@ class Recycler:
             return
         now = self.rss.bytes()
         if now >= self.rss_limit:
-            logger.warning("--max-rss %d MiB is below this worker's RSS after startup (%d MiB): not recycling "
-                           "for memory; raise --max-rss above it", self.limits.max_rss_mib, now // MIB)
+            logger.warning(
+                "--max-rss %d MiB is below this worker's RSS after startup (%d MiB): not recycling "
+                "for memory; raise --max-rss above it",
+                self.limits.max_rss_mib,
+                now // MIB,
+            )
             self.rss.close()
             self.rss = None
 
@@ -93,7 +97,8 @@ class Recycler:
         at the limit (the engine stops taking work at once), False ever after and while under it."""
         return requests >= self._requests_at and self._decide(
             f"recycling after {requests} requests (--max-requests {self.limits.max_requests}, "
-            f"this worker's limit {self.request_limit})")
+            f"this worker's limit {self.request_limit})"
+        )
 
     def due(self, requests: int) -> bool:
         """From the serving loop's tick: True once, when a limit is passed (an engine that does not
@@ -105,8 +110,10 @@ class Recycler:
         if self.rss is not None:
             rss = self.rss.bytes()
             if rss > self.rss_limit:
-                return self._decide(f"recycling: RSS {rss // MIB} MiB over --max-rss {self.limits.max_rss_mib} MiB "
-                                    f"after {requests} requests")
+                return self._decide(
+                    f"recycling: RSS {rss // MIB} MiB over --max-rss {self.limits.max_rss_mib} MiB "
+                    f"after {requests} requests"
+                )
         return False
 
     def _decide(self, why: str) -> bool:

@@ -80,8 +80,9 @@ class Parent:
             if self.stopping or (not ready and code == boot.EXIT_CANNOT_START):
                 return self._leave(status)
             if not ready:
-                boot.failed(f"cannot start: the serving process died before it was ready ({describe(status)})",
-                            self.notifier)
+                boot.failed(
+                    f"cannot start: the serving process died before it was ready ({describe(status)})", self.notifier
+                )
                 return boot.EXIT_CANNOT_START
             if code == 0:
                 return 0
@@ -89,9 +90,13 @@ class Parent:
             if code == RECYCLE_EXIT:
                 logger.info("serving process %d recycled (exit 4); forking a new one", self.child)
             else:
-                logger.error("serving process %d died (%s) %.1f s after it started; forking a new one "
-                             "(%d replaced so far)", self.child, describe(status), time.monotonic() - started,
-                             self.replaced)
+                logger.error(
+                    "serving process %d died (%s) %.1f s after it started; forking a new one (%d replaced so far)",
+                    self.child,
+                    describe(status),
+                    time.monotonic() - started,
+                    self.replaced,
+                )
             self._preload(engine)
 
     @staticmethod

@@ -28,6 +28,7 @@ from .wsgi_threads import Pool
 
 logger = logging.getLogger("sockact.runtime")
 
+
 class Admission:
     """Accepting on the shared listening sockets with the event loop's own accept loop (C, with
     uvloop), switched off while this worker holds pause_threshold() connections more than a live sibling.
@@ -39,9 +40,14 @@ class Admission:
     socket, while it is ahead; its siblings keep accepting, so at least the least busy one always does.
     """
 
-    def __init__(self, sockets: list[socket.socket], factory: Callable[[], asyncio.Protocol],
-                 board: Scoreboard | None, connections: Callable[[], int] = lambda: 0,
-                 ceiling: int | None = None) -> None:
+    def __init__(
+        self,
+        sockets: list[socket.socket],
+        factory: Callable[[], asyncio.Protocol],
+        board: Scoreboard | None,
+        connections: Callable[[], int] = lambda: 0,
+        ceiling: int | None = None,
+    ) -> None:
         self.sockets = sockets
         self.factory = factory
         self.board = board
@@ -98,8 +104,11 @@ class Admission:
         if self.full or self.connections() < self.ceiling:
             return
         self.full = True
-        logger.warning("%d connections open, near the file descriptor limit: not accepting until some close "
-                       "(new ones wait in the listen backlog)", self.connections())
+        logger.warning(
+            "%d connections open, near the file descriptor limit: not accepting until some close "
+            "(new ones wait in the listen backlog)",
+            self.connections(),
+        )
         if self.board is not None:
             self.board.accepting(False)
         if self.servers:
@@ -222,8 +231,11 @@ class StrictLifespan(LifespanOn):
             self.logger.removeFilter(quiet)
 
     async def main(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": self.config.asgi_version, "spec_version": "2.0"},
-                 "state": self.state}
+        scope = {
+            "type": "lifespan",
+            "asgi": {"version": self.config.asgi_version, "spec_version": "2.0"},
+            "state": self.state,
+        }
         try:
             await self.config.loaded_app(scope, self.receive, self.send)
         except BaseException as exc:  # noqa: BLE001 - the app's own failure, reported below in one line
@@ -256,10 +268,20 @@ class StrictLifespan(LifespanOn):
 class WorkerServer(uvicorn.Server):
     """uvicorn's Server with READY=1 after lifespan startup, WATCHDOG=1 from the loop, STATUS=, drain."""
 
-    def __init__(self, config: uvicorn.Config, notifier: Notifier, drain_timeout: float,
-                 recycler: Recycler | None = None, request_timeout: float = DEFAULT_REQUEST_TIMEOUT, *,
-                 limits: http11.Limits = http11.DEFAULT_LIMITS, pool: Pool | None = None,
-                 proxies: Any = None, health: State | None = None, drain_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        notifier: Notifier,
+        drain_timeout: float,
+        recycler: Recycler | None = None,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        *,
+        limits: http11.Limits = http11.DEFAULT_LIMITS,
+        pool: Pool | None = None,
+        proxies: Any = None,
+        health: State | None = None,
+        drain_delay: float = 0.0,
+    ) -> None:
         super().__init__(config)
         self.health = health  # what /ready and /live answer from (--health-listen)
         self.drain_delay = drain_delay
@@ -292,12 +314,22 @@ class WorkerServer(uvicorn.Server):
         recycler = self.pulse.recycler
         on_request = None
         if recycler is not None and recycler.request_limit:
+
             def on_request(requests: int) -> None:
                 if recycler.served(requests):
                     self._stop_taking_work()
-        self.site = Site(config, self.server_state, getattr(self.lifespan, "state", {}), board,
-                         self._reconsider_if_paused, self.limits, wsgi=self.pool, on_request=on_request,
-                         proxies=self.proxies)
+
+        self.site = Site(
+            config,
+            self.server_state,
+            getattr(self.lifespan, "state", {}),
+            board,
+            self._reconsider_if_paused,
+            self.limits,
+            wsgi=self.pool,
+            on_request=on_request,
+            proxies=self.proxies,
+        )
         state = self.server_state
         self.admission = Admission(sockets or [], self.site.protocol, board, lambda: len(state.connections))
         await self.admission.open()
@@ -308,8 +340,11 @@ class WorkerServer(uvicorn.Server):
             self.health.ready = True
         if self.pool is None:
             self.watch_loop()
-        logger.info("ready: serving %d socket(s)%s", len(sockets or []),
-                    f" with {self.pool.threads} threads (WSGI)" if self.pool is not None else "")
+        logger.info(
+            "ready: serving %d socket(s)%s",
+            len(sockets or []),
+            f" with {self.pool.threads} threads (WSGI)" if self.pool is not None else "",
+        )
 
     def watch_loop(self) -> None:
         """A blocked loop stops the pings by itself; the watch names the request blocking it, before
@@ -322,8 +357,9 @@ class WorkerServer(uvicorn.Server):
     def _publish_blocked(self, seconds: float) -> None:
         """From the watch's thread, while the loop cannot publish STATUS= itself."""
         state = self.server_state
-        line = self.pulse.status_line(state.total_requests, len(state.tasks), 0.0,
-                                      f"event loop blocked for {seconds:.0f} s")
+        line = self.pulse.status_line(
+            state.total_requests, len(state.tasks), 0.0, f"event loop blocked for {seconds:.0f} s"
+        )
         self.pulse.notifier.status(line)
 
     async def on_tick(self, counter: int) -> bool:
@@ -365,10 +401,13 @@ class WorkerServer(uvicorn.Server):
         self._leaving()
         self.leave_at = time.monotonic() + self.drain_delay
         self.pulse.leaving = f"accepting {self.drain_delay:g} s more unless another worker serves, then draining"
-        self.pulse.notifier.status(self.pulse.status_line(self.server_state.total_requests,
-                                                          len(self.server_state.tasks), 0.0))
-        logger.info("leaving: accepting for %g s more (--drain-delay) unless another worker serves, then draining",
-                    self.drain_delay)
+        self.pulse.notifier.status(
+            self.pulse.status_line(self.server_state.total_requests, len(self.server_state.tasks), 0.0)
+        )
+        logger.info(
+            "leaving: accepting for %g s more (--drain-delay) unless another worker serves, then draining",
+            self.drain_delay,
+        )
 
     def _others_serve(self) -> bool:
         """Another worker of the app serves (None of this without the scoreboard: the delay is kept)."""
@@ -407,8 +446,9 @@ class WorkerServer(uvicorn.Server):
             admission.reconsider()
 
     def _drain_expired(self) -> None:
-        logger.warning("drain deadline passed with %d connection(s) open; closing them",
-                       len(self.server_state.connections))
+        logger.warning(
+            "drain deadline passed with %d connection(s) open; closing them", len(self.server_state.connections)
+        )
         for connection in list(self.server_state.connections):
             connection.transport.close()
         for task in list(self.server_state.tasks):
@@ -447,10 +487,22 @@ class WorkerServer(uvicorn.Server):
             captured.clear()
 
 
-def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_log: bool, notifier: Notifier,
-        interface: str = "auto", threads: int = 10, recycler: Recycler | None = None,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT, limits: http11.Limits = http11.DEFAULT_LIMITS,
-        proxies: Any = None, health: State | None = None, drain_delay: float = 0.0) -> None:
+def run(
+    app: Any,
+    sockets: list[socket.socket],
+    *,
+    stop_timeout: float,
+    access_log: bool,
+    notifier: Notifier,
+    interface: str = "auto",
+    threads: int = 10,
+    recycler: Recycler | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    limits: http11.Limits = http11.DEFAULT_LIMITS,
+    proxies: Any = None,
+    health: State | None = None,
+    drain_delay: float = 0.0,
+) -> None:
     from .interface import detect
 
     interface = detect(app) if interface == "auto" else interface
@@ -468,6 +520,16 @@ def run(app: Any, sockets: list[socket.socket], *, stop_timeout: float, access_l
         timeout_keep_alive=int(limits.keep_alive) or 1,
     )
     # The drain delay counts inside the stop timeout: what is left of it is the drain's.
-    server = WorkerServer(config, notifier, drain_budget(stop_timeout - drain_delay), recycler, request_timeout,
-                          limits=limits, pool=pool, proxies=proxies, health=health, drain_delay=drain_delay)
+    server = WorkerServer(
+        config,
+        notifier,
+        drain_budget(stop_timeout - drain_delay),
+        recycler,
+        request_timeout,
+        limits=limits,
+        pool=pool,
+        proxies=proxies,
+        health=health,
+        drain_delay=drain_delay,
+    )
     server.run(sockets=sockets)

@@ -47,8 +47,10 @@ def nice_for(workers: int) -> int:
 def mode_from_env() -> str:
     value = os.environ.get("SOCKACT_CPU_SHARE", "app")
     if value not in MODES:
-        raise RuntimeFailure(f"SOCKACT_CPU_SHARE={value!r} is not one of {', '.join(MODES)}: 'app' (the default) "
-                             "gives all workers together one service's share of the CPU, 'worker' one share each")
+        raise RuntimeFailure(
+            f"SOCKACT_CPU_SHARE={value!r} is not one of {', '.join(MODES)}: 'app' (the default) "
+            "gives all workers together one service's share of the CPU, 'worker' one share each"
+        )
     return value
 
 

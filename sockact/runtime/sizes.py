@@ -6,7 +6,7 @@ One parser for both sides: `sockact generate` validates a size with it and rende
 
 from __future__ import annotations
 
-SUFFIXES = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}  # powers of 1024, as systemd's sizes
+SUFFIXES = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}  # powers of 1024, as systemd's sizes
 _LARGEST_FIRST = ("G", "M", "K")
 
 

@@ -118,12 +118,18 @@ class Calls:
             frames = sys._current_frames()
             for call in fresh:
                 call.logged = True
-                logger.error("request %s %s has run for %.1f s, over the request timeout of %g s; its thread is at %s",
-                             call.method, shown(call.path), now - call.since, self.timeout,
-                             where(frames.get(call.thread)))
+                logger.error(
+                    "request %s %s has run for %.1f s, over the request timeout of %g s; its thread is at %s",
+                    call.method,
+                    shown(call.path),
+                    now - call.since,
+                    self.timeout,
+                    where(frames.get(call.thread)),
+                )
             if verdict.all_stuck:
-                logger.error("all %d threads are stuck: WATCHDOG=1 stops, so systemd restarts this worker",
-                             self.threads)
+                logger.error(
+                    "all %d threads are stuck: WATCHDOG=1 stops, so systemd restarts this worker", self.threads
+                )
         return verdict
 
 
@@ -184,6 +190,10 @@ class LoopWatch:
     def _report(self, blocked: float) -> None:
         frame = sys._current_frames().get(self.loop_thread)
         request = request_of(frame)
-        logger.error("the event loop has been blocked for %.1f s by %s, at %s: no request is served meanwhile "
-                     "and systemd restarts this worker once WatchdogSec= passes",
-                     blocked, request or "code outside any request", where(frame))
+        logger.error(
+            "the event loop has been blocked for %.1f s by %s, at %s: no request is served meanwhile "
+            "and systemd restarts this worker once WatchdogSec= passes",
+            blocked,
+            request or "code outside any request",
+            where(frame),
+        )

@@ -66,8 +66,16 @@ def environ_key(name: bytes) -> str | None:
 class Pool:
     """The threads that run one worker's WSGI app, and what its environs share."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], threads: int, *, limits: Limits,
-                 request_timeout: float, root_path: str = "", proxies: Any = None) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        threads: int,
+        *,
+        limits: Limits,
+        request_timeout: float,
+        root_path: str = "",
+        proxies: Any = None,
+    ) -> None:
         self.app = app
         self.threads = max(1, threads)
         self.limits = limits
@@ -75,14 +83,19 @@ class Pool:
         self.proxies = proxies
         self.jobs: queue.SimpleQueue[WsgiExchange | None] = queue.SimpleQueue()
         self.base_environ: dict[str, Any] = {
-            "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
             "SCRIPT_NAME": root_path,
             # wsgi.input ends where the body does (chunked bodies included): apps may read to EOF.
             "wsgi.input_terminated": True,
         }
-        self._workers = [threading.Thread(target=self._work, name=f"sockact-wsgi-{i}", daemon=True)
-                         for i in range(self.threads)]
+        self._workers = [
+            threading.Thread(target=self._work, name=f"sockact-wsgi-{i}", daemon=True) for i in range(self.threads)
+        ]
         # Accepting stops while every thread is held by a call and requests wait (stuck.SATURATED_AFTER),
         # and starts again as soon as a thread is free: the engine sets these.
         self.on_saturated: Callable[[], None] = lambda: None
@@ -151,9 +164,24 @@ def _lock_of(connection: HttpConnection) -> threading.Condition:
 class WsgiExchange(BaseExchange):
     """One WSGI request: built by the loop, run by a pool thread."""
 
-    __slots__ = ("body", "body_done", "buffered", "chunked", "cond", "continue_due", "expected", "framing",
-                 "head_written", "headers_out", "pool", "queued", "sent", "skip_body", "status_line",
-                 "writer_waiting")
+    __slots__ = (
+        "body",
+        "body_done",
+        "buffered",
+        "chunked",
+        "cond",
+        "continue_due",
+        "expected",
+        "framing",
+        "head_written",
+        "headers_out",
+        "pool",
+        "queued",
+        "sent",
+        "skip_body",
+        "status_line",
+        "writer_waiting",
+    )
 
     def __init__(self, connection: HttpConnection, head: Head, keep_alive: bool, pool: Pool) -> None:
         super().__init__(connection, head, keep_alive)
@@ -300,8 +328,9 @@ class WsgiExchange(BaseExchange):
             env["wsgi.input"] = Input(self)
         return env
 
-    def start_response(self, status: str, headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Callable[[bytes], None]:
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
         if exc_info is not None:
             try:
                 if self.head_written:
@@ -327,12 +356,19 @@ class WsgiExchange(BaseExchange):
         if self.status_line is None:
             raise RuntimeError("the WSGI app wrote before calling start_response")
         headers = self.headers_out
-        if length is not None and not any(name.lower() in (b"content-length", b"transfer-encoding")
-                                          for name, _ in headers):
+        if length is not None and not any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in headers
+        ):
             headers = [*headers, (b"Content-Length", b"%d" % length)]
-        framing = ResponseHead(self.status, headers, request_method=self.head.method,
-                               request_version=self.head.version, keep_alive=self.keep_alive,
-                               extra=self.connection.site.default_headers(), status_line=self.status_line)
+        framing = ResponseHead(
+            self.status,
+            headers,
+            request_method=self.head.method,
+            request_version=self.head.version,
+            keep_alive=self.keep_alive,
+            extra=self.connection.site.default_headers(),
+            status_line=self.status_line,
+        )
         self.keep_alive = self.head_keep_alive = framing.keep_alive
         self.skip_body, self.chunked, self.expected = framing.skip_body, framing.chunked, framing.length
         self.framing = framing
@@ -364,8 +400,9 @@ class WsgiExchange(BaseExchange):
         if self.chunked and not self.skip_body:
             data += LAST_CHUNK
         elif not self.skip_body and self.expected >= 0 and self.sent < self.expected:
-            raise RuntimeError(f"response body of {self.sent} bytes is shorter than its Content-Length "
-                               f"of {self.expected}")
+            raise RuntimeError(
+                f"response body of {self.sent} bytes is shorter than its Content-Length of {self.expected}"
+            )
         self._send(data, last=True)
 
     def _within_length(self, body: bytes) -> bytes:
@@ -374,10 +411,14 @@ class WsgiExchange(BaseExchange):
         expected = self.expected
         if expected >= 0 and self.sent + len(body) > expected:
             if self.keep_alive or self.sent <= expected:
-                logger.error("the app sent more than its Content-Length of %d for %s %s: cut there",
-                             expected, self.head.method, self.head.target.decode("latin-1")[:200])
+                logger.error(
+                    "the app sent more than its Content-Length of %d for %s %s: cut there",
+                    expected,
+                    self.head.method,
+                    self.head.target.decode("latin-1")[:200],
+                )
             self.keep_alive = self.head_keep_alive = False  # cut: the connection must close after it
-            body = body[:max(0, expected - self.sent)]
+            body = body[: max(0, expected - self.sent)]
         self.sent += len(body)
         return body
 

@@ -23,8 +23,13 @@ async def asgi(scope: dict[str, Any], receive: Callable[..., Any], send: Callabl
         await send({"type": "websocket.close"})
         return
     body = seen.encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -37,8 +37,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if delay:
         await asyncio.sleep(delay)
     body = _answer(scope["path"], query)
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

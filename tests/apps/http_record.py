@@ -48,8 +48,16 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await websocket(scope, receive, send, port)
         return
     target = text(scope["raw_path"]) + ("?" + text(scope["query_string"]) if scope["query_string"] else "")
-    record({"event": "head", "port": port, "method": scope["method"], "target": target,
-            "version": scope["http_version"], "headers": [[text(n), text(v)] for n, v in scope["headers"]]})
+    record(
+        {
+            "event": "head",
+            "port": port,
+            "method": scope["method"],
+            "target": target,
+            "version": scope["http_version"],
+            "headers": [[text(n), text(v)] for n, v in scope["headers"]],
+        }
+    )
     path = scope["path"]
     if path == "/__401":  # answers without reading the body
         await respond(send, 401, b"no")
@@ -85,8 +93,13 @@ async def read_body(receive: Any) -> tuple[bytes, str | None]:
 
 
 async def respond(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -116,10 +129,21 @@ async def websocket(scope: dict[str, Any], receive: Any, send: Any, port: int | 
 def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     port = int(environ["REMOTE_PORT"]) if environ.get("REMOTE_PORT") else None
     target = environ.get("RAW_URI") or environ.get("REQUEST_URI") or environ["PATH_INFO"]
-    headers = {key: value for key, value in environ.items()
-               if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")}
-    record({"event": "head", "port": port, "method": environ["REQUEST_METHOD"], "target": target,
-            "version": environ["SERVER_PROTOCOL"].removeprefix("HTTP/"), "environ": headers})
+    headers = {
+        key: value
+        for key, value in environ.items()
+        if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
+    }
+    record(
+        {
+            "event": "head",
+            "port": port,
+            "method": environ["REQUEST_METHOD"],
+            "target": target,
+            "version": environ["SERVER_PROTOCOL"].removeprefix("HTTP/"),
+            "environ": headers,
+        }
+    )
     path = environ["PATH_INFO"]
     query = parse_qs(environ.get("QUERY_STRING", ""))
     if path == "/__401":

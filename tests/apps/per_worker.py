@@ -35,16 +35,19 @@ def count_shared() -> int:
     with contextlib.closing(sqlite3.connect(DATABASE, timeout=10)) as db, db:
         db.execute("CREATE TABLE IF NOT EXISTS hits (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
         # One statement reads and writes, so two workers can never both read the same value.
-        rows = db.execute("INSERT INTO hits VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1 "
-                          "RETURNING n").fetchall()
+        rows = db.execute(
+            "INSERT INTO hits VALUES (1, 1) ON CONFLICT (id) DO UPDATE SET n = n + 1 RETURNING n"
+        ).fetchall()
     return int(rows[0][0])
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    body = json.dumps({
-        "worker": os.environ.get("SOCKACT_WORKER", "-"),  # set by the generated unit: 1 … N
-        "in_memory": count_in_memory(),
-        "shared": count_shared(),
-    }).encode()
+    body = json.dumps(
+        {
+            "worker": os.environ.get("SOCKACT_WORKER", "-"),  # set by the generated unit: 1 … N
+            "in_memory": count_in_memory(),
+            "shared": count_shared(),
+        }
+    ).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]

@@ -52,7 +52,9 @@ def effective_capabilities() -> str:
 def report() -> dict[str, Any]:
     here = os.path.dirname(os.path.abspath(__file__))
     return {
-        "uid": os.getuid(), "euid": os.geteuid(), "capeff": effective_capabilities(),
+        "uid": os.getuid(),
+        "euid": os.geteuid(),
+        "capeff": effective_capabilities(),
         "loop": type(asyncio.get_running_loop()).__module__,
         "ctypes_callback": attempt(ctypes_callback),
         "write_execute": attempt(write_execute_memory),
@@ -61,8 +63,9 @@ def report() -> dict[str, Any]:
         "write_state": attempt(lambda: write_file(os.environ.get("STATE_DIRECTORY"))),
         "write_writable": attempt(lambda: write_file(os.environ.get("PROBE_WRITABLE"))),
         # The unit's main process (sockact run --respawn, which forked this one) is the only other one.
-        "other_processes": sorted(int(p) for p in os.listdir("/proc")
-                                  if p.isdigit() and int(p) not in (os.getpid(), os.getppid()))[:3],
+        "other_processes": sorted(
+            int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (os.getpid(), os.getppid())
+        )[:3],
         "meminfo": attempt(lambda: open("/proc/meminfo").readline().split()[0]),
     }
 
@@ -75,6 +78,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "lifespan.shutdown.complete"})
         return
     body = json.dumps(report()).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

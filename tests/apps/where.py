@@ -24,9 +24,15 @@ def where() -> dict[str, object]:
             pid1 = file.read().decode(errors="replace").split("\0")[:-1]
     except OSError as exc:
         pid1 = [repr(exc)]
-    return {"worker": os.environ.get("SOCKACT_WORKER", "-"), "hostname": socket.gethostname(), "uid": os.getuid(),
-            "pid": os.getpid(), "read_only_root": bool(os.statvfs("/").f_flag & os.ST_RDONLY),
-            "pid1": pid1, "container": os.environ.get("container", "")}
+    return {
+        "worker": os.environ.get("SOCKACT_WORKER", "-"),
+        "hostname": socket.gethostname(),
+        "uid": os.getuid(),
+        "pid": os.getpid(),
+        "read_only_root": bool(os.statvfs("/").f_flag & os.ST_RDONLY),
+        "pid1": pid1,
+        "container": os.environ.get("container", ""),  # noqa: SIM112 - podman sets it lowercase
+    }
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,6 +45,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         query = dict(part.split("=", 1) for part in scope["query_string"].decode().split("&") if "=" in part)
         await asyncio.sleep(int(query.get("ms", "10")) / 1000)
     body = (json.dumps(where()) + "\n").encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -24,8 +24,18 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         start_response("200 OK", [("Content-Length", str(len(text)))])
         return [text]
     if path.startswith("/environ"):
-        keys = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL", "CONTENT_TYPE", "HTTP_X_TWICE",
-                "REMOTE_ADDR", "SCRIPT_NAME", "wsgi.url_scheme", "HTTP_X_CLIENT_TAG")
+        keys = (
+            "REQUEST_METHOD",
+            "PATH_INFO",
+            "QUERY_STRING",
+            "SERVER_PROTOCOL",
+            "CONTENT_TYPE",
+            "HTTP_X_TWICE",
+            "REMOTE_ADDR",
+            "SCRIPT_NAME",
+            "wsgi.url_scheme",
+            "HTTP_X_CLIENT_TAG",
+        )
         text = json.dumps({key: environ.get(key) for key in keys}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(text)))])
         return [text]

@@ -47,9 +47,15 @@ def split_request_uri(uri: str) -> urllib.parse.SplitResult:
 def uri(data: str) -> dict[str, Any]:
     """treq.uri: what gunicorn's parser makes of a request target."""
     parts = split_request_uri(data)
-    return {"raw": data, "scheme": parts.scheme or "", "host": parts.netloc.rsplit(":", 1)[0] or None,
-            "port": parts.port or 80, "path": parts.path or "", "query": parts.query or "",
-            "fragment": parts.fragment or ""}
+    return {
+        "raw": data,
+        "scheme": parts.scheme or "",
+        "host": parts.netloc.rsplit(":", 1)[0] or None,
+        "port": parts.port or 80,
+        "path": parts.path or "",
+        "query": parts.query or "",
+        "fragment": parts.fragment or "",
+    }
 
 
 class _Config:
@@ -93,8 +99,9 @@ class Case:
 
 
 def load_py(path: Path) -> dict[str, Any]:
-    saved = {name: sys.modules.get(name) for name in ("gunicorn", "gunicorn.config", "gunicorn.http",
-                                                         "gunicorn.http.errors")}
+    saved = {
+        name: sys.modules.get(name) for name in ("gunicorn", "gunicorn.config", "gunicorn.http", "gunicorn.http.errors")
+    }
     sys.modules.update(_stand_ins())
     try:
         namespace: dict[str, Any] = {"__name__": "__config__", "uri": uri, "cfg": _Config()}
@@ -273,8 +280,10 @@ def _environ_headers(headers: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _as_expected(seen: dict[str, str], wanted: dict[str, Any]) -> dict[str, Any]:
-    return {key: [part.strip() for part in value.split(",")] if isinstance(wanted.get(key), list) else value
-            for key, value in seen.items()}
+    return {
+        key: [part.strip() for part in value.split(",")] if isinstance(wanted.get(key), list) else value
+        for key, value in seen.items()
+    }
 
 
 def _body(expected: dict[str, Any]) -> bytes:
@@ -284,14 +293,18 @@ def _body(expected: dict[str, Any]) -> bytes:
 
 def compare_asgi(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
     wanted = {
-        "method": expected["method"], "raw_path": expected["uri"]["path"], "query": expected["uri"]["query"],
+        "method": expected["method"],
+        "raw_path": expected["uri"]["path"],
+        "query": expected["uri"]["query"],
         "version": _version(expected["version"]),
         # Field names are case-insensitive: gunicorn upper-cases them, ASGI servers lower-case them.
         "headers": [[name.lower(), value] for name, value in expected["headers"]],
         "body": _body(expected),
     }
-    seen = {**{key: got[key] for key in ("method", "raw_path", "query", "version", "headers")},
-            "body": base64.b64decode(got["body"])}
+    seen = {
+        **{key: got[key] for key in ("method", "raw_path", "query", "version", "headers")},
+        "body": base64.b64decode(got["body"]),
+    }
     return [f"{key}: expected {wanted[key]!r}, got {seen[key]!r}" for key in wanted if wanted[key] != seen[key]]
 
 
@@ -299,11 +312,22 @@ def compare_wsgi(expected: dict[str, Any], got: dict[str, Any]) -> list[str]:
     path = urllib.parse.unquote_to_bytes(expected["uri"]["path"]).decode("latin-1")  # PEP 3333 PATH_INFO
     wanted_headers = _environ_headers(expected["headers"])
     seen_headers = _as_expected(got["environ_headers"], wanted_headers)
-    wanted = {"method": expected["method"], "path": path, "query": expected["uri"]["query"],
-              "version": "HTTP/" + _version(expected["version"]), "headers": wanted_headers,
-              "body": _body(expected)}
-    seen = {"method": got["method"], "path": got["path"], "query": got["query"], "version": got["version"],
-            "headers": seen_headers, "body": base64.b64decode(got["body"])}
+    wanted = {
+        "method": expected["method"],
+        "path": path,
+        "query": expected["uri"]["query"],
+        "version": "HTTP/" + _version(expected["version"]),
+        "headers": wanted_headers,
+        "body": _body(expected),
+    }
+    seen = {
+        "method": got["method"],
+        "path": got["path"],
+        "query": got["query"],
+        "version": got["version"],
+        "headers": seen_headers,
+        "body": base64.b64decode(got["body"]),
+    }
     return [f"{key}: expected {wanted[key]!r}, got {seen[key]!r}" for key in wanted if wanted[key] != seen[key]]
 
 
@@ -346,13 +370,13 @@ _REQUEST_LINE = re.compile(rb"(?m)^([!-~]+ [!-~]+ HTTP/1\.[01]\r\n)")
 def with_host(case: Case) -> Case:
     """The case with `Host: corpus.invalid` first in every expected HTTP/1.1 head that has none, and the
     same field in its expectation: what the rest of the request must then do is still gunicorn's to say."""
-    lines = list(_REQUEST_LINE.finditer(case.data))[:len(case.expect)]  # not the bytes after a `close`
+    lines = list(_REQUEST_LINE.finditer(case.data))[: len(case.expect)]  # not the bytes after a `close`
     if len(lines) != len(case.expect):
         raise ValueError(f"{case.id}: {len(lines)} request lines for {len(case.expect)} requests")
     data, expect, start = b"", [], 0
     for line, expected in zip(lines, case.expect):
         lacking = expected["version"] == (1, 1) and not any(name.lower() == "host" for name, _ in expected["headers"])
-        data += case.data[start:line.end()] + (b"Host: corpus.invalid\r\n" if lacking else b"")
+        data += case.data[start : line.end()] + (b"Host: corpus.invalid\r\n" if lacking else b"")
         expect.append({**expected, "headers": [ADDED_HOST, *expected["headers"]]} if lacking else expected)
         start = line.end()
     return Case(case.kind, case.name, data + case.data[start:], expect, case.error, case.options)

@@ -38,11 +38,15 @@ class Sdist:
 
 
 UVICORN = Sdist(
-    "uvicorn", "0.55.0", "b65ae5f0f30cdcbc26a104b93d7d19723aa5f46fec3915a6c247d5795449331c",
+    "uvicorn",
+    "0.55.0",
+    "b65ae5f0f30cdcbc26a104b93d7d19723aa5f46fec3915a6c247d5795449331c",
     ("tests/__init__.py", "tests/response.py", "tests/protocols/__init__.py", "tests/protocols/test_http.py"),
 )
 GUNICORN = Sdist(
-    "gunicorn", "23.0.0", "f014447a0101dc57e294f6c18ca6b40227a4c90e9bdb586042628030cba004ec",
+    "gunicorn",
+    "23.0.0",
+    "f014447a0101dc57e294f6c18ca6b40227a4c90e9bdb586042628030cba004ec",
     ("tests/requests/valid/", "tests/requests/invalid/"),
 )
 
@@ -113,8 +117,9 @@ def extract(sdist: Sdist, archive: Path, into: Path) -> Path:
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
             inner = member.name.partition("/")[2]
-            if not member.isfile() or not any(inner == want or (want.endswith("/") and inner.startswith(want))
-                                              for want in sdist.members):
+            if not member.isfile() or not any(
+                inner == want or (want.endswith("/") and inner.startswith(want)) for want in sdist.members
+            ):
                 continue
             target = root / inner
             if ".." in Path(inner).parts:

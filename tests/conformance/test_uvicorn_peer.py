@@ -35,15 +35,32 @@ def test_uvicorn_http_protocol_suite(tmp_path: Path) -> None:
     ini.write_text("[pytest]\n")  # not sockact's pytest configuration, not uvicorn's
     junit = tmp_path / "uvicorn.xml"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(HERE)])}
-    command = [sys.executable, "-m", "pytest", str(root / "tests" / "protocols" / "test_http.py"),
-               "-c", str(ini), "--rootdir", str(root), "-p", "uvicorn_peer_plugin", "-p", "no:cacheprovider",
-               "-q", "--tb=line", "-rN", f"--junitxml={junit}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(root / "tests" / "protocols" / "test_http.py"),
+        "-c",
+        str(ini),
+        "--rootdir",
+        str(root),
+        "-p",
+        "uvicorn_peer_plugin",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--tb=line",
+        "-rN",
+        f"--junitxml={junit}",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert junit.exists(), f"uvicorn's suite did not run:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     results = outcomes(junit)
     counts = Counter(results.values())
-    print(f"\nuvicorn 0.55.0 test_http.py with sockact's protocol: {counts['passed']} of {len(results)} passed, "
-          f"{counts['failed']} failed, {counts['skipped']} skipped")
+    print(
+        f"\nuvicorn 0.55.0 test_http.py with sockact's protocol: {counts['passed']} of {len(results)} passed, "
+        f"{counts['failed']} failed, {counts['skipped']} skipped"
+    )
     by_category = Counter(category for category, _ in EXPECTED_FAILURES.values())
     print("classified: " + ", ".join(f"{count} {category}" for category, count in sorted(by_category.items())))
     assert len(results) > 80, f"too few tests collected ({len(results)}): did the plugin bind the protocol?"

@@ -37,8 +37,9 @@ class SockactHttpProtocol(HttpConnection):
     classified.
     """
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any] | None = None,
-                 _loop: Any = None) -> None:
+    def __init__(
+        self, config: Config, server_state: ServerState, app_state: dict[str, Any] | None = None, _loop: Any = None
+    ) -> None:
         if not config.loaded:
             config.load()
         site = Site(config, server_state, app_state if app_state is not None else {}, None, lambda: None)
@@ -80,12 +81,18 @@ def http_protocol_cls(request: pytest.FixtureRequest) -> type[SockactHttpProtoco
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=[
-    pytest.param("uvicorn.protocols.websockets.wsproto_impl:WSProtocol", id="wsproto",
-                 marks=pytest.mark.skipif(not importlib.util.find_spec("wsproto"), reason="wsproto not installed")),
-    pytest.param("uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol",
-                 id="websockets-sansio"),
-])
+@pytest.fixture(
+    params=[
+        pytest.param(
+            "uvicorn.protocols.websockets.wsproto_impl:WSProtocol",
+            id="wsproto",
+            marks=pytest.mark.skipif(not importlib.util.find_spec("wsproto"), reason="wsproto not installed"),
+        ),
+        pytest.param(
+            "uvicorn.protocols.websockets.websockets_sansio_impl:WebSocketsSansIOProtocol", id="websockets-sansio"
+        ),
+    ]
+)
 def ws_protocol_cls(request: pytest.FixtureRequest) -> Any:
     return import_from_string(request.param)
 
