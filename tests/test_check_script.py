@@ -124,5 +124,5 @@ def test_an_unformatted_file_fails_the_format_check(tmp_path: Path) -> None:
         check=False,
     )
     print(f"\nruff format --check on an unformatted file: exit {result.returncode}\n{result.stdout}")
-    assert result.returncode == 1 and "Would reformat" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 1 and "1 file would be reformatted" in result.stdout, result.stdout + result.stderr
     assert 'step "$VENV/bin/ruff" format --check' in (REPO / "scripts" / "check").read_text()
