@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sockact.ops.facts import parse_status_text
+from sockact.contract import parse_status
 from sockact.testing import PrivateSystemd
 
 PY = sys.executable
@@ -153,7 +153,7 @@ def test_install_enable_now_then_list_then_uninstall_draining(private_systemd: P
 
 def _in_flight(box: PrivateSystemd, name: str, workers: int) -> int:
     texts = [box.show(f"{name}@{i}.service", "StatusText")["StatusText"] for i in range(1, workers + 1)]
-    return sum(parse_status_text(text).in_flight or 0 for text in texts)
+    return sum(parse_status(text).in_flight or 0 for text in texts)
 
 
 def test_refuses_units_it_did_not_write(private_systemd: PrivateSystemd) -> None:

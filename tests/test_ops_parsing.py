@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import sockact
 
-from sockact import cli
+from sockact import cli, contract
 from sockact.errors import NotOursError, PermissionNeeded, SystemdError, UsageError
 from sockact.generator import spec
 from sockact.generator.render import render
@@ -65,11 +65,11 @@ def test_listen_addresses_from_systemd() -> None:
 
 def test_status_text_counters() -> None:
     serving = "serving: 1204 requests, 3 in flight, 10.5 req/s; ready since 2026-01-01 12:00:00"
-    assert facts.parse_status_text(serving) == (1204, 3, 10.5, None, None, None, None, 0)
-    assert facts.parse_status_text(serving).not_serving is None
-    assert facts.parse_status_text(serving + "; serving process replaced 7 times").replaced == 7
-    assert facts.parse_status_text("draining: 2 in flight")[:3] == (None, 2, None)
-    assert facts.parse_status_text("something else") == (None, None, None, None, None, None, None, 0)
+    assert contract.parse_status(serving) == (1204, 3, 10.5, None, None, None, None, 0)
+    assert contract.parse_status(serving).not_serving is None
+    assert contract.parse_status(serving + "; serving process replaced 7 times").replaced == 7
+    assert contract.parse_status("draining: 2 in flight")[:3] == (None, 2, None)
+    assert contract.parse_status("something else") == (None, None, None, None, None, None, None, 0)
 
 
 def test_the_runtime_status_line_says_how_often_the_serving_process_was_replaced(
@@ -80,19 +80,19 @@ def test_the_runtime_status_line_says_how_often_the_serving_process_was_replaced
 
     monkeypatch.setenv("SOCKACT_REPLACED", "3")
     line = Pulse(Notifier(sender=lambda state: None), None).status_line(10, 1, 2.0)
-    assert facts.parse_status_text(line) == (10, 1, 2.0, None, None, None, None, 3)
+    assert contract.parse_status(line) == (10, 1, 2.0, None, None, None, None, 3)
 
 
 def test_status_text_with_stuck_threads_or_a_blocked_loop() -> None:
     partly = (
         "serving: 50 requests, 4 in flight, 2.0 req/s; 3 of 10 threads stuck for 45 s; ready since 2026-01-01 12:00:00"
     )
-    counters = facts.parse_status_text(partly)
-    assert counters == facts.Counters(50, 4, 2.0, 3, 10, 45.0, None, 0)
+    counters = contract.parse_status(partly)
+    assert counters == contract.Counters(50, 4, 2.0, 3, 10, 45.0, None, 0)
     assert counters.not_serving is None  # 7 threads still serve
-    whole = facts.parse_status_text(partly.replace("3 of 10", "10 of 10"))
+    whole = contract.parse_status(partly.replace("3 of 10", "10 of 10"))
     assert whole.not_serving == "10 of 10 threads stuck for 45 s"
-    blocked = facts.parse_status_text(
+    blocked = contract.parse_status(
         "serving: 7 requests, 1 in flight, 0.0 req/s; event loop blocked for 12 s; ready since 2026-01-01 12:00:00"
     )
     assert blocked[:3] == (7, 1, 0.0) and blocked.not_serving == "event loop blocked for 12 s"
@@ -106,10 +106,10 @@ def test_status_text_the_runtime_writes_is_what_status_parses() -> None:
     pulse = Pulse(Notifier(sender=lambda state: None), None)
     pulse.ready_since = "2026-01-01 12:00:00"
     line = pulse.status_line(9, 3, 1.5, Verdict(3, 3, 44.6).text)
-    assert facts.parse_status_text(line) == (9, 3, 1.5, 3, 3, 45.0, None, 0)
-    assert facts.parse_status_text(line).not_serving == "3 of 3 threads stuck for 45 s"
-    assert facts.parse_status_text(pulse.status_line(9, 3, 1.5, Verdict(0, 3, 0.0).text)).threads_stuck is None
-    assert facts.parse_status_text(pulse.status_line(9, 1, 0.0, "event loop blocked for 6 s")).not_serving == (
+    assert contract.parse_status(line) == (9, 3, 1.5, 3, 3, 45.0, None, 0)
+    assert contract.parse_status(line).not_serving == "3 of 3 threads stuck for 45 s"
+    assert contract.parse_status(pulse.status_line(9, 3, 1.5, Verdict(0, 3, 0.0).text)).threads_stuck is None
+    assert contract.parse_status(pulse.status_line(9, 1, 0.0, "event loop blocked for 6 s")).not_serving == (
         "event loop blocked for 6 s"
     )
 

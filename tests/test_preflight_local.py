@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from sockact.contract import app_reason
 from sockact.errors import PreflightFailed, RuntimeFailure
 from sockact.generator import spec
 from sockact.ops.preflight import bind_address, check_interpreter, check_paths, check_writable, link_chain, port_free
-from sockact.ops.ready import Before, app_reason, why_not
+from sockact.ops.ready import Before, why_not
 from sockact.runtime.main import load_app
 
 

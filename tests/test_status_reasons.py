@@ -257,10 +257,10 @@ def test_a_socket_waiting_for_its_first_connection_is_ok() -> None:
 
 
 def test_the_runtime_and_status_agree_on_the_retry_text() -> None:
-    from sockact.runtime.boot import STATUS_PREFIX
+    from sockact.contract import CANNOT_START, app_reason
 
-    text = f"{STATUS_PREFIX}cannot import x: ImportError: y; retrying in 30 s (attempt 9)"
-    assert reasons.app_reason(text) == "cannot import x: ImportError: y"
+    text = f"{CANNOT_START}cannot import x: ImportError: y; retrying in 30 s (attempt 9)"
+    assert app_reason(text) == "cannot import x: ImportError: y"
     assert reasons.clean_line("cannot import x: ImportError: y — retrying in 0.5 s (attempt 1)") == (
         "cannot import x: ImportError: y"
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+from ..contract import ENV_APP, ENV_WORKER
 from . import escape
 from .spec import UnitSpec
 
@@ -110,7 +111,7 @@ def run_flags(spec: UnitSpec) -> list[str]:
     ]
     # Without a value, podman copies the variable from its own environment, which systemd set up:
     # the unit's Environment= lines, the watchdog period and the journal stream podman passes through.
-    for key in ("SOCKACT_APP", "SOCKACT_WORKER", "WATCHDOG_USEC", "JOURNAL_STREAM", *(key for key, _ in spec.env)):
+    for key in (ENV_APP, ENV_WORKER, "WATCHDOG_USEC", "JOURNAL_STREAM", *(key for key, _ in spec.env)):
         flags.append(f"--env={key}")
     if spec.env_file is not None:
         flags.append(f"--env-file={spec.env_file}")

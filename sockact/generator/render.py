@@ -11,6 +11,7 @@ from typing import Any
 import jinja2
 
 from .. import __version__
+from ..contract import health_socket_unit, instance_unit, socket_unit, target_unit, template_unit
 from . import container, escape, sandbox, versions
 from .spec import UnitSpec, reject_control
 
@@ -106,9 +107,9 @@ def run_options(spec: UnitSpec) -> list[str]:
 
 def unit_filenames(name: str, health: bool) -> dict[str, str]:
     """The file of each kind of unit an app has: NAME.socket, NAME@.service, NAME.target, NAME-health.socket."""
-    names = {"socket": f"{name}.socket", "service": f"{name}@.service", "target": f"{name}.target"}
+    names = {"socket": socket_unit(name), "service": template_unit(name), "target": target_unit(name)}
     if health:
-        names["health-socket"] = f"{name}-health.socket"
+        names["health-socket"] = health_socket_unit(name)
     return names
 
 
@@ -187,9 +188,9 @@ def render_target(name: str, workers: int, systemd_version: int) -> Unit:
         "systemd_version": systemd_version,
         "name": name,
         "workers": workers,
-        "instances": tuple(f"{name}@{index}.service" for index in range(1, workers + 1)),
+        "instances": tuple(instance_unit(name, index) for index in range(1, workers + 1)),
     }
-    return Unit("target", f"{name}.target", _environment().get_template("target.j2").render(values))
+    return Unit("target", target_unit(name), _environment().get_template("target.j2").render(values))
 
 
 def as_listing(units: list[Unit]) -> str:

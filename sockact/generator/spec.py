@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
+from ..contract import instance_unit
 from ..errors import UsageError
 from . import versions
 
@@ -132,7 +133,7 @@ class UnitSpec:
         return dynamic_user_name(self.name) if self.harden else None
 
     def instance(self, index: int) -> str:
-        return f"{self.name}@{index}.service"
+        return instance_unit(self.name, index)
 
     @property
     def instances(self) -> tuple[str, ...]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract import HEADER, instance_index, instance_unit, target_unit
 from ..errors import NotOursError, PermissionNeeded, UsageError
 from ..generator import spec
-from . import HEADER
 from .systemctl import Props, show_by_id
 
 UNIT_PROPS = (
@@ -47,12 +46,6 @@ def require_root(command: str) -> None:
         raise PermissionNeeded(f"{command} changes systemd units and needs root: run `sudo sockact {command} ...`")
 
 
-def instance_index(name: str, unit: str) -> int | None:
-    """3 for ``NAME@3.service``; None for anything else."""
-    match = re.fullmatch(re.escape(name) + r"@([0-9]+)\.service", unit)
-    return int(match.group(1)) if match else None
-
-
 def wanted_indexes(name: str, wants: str) -> tuple[int, ...]:
     """The instance numbers in a target's Wants= list, in order."""
     found = (instance_index(name, unit) for unit in wants.split())
@@ -74,10 +67,10 @@ class App:
 
     @property
     def target_unit(self) -> str:
-        return f"{self.name}.target"
+        return target_unit(self.name)
 
     def instance(self, index: int) -> str:
-        return f"{self.name}@{index}.service"
+        return instance_unit(self.name, index)
 
     @property
     def wanted(self) -> tuple[int, ...]:

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import psutil
 
 TCP_LISTEN = "0A"  # st column of /proc/net/tcp for a listening socket
-_STATUS_SERVING = re.compile(r"serving: (\d+) requests, (\d+) in flight, ([0-9.]+) req/s")
-_STATUS_DRAINING = re.compile(r"draining: (\d+) in flight")
-# Written by sockact.runtime.stuck: threads of a WSGI worker stuck past the request timeout, or an
-# ASGI worker's event loop blocked.
-_STATUS_STUCK = re.compile(r"; (\d+) of (\d+) threads stuck for ([0-9.]+) s")
-_STATUS_BLOCKED = re.compile(r"; event loop blocked for ([0-9.]+) s")
-_STATUS_REPLACED = re.compile(r"; serving process replaced (\d+) times")
-
 
 # --- listen backlogs -------------------------------------------------------------------------------
 
@@ -99,54 +89,6 @@ def backlogs(addresses: list[str]) -> dict[str, int | None]:
         key = _tcp_key(address)
         found[address] = unix.get(address) if address.startswith("/") else tcp.get(key) if key else None
     return found
-
-
-# --- STATUS= ---------------------------------------------------------------------------------------
-
-
-class Counters(NamedTuple):
-    """What a sockact worker publishes in STATUS=; None where the text does not say."""
-
-    requests: int | None
-    in_flight: int | None
-    per_second: float | None
-    threads_stuck: int | None = None  # WSGI threads running one request past the request timeout
-    threads: int | None = None
-    stuck_seconds: float | None = None  # how long the youngest of those has run
-    loop_blocked_seconds: float | None = None  # ASGI: the event loop has not turned for this long
-    replaced: int = 0  # serving processes the unit's main process forked again (crashes, recycles)
-
-    @property
-    def not_serving(self) -> str | None:
-        """Why the worker serves nothing although systemd sees it running, or None."""
-        if self.loop_blocked_seconds is not None:
-            return f"event loop blocked for {self.loop_blocked_seconds:.0f} s"
-        if self.threads_stuck is not None and self.threads and self.threads_stuck >= self.threads:
-            return f"{self.threads_stuck} of {self.threads} threads stuck for {self.stuck_seconds:.0f} s"
-        return None
-
-
-def parse_status_text(text: str) -> Counters:
-    """Parse the runtime's STATUS= text ('serving: 12 requests, 1 in flight, 3.0 req/s; ...', with
-    '; 3 of 10 threads stuck for 45 s' or '; event loop blocked for 12 s' before '; ready since')."""
-    serving = _STATUS_SERVING.search(text)
-    if serving:
-        counters = Counters(int(serving.group(1)), int(serving.group(2)), float(serving.group(3)))
-        stuck, blocked = _STATUS_STUCK.search(text), _STATUS_BLOCKED.search(text)
-        if stuck:
-            counters = counters._replace(
-                threads_stuck=int(stuck.group(1)), threads=int(stuck.group(2)), stuck_seconds=float(stuck.group(3))
-            )
-        if blocked:
-            counters = counters._replace(loop_blocked_seconds=float(blocked.group(1)))
-        replaced = _STATUS_REPLACED.search(text)
-        if replaced:
-            counters = counters._replace(replaced=int(replaced.group(1)))
-        return counters
-    draining = _STATUS_DRAINING.search(text)
-    if draining:
-        return Counters(None, int(draining.group(1)), None)
-    return Counters(None, None, None)
 
 
 # --- psutil ----------------------------------------------------------------------------------------

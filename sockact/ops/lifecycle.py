@@ -6,8 +6,8 @@ import sys
 import time
 from typing import TextIO
 
+from ..contract import CANNOT_START
 from ..errors import SystemdError
-from ..runtime.boot import STATUS_PREFIX as CANNOT_START
 from .app import App, require_root, resolve
 from .reload import journal_since
 from .systemctl import show_by_id, systemctl, try_systemctl

@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
+from ..contract import instance_index
 from ..errors import PermissionNeeded, SystemdError
-from .app import App, instance_index, resolve
+from .app import App, resolve
 from .systemctl import Record, can_read_journal, failure, journal_args, message, parse_records
 
 RESET = "\x1b[0m"

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..contract import HEADER, health_socket_unit, instance_index, socket_unit, target_unit, template_unit
 from ..errors import NotOursError, StartFailed, SystemdError, UsageError
-from . import DEFAULT_UNIT_DIR, HEADER, RUNTIME_UNIT_DIR, chosen_unit_dir, default_unit_dir
-from .app import instance_index, is_ours, require_ours, require_root, validated_name, wanted_indexes
+from . import DEFAULT_UNIT_DIR, RUNTIME_UNIT_DIR, chosen_unit_dir, default_unit_dir
+from .app import is_ours, require_ours, require_root, validated_name, wanted_indexes
 from .facts import listen_address
 from .systemctl import Props, daemon_reload, show_by_id, systemctl, try_systemctl
 from .table import table
@@ -23,16 +24,15 @@ LIST_SCHEMA = "sockact-list/1"
 
 def unit_names(name: str) -> tuple[str, ...]:
     """Every unit file an app may have; NAME-health.socket only with --health-listen."""
-    return f"{name}.socket", f"{name}@.service", f"{name}.target", health_socket(name)
+    return socket_unit(name), template_unit(name), target_unit(name), health_socket(name)
 
 
-def health_socket(name: str) -> str:
-    return f"{name}-health.socket"
+health_socket = health_socket_unit
 
 
 def sockets_of(spec: UnitSpec) -> list[str]:
     """The socket units install starts and enables: the app's, and the health endpoint's if it has one."""
-    return [f"{spec.name}.socket", *([health_socket(spec.name)] if spec.health_listen is not None else [])]
+    return [socket_unit(spec.name), *([health_socket(spec.name)] if spec.health_listen is not None else [])]
 
 
 def unit_directory(unit_dir: str | None) -> Path:
@@ -128,7 +128,7 @@ def install(
 def _workers_before(spec: UnitSpec) -> tuple[list[str], list[str]]:
     """The installed app's workers that serve, and those that are failed or wait to retry an app that
     could not start (active to systemd: their parent lives on to retry)."""
-    from ..runtime.boot import STATUS_PREFIX as CANNOT_START
+    from ..contract import CANNOT_START
 
     shown = show_by_id(list(spec.instances), ["ActiveState", "StatusText"])
     serving, failing = [], []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..runtime.boot import STATUS_PREFIX as CANNOT_START
+from ..contract import CANNOT_START, app_reason
 from .systemctl import Props, journal_records, message, show_by_id
 
 READY_TIMEOUT = 90.0  # systemd's own default TimeoutStartSec=
@@ -20,7 +20,6 @@ START_PROPS = (
     "Result",
     "InvocationID",
 )
-RETRY_SUFFIX = "; retrying in "  # sockact.runtime.boot.failed: "<reason>; retrying in 1 s (attempt 1)"
 # Exit statuses systemd itself gives a process it could not start (systemd.exec(5), "Process Exit Codes").
 SYSTEMD_EXITS = {
     "200": "cannot enter --chdir (systemd exit 200, CHDIR)",
@@ -64,14 +63,6 @@ class Before:
                 if props.get("StatusText", "").startswith(CANNOT_START)
             },
         )
-
-
-def app_reason(status_text: str) -> str:
-    """The app's own reason from a worker's STATUS= line while it waits to try again."""
-    text = status_text
-    while text.startswith(CANNOT_START):
-        text = text[len(CANNOT_START) :]
-    return text.split(RETRY_SUFFIX, 1)[0]
 
 
 def last_error(unit: str) -> str:

@@ -16,8 +16,8 @@ import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..runtime.boot import STATUS_PREFIX as CANNOT_START
-from ..runtime.recycle import RECYCLE_EXIT, RUNTIME_CANNOT_START
+from ..contract import EXIT_CANNOT_START, app_reason
+from ..runtime.recycle import RECYCLE_EXIT
 from .systemctl import Props, Record, message
 
 # systemd's catalog ids (sd-messages.h).
@@ -40,7 +40,6 @@ ERROR = 3  # syslog priority err: the app's and systemd's error lines
 INFO = 6  # an --exec app's traceback on stderr is stored at info
 _RETRYING = re.compile(r"\s+— retrying in [0-9.]+ s \(attempt \d+\)$")  # sockact.runtime.boot's suffix
 _UNIT_PREFIX = re.compile(r"^[^\s:]+@[0-9]+\.service: ")  # systemd's lines start with the unit's name
-_STATUS_RETRY = re.compile(r"; retrying in [0-9.]+ s \(attempt \d+\)$")
 
 # systemd's own exit statuses (systemd.exec(5), "Process Exit Codes"): the step of the process setup
 # that failed before the app ran, and what to look at.
@@ -117,13 +116,6 @@ def exit_from_props(props: Props) -> Exit | None:
     if code is None:
         return None
     return Exit(code, int(props.get("ExecMainStatus") or 0), props.get("Result", ""))
-
-
-def app_reason(status_text: str) -> str | None:
-    """The app's own reason from a worker's STATUS= while it waits to try again, without the wait."""
-    if not status_text.startswith(CANNOT_START):
-        return None
-    return _STATUS_RETRY.sub("", status_text[len(CANNOT_START) :])
 
 
 def clean_line(text: str) -> str:
@@ -206,7 +198,7 @@ def _exited(name: str, last: Exit, line: str | None, logs: str, *, exec_app: boo
             line,
             f"fix that path or option and reinstall (`sudo sockact install {name} ...`); {logs} has more",
         )
-    if last.status == RUNTIME_CANNOT_START and not exec_app:
+    if last.status == EXIT_CANNOT_START and not exec_app:
         return Why(
             f"the app failed to start ({last.named()})",
             line,

@@ -51,9 +51,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
 
-from ..runtime.boot import STATUS_PREFIX as CANNOT_START
-from .app import App, instance_index, resolve
-from .facts import Sampler, Usage, backlogs, listen_address, parse_status_text
+from ..contract import CANNOT_START, instance_index, parse_status
+from .app import App, resolve
+from .facts import Sampler, Usage, backlogs, listen_address
 from .reasons import PROCESS_EXITED, UNIT_DEACTIVATED, UNIT_FAILED, Exit, Why, exit_from_props, explain, reason_lines
 from .systemctl import Props, Record, can_read_journal, journal_records, show_by_id
 from .table import age, duration, mebibytes, table
@@ -307,7 +307,7 @@ def _worker(
     journal: bool = False,
 ) -> Worker:
     pid = int(props.get("MainPID") or 0) or None
-    counters = parse_status_text(props.get("StatusText", ""))
+    counters = parse_status(props.get("StatusText", ""))
     active, sub = props.get("ActiveState", ""), props.get("SubState", "")
     state = state_word(active, sub)
     not_serving = counters.not_serving if state == "running" else None

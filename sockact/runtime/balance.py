@@ -25,6 +25,8 @@ import struct
 import time
 from typing import Callable
 
+from ..contract import ENV_APP, ENV_WORKER
+
 logger = logging.getLogger("sockact.runtime")
 
 # Open connections, heartbeat (CLOCK_MONOTONIC, shared by all processes), and flags: PAUSED while this
@@ -282,7 +284,7 @@ class AcceptGate:
 
 def _unit_app() -> str | None:
     """The app's name when started by a sockact unit (SOCKACT_APP, SOCKACT_WORKER) and /dev/shm exists."""
-    app, worker = os.environ.get("SOCKACT_APP"), os.environ.get("SOCKACT_WORKER")
+    app, worker = os.environ.get(ENV_APP), os.environ.get(ENV_WORKER)
     return app if app and worker and os.path.isdir("/dev/shm") else None
 
 
@@ -297,7 +299,7 @@ def siblings_view() -> Callable[[], bool] | None:
 
 def for_this_worker() -> Scoreboard | None:
     """A scoreboard when started by a sockact unit and /dev/shm is usable."""
-    app, worker = _unit_app(), os.environ.get("SOCKACT_WORKER", "")
+    app, worker = _unit_app(), os.environ.get(ENV_WORKER, "")
     if app is None:
         return None
     try:

@@ -19,16 +19,13 @@ import os
 import signal
 import time
 
+from ..contract import ENV_WORKER, format_cannot_start
 from .notify import Notifier
 
 logger = logging.getLogger("sockact.runtime")
 
 FIRST_DELAY = 1.0
 MAX_DELAY = 30.0
-# Prefix of the STATUS= line of a worker waiting to try again; `sockact status` looks for it.
-STATUS_PREFIX = "cannot start: "
-
-EXIT_CANNOT_START = 3  # sockact.errors.RuntimeFailure.exit_code
 _ready = False
 _ready_fd: int | None = None  # the respawning parent's pipe (sockact.runtime.respawn)
 _forked = False
@@ -42,7 +39,7 @@ def ready() -> bool:
 
 def _counter_path() -> str | None:
     directory = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    worker = os.environ.get("SOCKACT_WORKER")
+    worker = os.environ.get(ENV_WORKER)
     if not directory or not worker:
         return None
     return os.path.join(directory, f"boot-failures.{worker}")
@@ -127,6 +124,6 @@ def failed(reason: str, notifier: Notifier) -> None:
     logger.error("%s — retrying in %g s (attempt %d)", reason, wait, attempt)
     # Start jobs have a timeout (TimeoutStartSec=, 90 s by default): the wait must not run into it.
     notifier.extend_timeout(wait + 10)
-    notifier.status(f"{STATUS_PREFIX}{reason}; retrying in {wait:g} s (attempt {attempt})")
+    notifier.status(format_cannot_start(reason, wait, attempt))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # systemctl stop ends the wait at once
     time.sleep(wait)

@@ -7,11 +7,11 @@ import socket
 import stat
 from typing import Any
 
+from ..contract import HEALTH_FD_NAME
 from ..errors import RuntimeFailure
 
 SD_LISTEN_FDS_START = 3
 _ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-HEALTH_FD_NAME = "health"  # FileDescriptorName= of NAME-health.socket: the fds the health endpoint serves
 _adopted: list[tuple[socket.socket, str]] | None = None
 
 

@@ -26,6 +26,8 @@ import sys
 import threading
 import weakref
 
+from ..contract import ENV_APP, ENV_WORKER
+
 # sd-daemon(3) priorities, as journald reads them from a "<N>" line prefix.
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 _LEVEL = {2: logging.CRITICAL, 3: logging.ERROR, 4: logging.WARNING, 5: logging.INFO, 6: logging.INFO, 7: logging.DEBUG}
@@ -340,7 +342,7 @@ def journal_handler() -> logging.Handler | None:
     """A JournalHandler with SYSLOG_IDENTIFIER and SOCKACT_APP/SOCKACT_WORKER fields; None when
     journald's socket cannot be reached."""
     fields = {"SYSLOG_IDENTIFIER": _identifier()}
-    fields.update({key: os.environ[key] for key in ("SOCKACT_APP", "SOCKACT_WORKER") if key in os.environ})
+    fields.update({key: os.environ[key] for key in (ENV_APP, ENV_WORKER) if key in os.environ})
     try:
         return JournalHandler(fields)
     except OSError:
@@ -348,7 +350,7 @@ def journal_handler() -> logging.Handler | None:
 
 
 def _identifier() -> str:
-    app, worker = os.environ.get("SOCKACT_APP"), os.environ.get("SOCKACT_WORKER")
+    app, worker = os.environ.get(ENV_APP), os.environ.get(ENV_WORKER)
     return f"{app}@{worker}" if app and worker else "sockact"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..contract import ENV_REPLACED, format_draining, format_serving
 from . import boot
 from .balance import Scoreboard
 from .notify import Notifier, watchdog_interval
@@ -32,21 +33,22 @@ class Pulse:
         self.ready_since = ""
         self.leaving = ""  # set on SIGTERM with --drain-delay: what STATUS= says before the figures
         # How often the unit's main process forked a serving process again (sockact.runtime.respawn).
-        self.replaced = int(os.environ.get("SOCKACT_REPLACED", "0") or 0)
+        self.replaced = int(os.environ.get(ENV_REPLACED, "0") or 0)
         self.ready_due = False  # READY=1 not delivered yet (EMFILE, a busy manager): sent again on the tick
         self._last_ping = self._last_status = 0.0
         self._last_served = 0
         self.share = CpuShare(mode_from_env())
 
     def status_line(self, served: int, in_flight: int, rate: float, stuck: str = "") -> str:
-        # `sockact status` parses this line (sockact.ops.facts.parse_status_text); `stuck` is
-        # "3 of 10 threads stuck for 45 s" or "event loop blocked for 12 s" (sockact.runtime.stuck).
-        note = f"; {stuck}" if stuck else ""
-        replaced = f"; serving process replaced {self.replaced} times" if self.replaced else ""
-        leaving = f"leaving: {self.leaving}; " if self.leaving else ""
-        return (
-            f"{leaving}serving: {served} requests, {in_flight} in flight, {rate:.1f} req/s{note}; "
-            f"ready since {self.ready_since}{replaced}"
+        # `sockact status` reads it back (sockact.contract.parse_status).
+        return format_serving(
+            served,
+            in_flight,
+            rate,
+            ready_since=self.ready_since,
+            stuck=stuck,
+            leaving=self.leaving,
+            replaced=self.replaced,
         )
 
     def ready(self) -> None:
@@ -93,4 +95,4 @@ class Pulse:
         why = self.recycler.reason if self.recycler is not None else None
         if not (why and boot.forked()):
             self.notifier.stopping()
-        self.notifier.status(f"draining: {in_flight} in flight" + (f" ({why})" if why else ""))
+        self.notifier.status(format_draining(in_flight, why or ""))

@@ -3,7 +3,7 @@ worker leaves on its own, the one line that says why, and the exit status that g
 
 A recycling worker drains exactly as on SIGTERM (the engines set the same flag their signal handler
 sets), then exits with RECYCLE_EXIT. The units restart a worker only on failure (Restart=on-failure)
-and never after RUNTIME_CANNOT_START (RestartPreventExitStatus=), so recycling needs a non-zero status
+and never after EXIT_CANNOT_START (RestartPreventExitStatus=), so recycling needs a non-zero status
 of its own: systemd starts the worker again at once while its siblings keep serving.
 """
 
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 logger = logging.getLogger("sockact.runtime")
 
-RUNTIME_CANNOT_START = 3  # errors.RuntimeFailure.exit_code: the app cannot start; systemd must not retry
 RECYCLE_EXIT = 4  # a worker that reached --max-requests or --max-rss: systemd restarts it at once
 MIB = 1024 * 1024
 

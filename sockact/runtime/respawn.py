@@ -33,6 +33,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from ..contract import ENV_REPLACED, EXIT_CANNOT_START
 from . import boot
 from .notify import Notifier
 
@@ -77,13 +78,13 @@ class Parent:
             status = self._wait()
             ready, engine = self._ready(ready_r)
             code = os.waitstatus_to_exitcode(status)
-            if self.stopping or (not ready and code == boot.EXIT_CANNOT_START):
+            if self.stopping or (not ready and code == EXIT_CANNOT_START):
                 return self._leave(status)
             if not ready:
                 boot.failed(
                     f"cannot start: the serving process died before it was ready ({describe(status)})", self.notifier
                 )
-                return boot.EXIT_CANNOT_START
+                return EXIT_CANNOT_START
             if code == 0:
                 return 0
             self.replaced += 1
@@ -119,7 +120,7 @@ class Parent:
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.environ["WATCHDOG_PID"] = str(os.getpid())  # sd_watchdog_enabled(3) asks for our own pid
-            os.environ["SOCKACT_REPLACED"] = str(self.replaced)  # STATUS= says it, `sockact status` counts it
+            os.environ[ENV_REPLACED] = str(self.replaced)  # STATUS= says it, `sockact status` counts it
             boot.report_ready_to(ready_w)
             code = self.serve()
         except BaseException:

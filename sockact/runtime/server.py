@@ -15,6 +15,7 @@ import uvicorn
 from uvicorn.lifespan.off import LifespanOff
 from uvicorn.lifespan.on import LifespanOn
 
+from ..contract import format_loop_blocked
 from ..errors import RuntimeFailure
 from . import http11, limits
 from .balance import PAUSED_LOOK, AcceptGate, Scoreboard, for_this_worker, others_serving
@@ -357,9 +358,7 @@ class WorkerServer(uvicorn.Server):
     def _publish_blocked(self, seconds: float) -> None:
         """From the watch's thread, while the loop cannot publish STATUS= itself."""
         state = self.server_state
-        line = self.pulse.status_line(
-            state.total_requests, len(state.tasks), 0.0, f"event loop blocked for {seconds:.0f} s"
-        )
+        line = self.pulse.status_line(state.total_requests, len(state.tasks), 0.0, format_loop_blocked(seconds))
         self.pulse.notifier.status(line)
 
     async def on_tick(self, counter: int) -> bool:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from ..contract import format_threads_stuck
+
 logger = logging.getLogger("sockact.runtime")
 
 DEFAULT_REQUEST_TIMEOUT = 30.0  # gunicorn's --timeout; nginx gives up on an upstream at 60 s
@@ -83,8 +85,8 @@ class Verdict:
 
     @property
     def text(self) -> str:
-        # `sockact status` parses this (sockact.ops.facts.parse_status_text).
-        return f"{self.stuck} of {self.threads} threads stuck for {self.for_seconds:.0f} s" if self.stuck else ""
+        # `sockact status` parses this (sockact.contract.parse_status).
+        return format_threads_stuck(self.stuck, self.threads, self.for_seconds) if self.stuck else ""
 
 
 class Calls:
