@@ -1,5 +1,26 @@
 """The serving process: sockact's HTTP engine (connection.py) in uvicorn's Server on adopted sockets, with
-our accept loop, notify, watchdog and drain, for ASGI apps (tasks) and WSGI apps (wsgi_threads.py)."""
+our accept loop, notify, watchdog and drain, for ASGI apps (tasks) and WSGI apps (wsgi_threads.py).
+
+What happens on SIGTERM (`systemctl stop`, `sockact reload`, `sockact scale` down), in order:
+
+1. systemd signals the unit's main process, the respawn parent (respawn.py), which passes SIGTERM on to
+   the serving process (KillMode=mixed: the rest of the unit's processes only get SIGKILL at the end).
+2. WorkerServer.handle_exit marks the worker leaving in the scoreboard (balance.py: siblings stop
+   deferring to it) and in the health state (/ready counts it out). With --drain-delay and no other
+   worker of the app serving, it goes on accepting for the delay (STATUS= "leaving: ..."), so that a
+   load balancer told by /ready stops sending first; otherwise, or once the delay is over, the next
+   tick (on_tick, every 0.1 s) sets should_exit.
+3. shutdown() stops accepting: Admission.close() only stops reading the listening sockets; they stay
+   open, held by systemd, so a sibling or the next worker takes what queues there. STATUS= turns
+   "draining: N in flight".
+4. Every connection is told (HttpConnection.shutdown): an idle one is closed after a short grace, a
+   busy one after its response (no keep-alive). In-flight ASGI tasks and WSGI calls finish within the
+   drain budget: pulse.drain_budget(--stop-timeout minus --drain-delay), which keeps up to 1 s for the
+   app's lifespan shutdown; past it the remaining connections are closed (_drain_expired).
+5. The WSGI thread pool stops, lifespan shutdown runs, the serving process exits 0, and the respawn
+   parent exits with its status. systemd's TimeoutStopSec= (the same --stop-timeout) is the last word:
+   SIGKILL for anything still running then.
+"""
 
 from __future__ import annotations
 
