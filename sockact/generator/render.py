@@ -1,4 +1,8 @@
-"""Rendering: a UnitSpec becomes unit texts through jinja2 templates. Never touches the disk."""
+"""Rendering: a UnitSpec becomes unit texts through jinja2 templates (templates/*.j2). Never touches the disk.
+
+Where ExecStart= comes from: exec_start() below, `python -m sockact` followed by run_options(), the
+runtime's options in one place (a pod's command in kube.py and a container's in container.py reuse
+them); --exec gives the command as it is. context() escapes each value once before any template sees it."""
 
 from __future__ import annotations
 
