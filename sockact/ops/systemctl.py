@@ -1,13 +1,15 @@
-"""The one place that runs systemctl and journalctl; a failure becomes a one-line SystemdError or PermissionNeeded."""
+"""The one place that runs systemctl and journalctl (through a runner a test can replace); a failure becomes a
+one-line SystemdError or PermissionNeeded."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
 import shlex
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..errors import PermissionNeeded, SockactError, SystemdError
@@ -46,20 +48,36 @@ def failure(argv: Sequence[str], stderr: str) -> SockactError:
     return SystemdError(f"`{command}` failed: {detail}")
 
 
+Runner = Callable[[list[str], float], "subprocess.CompletedProcess[str]"]
+
+
+def _subprocess(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, env=_env(), timeout=timeout, check=False, stdin=subprocess.DEVNULL
+    )
+
+
+_runner: Runner = _subprocess
+
+
+@contextlib.contextmanager
+def runner(replacement: Runner) -> Iterator[None]:
+    """Every systemctl and journalctl call inside the block goes to replacement instead of a process:
+    the operator commands' logic, tested against a scripted systemd in milliseconds."""
+    global _runner
+    previous, _runner = _runner, replacement
+    try:
+        yield
+    finally:
+        _runner = previous
+
+
 def run(
     argv: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run one systemctl/journalctl command and capture its output as text."""
     try:
-        result = subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        result = _runner(list(argv), timeout)
     except FileNotFoundError:
         raise SystemdError(f"{argv[0]} is not installed; sockact needs systemd") from None
     except subprocess.TimeoutExpired:
