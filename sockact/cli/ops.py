@@ -89,7 +89,7 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..ops.manage import list_apps
+    from ..ops.listing import list_apps
 
     return list_apps(unit_dir=args.unit_dir, as_json=args.json)
 

@@ -1,25 +1,20 @@
-"""`sockact install`, `uninstall` and `list`: an app's unit files in the unit directory, and their enablement."""
+"""`sockact install` and `uninstall`: an app's unit files in the unit directory, and their enablement."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from ..contract import HEADER, health_socket_unit, instance_index, socket_unit, target_unit, template_unit
+from ..contract import health_socket_unit, socket_unit, target_unit, template_unit
 from ..errors import NotOursError, StartFailed, SystemdError, UsageError
-from . import DEFAULT_UNIT_DIR, RUNTIME_UNIT_DIR, chosen_unit_dir, default_unit_dir
-from .app import is_ours, require_ours, require_root, validated_name, wanted_indexes
-from .facts import listen_address
+from . import chosen_unit_dir, default_unit_dir
+from .app import is_ours, require_ours, require_root, validated_name
 from .systemctl import Props, daemon_reload, show_by_id, systemctl, try_systemctl
-from .table import table
 
 if TYPE_CHECKING:
     from ..generator.render import Unit
     from ..generator.spec import UnitSpec
-
-LIST_SCHEMA = "sockact-list/1"
 
 
 def unit_names(name: str) -> tuple[str, ...]:
@@ -329,75 +324,4 @@ def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> i
     out.write(
         f"uninstalled {name}: stopped, disabled, {len(ours) + len(files)} files removed{_kept_count(len(kept))}\n"
     )
-    return 0
-
-
-# --- list ------------------------------------------------------------------------------------------
-
-
-def find_apps(directory: Path) -> list[str]:
-    """Names of the apps whose NAME.target in directory sockact wrote."""
-    return sorted(path.stem for path in directory.glob("*.target") if "@" not in path.stem and is_ours(path))
-
-
-def _app_entry(name: str, units: dict[str, Props]) -> dict[str, Any]:
-    sock, target = units.get(f"{name}.socket", {}), units.get(f"{name}.target", {})
-    running = sum(
-        1
-        for unit, props in units.items()
-        if instance_index(name, unit) is not None and props.get("ActiveState") == "active"
-    )
-    return {
-        "app": name,
-        "socket": {
-            "state": sock.get("ActiveState", "unknown"),
-            "sub_state": sock.get("SubState", ""),
-            "enabled": sock.get("UnitFileState", ""),
-            "listen": [listen_address(line) for line in sock.get("Listen", "").splitlines() if line],
-        },
-        "target_state": target.get("ActiveState", "unknown"),
-        "workers_wanted": len(wanted_indexes(name, target.get("Wants", ""))),
-        "workers_running": running,
-    }
-
-
-def _render_list(apps: list[dict[str, Any]]) -> str:
-    rows = [
-        [
-            entry["app"],
-            f"{entry['socket']['state']} ({entry['socket']['sub_state']})",
-            entry["socket"]["enabled"],
-            ", ".join(entry["socket"]["listen"]) or "-",
-            f"{entry['workers_running']}/{entry['workers_wanted']}",
-            entry["target_state"],
-        ]
-        for entry in apps
-    ]
-    return table(["APP", "SOCKET", "ON BOOT", "LISTEN", "WORKERS", "TARGET"], rows) + "\n"
-
-
-def list_dirs(unit_dir: str | None) -> list[Path]:
-    """The directory given, else both places sockact installs to."""
-    chosen = unit_dir or chosen_unit_dir()
-    if chosen is not None:
-        return [unit_directory(chosen)]
-    return [Path(path) for path in (DEFAULT_UNIT_DIR, RUNTIME_UNIT_DIR) if Path(path).is_dir()]
-
-
-def list_apps(*, unit_dir: str | None, as_json: bool, out: TextIO = sys.stdout) -> int:
-    directories = list_dirs(unit_dir)
-    names = sorted({name for directory in directories for name in find_apps(directory)})
-    patterns = [unit for name in names for unit in (f"{name}.socket", f"{name}.target", f"{name}@*.service")]
-    props = ("ActiveState", "SubState", "Wants", "Listen", "UnitFileState")
-    units = show_by_id(patterns, props) if names else {}
-    apps = [_app_entry(name, units) for name in names]
-    if as_json:
-        out.write(
-            json.dumps({"schema": LIST_SCHEMA, "unit_dirs": [str(path) for path in directories], "apps": apps}) + "\n"
-        )
-    elif not apps:
-        where = " or ".join(str(path) for path in directories) or "the unit directories"
-        out.write(f"no apps in {where} (units whose first line is '{HEADER} ...')\n")
-    else:
-        out.write(_render_list(apps))
     return 0
