@@ -15,7 +15,16 @@ from typing import Any
 import jinja2
 
 from .. import __version__
-from ..contract import health_socket_unit, instance_unit, socket_unit, target_unit, template_unit
+from ..contract import (
+    ENV_APP,
+    ENV_WORKER,
+    HEADER,
+    health_socket_unit,
+    instance_unit,
+    socket_unit,
+    target_unit,
+    template_unit,
+)
 from . import container, escape, sandbox, versions
 from .spec import UnitSpec, reject_control
 
@@ -136,6 +145,9 @@ def _container(spec: UnitSpec) -> dict[str, Any] | None:
 def context(spec: UnitSpec) -> dict[str, Any]:
     """Every value a template may print, each escaped exactly once here."""
     return {
+        "header": HEADER,
+        "env_app": ENV_APP,
+        "env_worker": ENV_WORKER,
         "version": __version__,
         "name": spec.name,  # validated: unit-name alphabet only, nothing to escape
         "instances": spec.instances,
@@ -188,6 +200,7 @@ def render_target(name: str, workers: int, systemd_version: int) -> Unit:
     """NAME.target alone, which holds the worker count: `generate` writes it with the other units, and
     `sockact scale` writes it again for a new count. The name is a validated app name."""
     values = {
+        "header": HEADER,
         "version": __version__,
         "systemd_version": systemd_version,
         "name": name,
