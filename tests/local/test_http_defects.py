@@ -249,7 +249,7 @@ def test_invalid_request_target_is_rejected(server: Server) -> None:
     assert parse_responses(answer).statuses == [400], answer[:300]
 
 
-# Found by tests/test_http_fuzz.py: request heads h11 rejects that reach the app today.
+# Found by tests/local/test_http_fuzz.py: request heads h11 rejects that reach the app today.
 @pytest.mark.parametrize(
     "head",
     [

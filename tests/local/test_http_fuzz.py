@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 EXAMPLES = 300  # per engine; the whole file runs in well under 60 s when the engines answer promptly
 # Kinds of disagreement (substrings, "|"-separated) to count rather than fail on, to look past a known one:
-#   SOCKACT_FUZZ_KNOWN="Missing mandatory Host|differs" scripts/test tests/test_http_fuzz.py -s
+#   SOCKACT_FUZZ_KNOWN="Missing mandatory Host|differs" scripts/test tests/local/test_http_fuzz.py -s
 KNOWN = [kind for kind in os.environ.get("SOCKACT_FUZZ_KNOWN", "").split("|") if kind]
 # SOCKACT_FUZZ_SHOW=1 prints each request h11 accepts and sockact refuses (or never reads: everything
 # after a refused request on the same connection), for reviewing what "stricter" covers.

@@ -48,16 +48,19 @@ def test_sdist_and_wheel_build_pass_twine_check_and_the_wheel_works(tmp_path: Pa
         "sockact/templates/target.j2",
         "sockact/py.typed",
         "sockact/runtime/connection.py",
+        "sockact/box/boot.sh",
+        "sockact/box/launch.sh",
     } <= names
     assert not any(name.startswith(("tests/", "bench/")) for name in names)
     assert "sockact = sockact.cli:entry" in entry_points
+    assert "sockact.testing = sockact.testing" in entry_points  # the pytest plugin (pytest11)
     with tarfile.open(sdist) as archive:
         members = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     assert {
         "README.md",
         "pyproject.toml",
         "templates/service.j2",
-        "tests/unit/test_python_package.py",
+        "tests/local/test_python_package.py",
         "packaging/debian/control",
         "scripts/setup",
     } <= members

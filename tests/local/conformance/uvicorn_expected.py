@@ -47,7 +47,7 @@ EXPECTED_FAILURES: dict[str, tuple[str, str]] = {
             (
                 "a response header name that is not an RFC 9110 token is refused before anything is "
                 "written, so the client gets a 500 where uvicorn closes without an answer; the name never "
-                "reaches the wire (the test's other assertion, checked in tests/test_http_defects.py)"
+                "reaches the wire (the test's other assertion, checked in tests/local/test_http_defects.py)"
             ),
         )
         for name in _BAD_NAME_CHARS

@@ -37,7 +37,7 @@ BOTH: dict[str, tuple[str, str]] = {
             (
                 "an HTTP/1.1 request without Host is refused with 400, as RFC 9112 §3.2 "
                 "requires and h11 does (gunicorn, uvicorn and granian serve it); "
-                "tests/test_http11.py holds the rule"
+                "tests/unit/test_http11.py holds the rule"
             ),
         )
         for name in ("004", "005", "006", "007", "010", "011", "012", "014", "018", "021", "022", "023", "100")
