@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from sockact.testing import HarnessError, PrivateSystemd, unavailable_reason
+from sockact.box import HarnessError, PrivateSystemd, unavailable_reason
 
 from . import report
 from .contenders import Bench, Contender, NotAvailable, deploys_not_measured, lineup

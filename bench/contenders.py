@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sockact.testing import HarnessError, PrivateSystemd
+from sockact.box import HarnessError, PrivateSystemd
 
 from .apps.asgi import BODY
 from .apps.payload import FASTAPI_BODY, FLASK_BODY

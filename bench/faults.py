@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sockact.testing import HarnessError, PrivateSystemd, unavailable_reason
+from sockact.box import HarnessError, PrivateSystemd, unavailable_reason
 
 from . import load
 from .contenders import Bench, NotAvailable

@@ -14,7 +14,7 @@ import subprocess
 import textwrap
 from dataclasses import dataclass, field
 
-from sockact.testing import HarnessError
+from sockact.box import HarnessError
 
 from .contenders import Bench, NotAvailable
 

@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from sockact.testing import HarnessError, PrivateSystemd
+from sockact.box import HarnessError, PrivateSystemd
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent / "wrk"
 MARKER = "BENCH "

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sockact.testing import HarnessError
+from sockact.box import HarnessError
 
 from . import load
 from .contenders import Bench, Contender, NotAvailable, memory_mb

@@ -153,7 +153,7 @@ def run_demo(workers: int = 2, requests: int = 12) -> int:
 
 
 def _private_demo(workers: int, requests: int) -> int:
-    from .testing import PrivateSystemd, unavailable_reason
+    from .box import PrivateSystemd, unavailable_reason
 
     reason = unavailable_reason()
     if reason:

@@ -1,6 +1,6 @@
 """The man page, docs/sockact.1, written from the argument parsers: every command, its options and their help.
 
-Regenerate it from a checkout with `python3 -m sockact.manpage > docs/sockact.1`; tests/test_manpage.py
+Regenerate it from a checkout with `python3 -m sockact.manpage > docs/sockact.1`; tests/unit/test_manpage.py
 fails when the committed page differs from what this writes, so a new option cannot miss the page.
 The prose around the generated parts (what each command does in more words, the environment, exit
 status, examples) is kept here as roff.

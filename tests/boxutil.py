@@ -1,4 +1,4 @@
-"""Helpers for tests that run units inside the private systemd from sockact.testing."""
+"""Helpers for tests that run units inside the private systemd (sockact.box)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, TypedDict
 
 from helpers import sockact
 
-from sockact.testing import PrivateSystemd
+from sockact.box import PrivateSystemd
 
 
 def install_units(box: PrivateSystemd, name: str, *options: str) -> None:

@@ -5,7 +5,7 @@ together here: the host's Python interpreter with its standard library, the shar
 `ldd` names for it and for every extension module copied, sockact with the distributions it
 requires (as installed in the running interpreter's environment), a `sockact` console script, and
 any extra modules a test adds (an app). `podman import` turns the tar into an image. Any podman
-test reuses it: `systemd` units (tests/test_containers.py) as much as `podman kube play`.
+test reuses it: `systemd` units (tests/systemd/test_containers.py) as much as `podman kube play`.
 
 The tag is a digest of the tar, so an image already in the store is reused, and a changed tree
 (a new sockact, another app) is a new tag.

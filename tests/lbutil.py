@@ -8,7 +8,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from sockact.testing import PrivateSystemd
+from sockact.box import PrivateSystemd
 
 # Each box has a network namespace of its own, so these addresses and names exist only inside the
 # boxes: parallel runs cannot clash, and the links vanish with the boxes.

@@ -9,7 +9,7 @@ from . import sandbox
 from .spec import UnitSpec
 
 # systemd-analyze security NAME@1.service on systemd 252 for each way of lifting the sandbox;
-# tests/test_hardening.py measures every one and fails when systemd disagrees.
+# tests/systemd/test_hardening.py measures every one and fails when systemd disagrees.
 OPTION_SCORES: dict[str, tuple[tuple[str, ...], float]] = {
     "default": ((), 1.2),
     "--user USER": (("--user", "www-data"), 1.2),

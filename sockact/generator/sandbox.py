@@ -3,7 +3,7 @@
 systemd binds the port and hands the worker a ready socket, so a worker needs no privilege at all:
 it reads its code, talks to the network and writes to stderr. Everything else is taken away here.
 Every line below was checked against what CPython, uvicorn, uvloop, httptools, ctypes and Django
-need (tests/test_hardening.py serves an ASGI app, a WSGI app and a Django project under it).
+need (tests/systemd/test_hardening.py serves an ASGI app, a WSGI app and a Django project under it).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Hardening:
         return f"{self.key}={self.value}"
 
 
-# The full sandbox in unit order. exposure_without is measured by tests/test_hardening.py, which
+# The full sandbox in unit order. exposure_without is measured by tests/systemd/test_hardening.py, which
 # fails when systemd's own score of a unit without the line differs from the number here.
 SANDBOX: tuple[Hardening, ...] = (
     Hardening(

@@ -1,4 +1,4 @@
-"""Apps that answer with who they think the client is (tests/test_forwarded_serving.py): an ASGI app
+"""Apps that answer with who they think the client is (tests/local/test_forwarded_serving.py): an ASGI app
 (HTTP and WebSocket) and a WSGI app."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A recording ASGI app and WSGI app for the HTTP wire tests (tests/test_http_defects.py, tests/test_http_fuzz.py).
+"""A recording ASGI app and WSGI app for the HTTP wire tests (tests/local: test_http_defects.py, test_http_fuzz.py).
 
 Each request the app sees is appended, as JSON lines, to the file named by SOCKACT_TEST_RECORD: a "head"
 line as soon as the app is called, then a "body" line once the body was read to its end (or reading it

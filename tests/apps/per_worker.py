@@ -1,7 +1,7 @@
 """Two hit counters: one in the worker's memory, one in a SQLite file every worker shares.
 
 Run as N workers, the first counts only the requests its own worker served; the second counts every
-request. docs/app-authors.md shows this file as it is; tests/test_app_authors.py runs it.
+request. docs/app-authors.md shows this file as it is; tests/systemd/test_app_authors.py runs it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""An ASGI app that reports, as JSON, what the sandbox lets a worker do (see tests/test_hardening.py)."""
+"""An ASGI app that reports, as JSON, what the sandbox lets a worker do (see tests/systemd/test_hardening.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A WSGI app whose workers read and write a sqlite file in $STATE_DIRECTORY, the file `sockact exec`
-creates first, as `manage.py migrate` would (tests/test_exec_systemd.py)."""
+creates first, as `manage.py migrate` would (tests/systemd/test_exec.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A WSGI app with one route per corner of HTTP/1.1 the WSGI engines must get right (tests/test_wsgi_engines.py)."""
+"""A WSGI app with one route per corner of HTTP/1.1 the WSGI engines must get right (tests/local/test_wsgi_engines)."""
 
 from __future__ import annotations
 
