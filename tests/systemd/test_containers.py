@@ -97,12 +97,17 @@ def test_install_now_starts_containers_that_answer_through_the_socket(
     assert status["ok"] is True
     assert running_states(box, 2) == ["running", "running"]
 
+    # Sequential connections on a shared socket may all land on one worker for a while (whichever the
+    # kernel wakes): ask until both answered, at most 60 times.
     seen = answers(box, 12)
+    while {str(answer["worker"]) for answer in seen} != {"1", "2"} and len(seen) < 60:
+        seen += answers(box, 4)
     box_hostname = box.run("hostname").stdout.strip()
     hostnames = {str(answer["hostname"]) for answer in seen}
     workers = sorted({str(answer["worker"]) for answer in seen})
     print(
-        f"12 requests answered by workers {workers} in containers {sorted(hostnames)}; PID 1 there: {seen[0]['pid1']}"
+        f"{len(seen)} requests answered by workers {workers} in containers {sorted(hostnames)}; "
+        f"PID 1 there: {seen[0]['pid1']}"
     )
     for answer in seen:
         # PID 1 of the answering process's PID namespace is `sockact run` itself: it runs in the container.
