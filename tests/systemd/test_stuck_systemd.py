@@ -77,16 +77,37 @@ def ask(conn):
         if not piece:
             raise OSError("closed")
         data += piece
-    return data.split(b"\\r\\n\\r\\n", 1)[1].split()[1].decode()
+    head, body = data.split(b"\\r\\n\\r\\n", 1)
+    if b"connection: close" in head.lower():
+        raise OSError("handed over")  # a worker evening out its connections with a less busy sibling
+    return body.split()[1].decode()
 
 mine, others = [], []
-while len(mine) < stops[-1] + 2:
-    batch = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2 * stops[-1])]
-    for conn in batch:
-        try:
-            (mine if ask(conn) == worker else others).append(conn)
-        except OSError:  # closed (a worker moving a connection to a less busy sibling): not used
-            conn.close()
+
+def prune():
+    closed = 0
+    for group in (mine, others):
+        for conn in list(group):
+            try:
+                ask(conn)
+            except OSError:
+                group.remove(conn)
+                closed += 1
+    return closed
+
+# Until a round of pings finds every connection kept: a worker that took more than its share hands
+# the surplus over on its next ticks (Connection: close), whatever order the workers started in.
+while True:
+    while len(mine) < stops[-1] + 2:
+        batch = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2 * stops[-1])]
+        for conn in batch:
+            try:
+                (mine if ask(conn) == worker else others).append(conn)
+            except OSError:  # closed (a worker moving a connection to a less busy sibling): not used
+                conn.close()
+    time.sleep(0.5)
+    if prune() == 0 and len(mine) >= stops[-1] + 2:
+        break
 
 def keep():
     while True:
