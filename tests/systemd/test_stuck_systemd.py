@@ -95,26 +95,18 @@ def prune():
                 closed += 1
     return closed
 
-def opened(count):
-    for conn in [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]:
-        try:
-            (mine if ask(conn) == worker else others).append(conn)
-        except OSError:  # closed (a worker moving a connection to a less busy sibling): not used
-            conn.close()
-
-# Until both workers hold about as many of these connections and a round of pings finds every one kept:
-# a worker ahead of its sibling hands its surplus over (Connection: close) on its next ticks, and would
-# go on doing so during the hangs, whatever order the workers started in.
-settle_by = time.monotonic() + 30
+# Until a round of pings finds every connection kept: a worker that took more than its share hands
+# the surplus over on its next ticks (Connection: close), whatever order the workers started in.
 while True:
     while len(mine) < stops[-1] + 2:
-        opened(2 * stops[-1])
-    if len(others) < len(mine) - 1:
-        opened(len(mine) - 1 - len(others))  # new connections go to the worker with fewer
+        batch = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2 * stops[-1])]
+        for conn in batch:
+            try:
+                (mine if ask(conn) == worker else others).append(conn)
+            except OSError:  # closed (a worker moving a connection to a less busy sibling): not used
+                conn.close()
     time.sleep(0.5)
-    kept = prune() == 0
-    level = abs(len(mine) - len(others)) <= 1
-    if kept and len(mine) >= stops[-1] + 2 and (level or time.monotonic() > settle_by):
+    if prune() == 0 and len(mine) >= stops[-1] + 2:
         break
 
 def keep():
