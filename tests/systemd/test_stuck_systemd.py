@@ -124,7 +124,17 @@ threading.Thread(target=keep, daemon=True).start()
 held = []
 while stops:
     with lock:
-        conn = mine.pop()
+        conn = mine.pop() if mine else None
+    for _ in range(50):  # all handed over to the sibling meanwhile: a new one that lands on this worker
+        if conn is not None:
+            break
+        fresh = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            conn = fresh if ask(fresh) == worker else None
+        except OSError:
+            conn = None
+    if conn is None:
+        raise SystemExit("no connection to the worker to hang")
     sent = time.monotonic()
     conn.sendall(f"GET /hang?worker={worker} HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n".encode())
     conn.settimeout(1.0)
