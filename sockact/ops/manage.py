@@ -19,15 +19,12 @@ if TYPE_CHECKING:
 
 def unit_names(name: str) -> tuple[str, ...]:
     """Every unit file an app may have; NAME-health.socket only with --health-listen."""
-    return socket_unit(name), template_unit(name), target_unit(name), health_socket(name)
-
-
-health_socket = health_socket_unit
+    return socket_unit(name), template_unit(name), target_unit(name), health_socket_unit(name)
 
 
 def sockets_of(spec: UnitSpec) -> list[str]:
     """The socket units install starts and enables: the app's, and the health endpoint's if it has one."""
-    return [socket_unit(spec.name), *([health_socket(spec.name)] if spec.health_listen is not None else [])]
+    return [socket_unit(spec.name), *([health_socket_unit(spec.name)] if spec.health_listen is not None else [])]
 
 
 def unit_directory(unit_dir: str | None) -> Path:
@@ -238,7 +235,7 @@ def _drop_ins(directory: Path, name: str) -> tuple[list[Path], list[Path]]:
 
 def _stop(name: str) -> None:
     """Stop the socket (no new activations) and the target (its workers drain first); then stray instances."""
-    units = [f"{name}.socket", health_socket(name), f"{name}.target"]
+    units = [socket_unit(name), health_socket_unit(name), target_unit(name)]
     loaded = show_by_id(units, ["LoadState"])
     systemctl("stop", *(unit for unit in units if loaded.get(unit, {}).get("LoadState") == "loaded"))
     systemctl("stop", f"{name}@*.service")
@@ -246,7 +243,7 @@ def _stop(name: str) -> None:
 
 def _reset_failed(name: str) -> None:
     try_systemctl("reset-failed", f"{name}.socket", f"{name}.target", f"{name}@*.service")
-    try_systemctl("reset-failed", health_socket(name))  # apart: an app without one would fail the call above
+    try_systemctl("reset-failed", health_socket_unit(name))  # apart: an app without one would fail the call above
 
 
 def _remove(paths: list[Path], directory: Path, name: str, out: TextIO) -> None:
@@ -312,7 +309,7 @@ def uninstall(name: str, *, unit_dir: str | None, out: TextIO = sys.stdout) -> i
     worker = show_by_id([f"{name}@1.service"], [setting for setting, _, _ in _KEPT]).get(f"{name}@1.service", {})
     _stop(name)
     try_systemctl("disable", *runtime_flag(directory), f"{name}.socket", f"{name}.target")
-    try_systemctl("disable", *runtime_flag(directory), health_socket(name))  # apart: most apps have none
+    try_systemctl("disable", *runtime_flag(directory), health_socket_unit(name))  # apart: most apps have none
     _remove([*ours, *files], directory, name, out)
     daemon_reload()
     _reset_failed(name)
